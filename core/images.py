@@ -1,0 +1,119 @@
+"""Decode any raster Pillow reads and shape it for the encoder.
+
+`load` returns a (size, size, channels) uint8 array: upright (EXIF
+orientation applied), transparency flattened onto white, converted to the
+model's colour mode and resized (squashed, as in the seed article) to its
+square input. JPEGs are decoded in draft mode, at the smallest scale that
+still covers the output, so a 12-megapixel photo never decodes in full.
+"""
+from __future__ import annotations
+
+import hashlib
+import warnings
+from dataclasses import dataclass
+from io import BytesIO
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import UnreadableImage
+
+COLORS = {"rgb": "RGB", "grayscale": "L"}
+WHITE = {"RGB": (255, 255, 255), "L": 255}
+
+
+@dataclass(frozen=True)
+class Shape:
+    """What the encoder reads: a square side and a colour mode."""
+
+    size: int
+    color: str  # "rgb" or "grayscale"
+    max_pixels: int = 150_000_000
+
+    @property
+    def channels(self) -> int:
+        return 3 if self.color == "rgb" else 1
+
+
+@dataclass(frozen=True)
+class Decoded:
+    pixels: np.ndarray  # (size, size, channels) uint8
+    sha256: str  # of the file's bytes, as read
+
+
+def read(path: Path) -> bytes:
+    """The file's bytes, or UnreadableImage saying why not."""
+    try:
+        if not path.is_file():
+            raise UnreadableImage("not_a_file", "not a regular file")
+        data = path.read_bytes()
+    except PermissionError:
+        raise UnreadableImage("unreadable", "no permission to read the file") from None
+    except FileNotFoundError:
+        raise UnreadableImage("vanished", "the file disappeared before it could be read") from None
+    except OSError as error:
+        raise UnreadableImage("unreadable", f"cannot read the file: {error.strerror}") from None
+    if not data:
+        raise UnreadableImage("empty", "the file is empty")
+    return data
+
+
+def load(path: Path, shape: Shape) -> Decoded:
+    """Read and decode one file; raise UnreadableImage with a code and a reason."""
+    data = read(path)
+    return Decoded(decode(data, shape), hashlib.sha256(data).hexdigest())
+
+
+def decode(data: bytes, shape: Shape) -> np.ndarray:
+    mode = COLORS[shape.color]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(BytesIO(data)) as image:
+                width, height = image.size
+                if width * height > shape.max_pixels:
+                    raise UnreadableImage(
+                        "too_many_pixels",
+                        f"{width}x{height} pixels is more than the limit of {shape.max_pixels:,}")
+                if image.format == "JPEG":
+                    image.draft(mode if image.mode != "CMYK" else None, (shape.size, shape.size))
+                image.seek(0)  # the first frame of an animation
+                image.load()
+                upright = ImageOps.exif_transpose(image)
+                converted = to_mode(upright, mode)
+    except UnreadableImage:
+        raise
+    except UnidentifiedImageError:
+        raise UnreadableImage("not_an_image", "not an image file that can be decoded") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise UnreadableImage("too_many_pixels", "too many pixels (decompression bomb)") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as error:
+        code = "truncated" if "truncated" in str(error) else "corrupt"
+        raise UnreadableImage(code, f"the image data is damaged: {error}") from None
+    resized = converted.resize((shape.size, shape.size), Image.Resampling.BILINEAR, reducing_gap=2.0)
+    pixels = np.asarray(resized, dtype=np.uint8)
+    return pixels.reshape(shape.size, shape.size, shape.channels)
+
+
+def to_mode(image: Image.Image, mode: str) -> Image.Image:
+    """`image` in `mode` ("RGB" or "L"), transparency flattened onto white."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        image = to_8bit(image)
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, rgba)
+    return image.convert(mode)
+
+
+def to_8bit(image: Image.Image) -> Image.Image:
+    """Scale a 16-bit or 32-bit grey image into 0..255 (convert() would clip it)."""
+    values = np.asarray(image, dtype=np.float64)
+    if image.mode == "F":
+        top = 1.0 if values.max() <= 1.0 else float(values.max())
+    else:  # "I;16*" or "I" (how Pillow opens 16-bit PNG and TIFF)
+        top = 65535.0 if values.max() <= 65535 else float(values.max())
+    return Image.fromarray((values / top * 255.0).clip(0, 255).astype(np.uint8), "L")

@@ -1,0 +1,153 @@
+"""Build an Annoy index of the library into new files and swap it in atomically.
+
+An index built at library generation G lives in `index/<G>.ann` (Annoy,
+memory-mapped by readers) and `index/<G>.ids.npy` (Annoy item -> library row
+id). `index/current.json` names the index in use; it is replaced by rename,
+so a reader sees the old index or the new one, never half of one. The
+previous index's files are kept one round so that a reader that has just
+read the old pointer can still open them.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+from annoy import AnnoyIndex
+
+from .errors import StateError
+from .store import Library
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class IndexInfo:
+    """What `current.json` says of the index in use."""
+
+    generation: int  # library generation it was built from
+    items: int
+    dim: int
+    metric: str
+    trees: int
+    model_id: str | None
+    built_at: str
+    seconds: float
+
+
+@dataclass
+class BuiltIndex:
+    """A loaded index: Annoy (memory-mapped) and its item -> row id map."""
+
+    info: IndexInfo
+    annoy: AnnoyIndex | None  # None when the library had no vectors
+    row_ids: np.ndarray
+
+
+def folder(state_dir: Path) -> Path:
+    return state_dir / "index"
+
+
+def build(library: Library, state_dir: Path, *, metric: str, trees: int,
+          model_id: str | None) -> IndexInfo:
+    """Index every usable image of `library` as of now and make it the current index."""
+    started = time.monotonic()
+    generation = library.generation
+    row_ids, vectors = library.vectors(up_to=generation)
+    home = folder(state_dir)
+    home.mkdir(parents=True, exist_ok=True)
+    dim = int(vectors.shape[1]) if len(vectors) else 0
+    if len(vectors):
+        write_annoy(home / f"{generation}.ann", vectors, metric, trees)
+    write_durably(home / f"{generation}.ids.npy", row_ids)
+    info = IndexInfo(generation, len(row_ids), dim, metric, trees, model_id,
+                     datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                     round(time.monotonic() - started, 3))
+    previous = current_info(state_dir)
+    pointer = json.dumps(asdict(info), indent=1).encode()
+    write_durably(home / "current.json", pointer)
+    if previous is not None:
+        remove_older_than(home, previous.generation)
+    library.forget_deleted(up_to=generation)
+    log.info("index built: %d items at generation %d in %.1f s", info.items, generation, info.seconds)
+    return info
+
+
+def write_annoy(path: Path, vectors: np.ndarray, metric: str, trees: int) -> None:
+    index = AnnoyIndex(vectors.shape[1], metric)  # type: ignore[arg-type]
+    partial = path.with_name(path.name + ".partial")
+    index.on_disk_build(str(partial))  # builds in the file: no second copy in memory
+    for item, vector in enumerate(vectors):
+        index.add_item(item, vector)
+    index.build(trees, n_jobs=-1)
+    index.unload()
+    fsync(partial)
+    os.replace(partial, path)
+
+
+def write_durably(path: Path, content: np.ndarray | bytes) -> None:
+    """Write `content` to a temporary file, fsync it and rename it over `path`."""
+    partial = path.with_name(path.name + ".partial")
+    with open(partial, "wb") as out:
+        if isinstance(content, np.ndarray):
+            np.save(out, content)
+        else:
+            out.write(content)
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(partial, path)
+    fsync(path.parent)
+
+
+def fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def remove_older_than(home: Path, keep_from: int) -> None:
+    """Delete index files of generations before `keep_from`, and leftovers of crashed builds."""
+    for path in home.iterdir():
+        stem = path.name.split(".", 1)[0]
+        if path.name.endswith(".partial") or (stem.isdigit() and int(stem) < keep_from):
+            path.unlink(missing_ok=True)
+
+
+def current_info(state_dir: Path) -> IndexInfo | None:
+    """What the current index is, or None when none was built yet."""
+    try:
+        raw = json.loads((folder(state_dir) / "current.json").read_bytes())
+        return IndexInfo(**raw)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, TypeError) as error:
+        raise StateError(f"{folder(state_dir) / 'current.json'}: unreadable ({error}); "
+                         "run `lookalike rebuild`") from None
+
+
+def load(state_dir: Path) -> BuiltIndex | None:
+    """The current index, memory-mapped, or None when none was built yet."""
+    info = current_info(state_dir)
+    if info is None:
+        return None
+    home = folder(state_dir)
+    try:
+        row_ids = np.load(home / f"{info.generation}.ids.npy")
+        annoy = None
+        if info.items:
+            annoy = AnnoyIndex(info.dim, info.metric)  # type: ignore[arg-type]
+            annoy.load(str(home / f"{info.generation}.ann"))
+    except (OSError, ValueError) as error:
+        raise StateError(f"index at generation {info.generation} is damaged ({error}); "
+                         "run `lookalike rebuild`") from None
+    if annoy is not None and annoy.get_n_items() != len(row_ids):
+        raise StateError(f"index at generation {info.generation} holds {annoy.get_n_items()} "
+                         f"items but maps {len(row_ids)}; run `lookalike rebuild`")
+    return BuiltIndex(info, annoy, row_ids)

@@ -1,0 +1,235 @@
+"""The library: one SQLite database (WAL) of images and their latent vectors.
+
+Each row is an image of the inbox by its relative path, with the size and
+mtime it had when read, its content hash, the id of the model that encoded
+it and its latent vector (or the error that made it unusable). The library
+has a `generation` that each committed change raises by one; every row
+carries the generation of its last change, so "everything since generation
+N" is one indexed query. A deleted image stays as a tombstone until an index
+built after its deletion is in use, so searches can tell that an index item
+is gone.
+"""
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import StateError
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS images (
+    id INTEGER PRIMARY KEY,
+    path TEXT NOT NULL UNIQUE,         -- relative to the inbox, '/'-separated
+    size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    sha256 TEXT,                       -- of the file's bytes; NULL if unreadable
+    model_id TEXT,
+    latent BLOB,                       -- float32; NULL for an unusable file
+    error_code TEXT,
+    error_message TEXT,
+    generation INTEGER NOT NULL,       -- library generation of the last change
+    deleted INTEGER NOT NULL DEFAULT 0,
+    answered TEXT                      -- fingerprint of the neighbours last written
+);
+CREATE INDEX IF NOT EXISTS images_by_generation ON images (generation);
+"""
+
+
+@dataclass(frozen=True)
+class Entry:
+    """An image as read: what `Library.apply` stores."""
+
+    path: str
+    size: int
+    mtime_ns: int
+    sha256: str | None
+    model_id: str | None
+    latent: np.ndarray | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+
+
+@dataclass(frozen=True)
+class Record:
+    """What the library holds about one live image (without its vector)."""
+
+    id: int
+    path: str
+    size: int
+    mtime_ns: int
+    sha256: str | None
+    model_id: str | None
+    error_code: str | None
+    error_message: str | None
+    answered: str | None
+
+
+class Library:
+    """The library database at `path` (created if missing)."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.db = sqlite3.connect(path, timeout=30, isolation_level=None,
+                                      check_same_thread=False)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")  # WAL keeps commits atomic; fsync at checkpoints
+            self.db.executescript(SCHEMA)
+        except sqlite3.Error as error:
+            raise StateError(f"{path}: cannot open the library: {error}") from None
+
+    def close(self) -> None:
+        self.db.close()
+
+    def __enter__(self) -> Library:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- reading ---------------------------------------------------------
+    @property
+    def generation(self) -> int:
+        return int(self.meta("generation") or 0)
+
+    def meta(self, key: str) -> str | None:
+        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def records(self) -> dict[str, Record]:
+        """Every live image by relative path."""
+        rows = self.db.execute(
+            "SELECT id, path, size, mtime_ns, sha256, model_id, error_code, error_message, answered "
+            "FROM images WHERE deleted = 0")
+        return {row[1]: Record(*row) for row in rows}
+
+    def counts(self) -> dict[str, int]:
+        live, usable, errors = self.db.execute(
+            "SELECT COUNT(*), COUNT(latent), COUNT(error_code) FROM images WHERE deleted = 0"
+        ).fetchone()
+        return {"images": live, "vectors": usable, "errors": errors}
+
+    def pending(self, generation: int) -> int:
+        """Usable images changed since `generation` (not yet in an index built then)."""
+        row = self.db.execute("SELECT COUNT(*) FROM images WHERE generation > ? AND deleted = 0 "
+                              "AND latent IS NOT NULL", (generation,)).fetchone()
+        return int(row[0])
+
+    def model_ids(self) -> dict[str, int]:
+        """How many vectors each model made."""
+        rows = self.db.execute("SELECT model_id, COUNT(*) FROM images WHERE deleted = 0 "
+                               "AND latent IS NOT NULL GROUP BY model_id")
+        return {str(model): count for model, count in rows}
+
+    def vectors(self, up_to: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Row ids (n,) and latent vectors (n, d) of live usable images, changed by `up_to`."""
+        limit = self.generation if up_to is None else up_to
+        rows = self.db.execute(
+            "SELECT id, latent FROM images WHERE deleted = 0 AND latent IS NOT NULL "
+            "AND generation <= ? ORDER BY id", (limit,))
+        return stack(rows)
+
+    def changed_since(self, generation: int) -> tuple[np.ndarray, np.ndarray, set[int]]:
+        """What an index built at `generation` does not know.
+
+        Returns the ids and vectors of live usable rows changed since, and
+        the ids of every row changed since (live, deleted or now unusable):
+        index items with those ids are stale.
+        """
+        rows = self.db.execute(
+            "SELECT id, latent, deleted FROM images WHERE generation > ? ORDER BY id",
+            (generation,)).fetchall()
+        stale = {row[0] for row in rows}
+        ids, latents = stack((row[0], row[1]) for row in rows if row[1] is not None and not row[2])
+        return ids, latents, stale
+
+    def describe(self, ids: Iterable[int]) -> dict[int, tuple[str, str | None]]:
+        """Path and content hash of each row id."""
+        wanted = list(ids)
+        found: dict[int, tuple[str, str | None]] = {}
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start:start + 500]
+            marks = ",".join("?" * len(chunk))
+            for row in self.db.execute(
+                    f"SELECT id, path, sha256 FROM images WHERE id IN ({marks})", chunk):
+                found[row[0]] = (row[1], row[2])
+        return found
+
+    # -- changing --------------------------------------------------------
+    def apply(self, entries: Iterable[Entry] = (), deletions: Iterable[str] = ()) -> int:
+        """Store `entries` and delete `deletions` (paths) in one transaction.
+
+        Returns the new library generation.
+        """
+        with self.transaction() as generation:
+            for entry in entries:
+                latent = None if entry.latent is None else \
+                    np.ascontiguousarray(entry.latent, dtype="<f4").tobytes()
+                self.db.execute(
+                    "INSERT INTO images (path, size, mtime_ns, sha256, model_id, latent, "
+                    "error_code, error_message, generation, deleted, answered) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, NULL) "
+                    "ON CONFLICT (path) DO UPDATE SET size = excluded.size, "
+                    "mtime_ns = excluded.mtime_ns, sha256 = excluded.sha256, "
+                    "model_id = excluded.model_id, latent = excluded.latent, "
+                    "error_code = excluded.error_code, error_message = excluded.error_message, "
+                    "generation = excluded.generation, deleted = 0, answered = NULL",
+                    (entry.path, entry.size, entry.mtime_ns, entry.sha256, entry.model_id,
+                     latent, entry.error_code, entry.error_message, generation))
+            self.db.executemany(
+                "UPDATE images SET deleted = 1, latent = NULL, answered = NULL, generation = ? "
+                "WHERE path = ? AND deleted = 0", ((generation, path) for path in deletions))
+        return generation
+
+    def mark_answered(self, fingerprints: Iterable[tuple[int, str]]) -> None:
+        """Remember the fingerprint of the results file written for each row id."""
+        self.db.execute("BEGIN IMMEDIATE")
+        self.db.executemany("UPDATE images SET answered = ? WHERE id = ?",
+                            ((fingerprint, row) for row, fingerprint in fingerprints))
+        self.db.execute("COMMIT")
+
+    def forget_deleted(self, up_to: int) -> int:
+        """Drop tombstones that an index built at `up_to` no longer holds."""
+        cursor = self.db.execute(
+            "DELETE FROM images WHERE deleted = 1 AND generation <= ?", (up_to,))
+        return cursor.rowcount
+
+    def set_meta(self, key: str, value: str) -> None:
+        self.db.execute("INSERT INTO meta (key, value) VALUES (?, ?) "
+                        "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (key, value))
+
+    def transaction(self) -> _Transaction:
+        return _Transaction(self)
+
+
+class _Transaction:
+    """BEGIN IMMEDIATE ... COMMIT that raises the generation by one."""
+
+    def __init__(self, library: Library) -> None:
+        self.library = library
+
+    def __enter__(self) -> int:
+        self.library.db.execute("BEGIN IMMEDIATE")
+        generation = self.library.generation + 1
+        self.library.set_meta("generation", str(generation))
+        return generation
+
+    def __exit__(self, kind: object, *rest: object) -> None:
+        self.library.db.execute("ROLLBACK" if kind else "COMMIT")
+
+
+def stack(rows: Iterable[tuple[int, bytes]] | Iterator[tuple[int, bytes]]) -> tuple[np.ndarray, np.ndarray]:
+    ids: list[int] = []
+    blobs: list[bytes] = []
+    for row_id, blob in rows:
+        ids.append(row_id)
+        blobs.append(blob)
+    if not blobs:
+        return np.zeros(0, np.int64), np.zeros((0, 0), np.float32)
+    matrix = np.frombuffer(b"".join(blobs), dtype="<f4").reshape(len(blobs), -1)
+    return np.asarray(ids, np.int64), matrix.astype(np.float32, copy=False)

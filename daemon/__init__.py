@@ -1,0 +1,1 @@
+"""lookalike's service around the core: the command, the worker, the watcher."""

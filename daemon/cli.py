@@ -1,0 +1,243 @@
+"""The `lookalike` command.
+
+Commands that need no model (`--help`, `check-config`, `status`, `rebuild`)
+never import TensorFlow, so they answer at once. A user's mistake ends in
+one line on stderr and a non-zero exit, never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from lookalike.core import config as configuration
+from lookalike.core import images, index, results, scan
+from lookalike.core.config import Config
+from lookalike.core.errors import ConfigError, LookalikeError, UnreadableImage
+from lookalike.core.store import Library
+
+if TYPE_CHECKING:
+    from lookalike.core.model import Encoder
+
+log = logging.getLogger("lookalike")
+
+EXIT_FAILURE, EXIT_USAGE = 1, 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    setup_logging(logging.DEBUG if args.verbose else logging.INFO)
+    command: Callable[[argparse.Namespace], int] = args.command
+    try:
+        return command(args)
+    except ConfigError as error:
+        for problem in error.problems:
+            print(f"lookalike: {problem}", file=sys.stderr)
+        return EXIT_USAGE
+    except LookalikeError as error:
+        print(f"lookalike: {error}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        return 130
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(
+        prog="lookalike", description="Find look-alike images in a watched folder.")
+    top.add_argument("-v", "--verbose", action="store_true", help="log every file (debug level)")
+    commands = top.add_subparsers(title="commands", required=True, metavar="COMMAND")
+
+    def command(name: str, run: Callable[[argparse.Namespace], int], text: str,
+                config: bool = True) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=text, description=text)
+        sub.set_defaults(command=run)
+        if config:
+            sub.add_argument("-c", "--config", type=Path, default=default_config(),
+                             help="config file (default: $LOOKALIKE_CONFIG or ./config.yaml)")
+        return sub
+
+    command("check-config", check_config, "validate the config file and exit")
+    run_parser = command("run", run, "watch the inbox and answer every image (the service)")
+    run_parser.add_argument("--once", action="store_true",
+                            help="scan, ingest, index and answer once, then exit")
+    query_parser = command("query", query, "print the neighbours of one image as JSON")
+    query_parser.add_argument("image", type=Path)
+    query_parser.add_argument("-k", type=positive, default=None, help="how many neighbours")
+    status_parser = command("status", status, "show the library, the index and the model")
+    status_parser.add_argument("--json", action="store_true", help="print JSON")
+    command("rebuild", rebuild, "build a new index of the library now")
+    train_parser = command("train", train, "train an encoder on a folder of images", config=False)
+    train_parser.add_argument("--data", type=Path, required=True, help="folder of images (recursive)")
+    train_parser.add_argument("--out", type=Path, required=True, help="encoder file to write (.keras)")
+    train_parser.add_argument("--preset", default="seed", help="architecture (default: seed)")
+    train_parser.add_argument("--color", choices=("rgb", "grayscale"), default="grayscale")
+    train_parser.add_argument("--size", type=positive, default=56, help="input side in pixels")
+    train_parser.add_argument("--latent", type=positive, default=128, help="latent vector size")
+    train_parser.add_argument("--epochs", type=positive, default=30)
+    train_parser.add_argument("--batch-size", type=positive, default=64)
+    train_parser.add_argument("--patience", type=positive, default=5,
+                              help="stop after this many epochs without a better held-out loss")
+    train_parser.add_argument("--seed", type=int, default=0)
+    return top
+
+
+def positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {text}")
+    return value
+
+
+def default_config() -> Path:
+    return Path(os.environ.get("LOOKALIKE_CONFIG", "config.yaml"))
+
+
+def setup_logging(level: int) -> None:
+    # Under systemd the journal stamps each line; elsewhere we do.
+    stamp = "" if os.environ.get("JOURNAL_STREAM") else "%(asctime)s "
+    logging.basicConfig(level=level, stream=sys.stderr,
+                        format=stamp + "%(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+
+
+def load_config(args: argparse.Namespace) -> Config:
+    config = configuration.load(args.config)
+    if not args.verbose:
+        logging.getLogger().setLevel(config.log_level.upper())
+    return config
+
+
+def open_library(config: Config) -> Library:
+    return Library(config.state_dir / "library.sqlite")
+
+
+def load_encoder(config: Config) -> Encoder:
+    """The configured encoder; its shape must agree with `image.size` and `image.color`."""
+    from lookalike.core import model  # TensorFlow loads here, only for commands that encode
+
+    started = time.monotonic()
+    encoder = model.load(config.model, config.image.max_pixels)
+    problems = []
+    if config.image.size not in (None, encoder.shape.size):
+        problems.append(f"At 'image.size': {config.image.size}, but the encoder reads "
+                        f"{encoder.shape.size}x{encoder.shape.size} images")
+    if config.image.color not in (None, encoder.shape.color):
+        problems.append(f"At 'image.color': {config.image.color}, but the encoder reads "
+                        f"{encoder.shape.color} images")
+    if problems:
+        raise ConfigError(problems)
+    log.info("encoder %s (%dx%d %s -> %d) loaded in %.1f s", config.model.name, encoder.shape.size,
+             encoder.shape.size, encoder.shape.color, encoder.latent_dim, time.monotonic() - started)
+    return encoder
+
+
+# -- commands ---------------------------------------------------------------
+def check_config(args: argparse.Namespace) -> int:
+    config = configuration.load(args.config)
+    print(f"{args.config}: ok: {config.summary()}")
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    config = load_config(args)
+    if args.once:
+        from lookalike.daemon import once
+        return once.run(config, load_encoder)
+    from lookalike.daemon import service
+    return service.run(config, load_encoder)
+
+
+def query(args: argparse.Namespace) -> int:
+    config = load_config(args)
+    if args.k:
+        config = dataclasses.replace(config, neighbors=args.k)
+    image = args.image
+    if not image.exists():
+        raise LookalikeError(f"{image}: no such file")
+    encoder = load_encoder(config)
+    with open_library(config) as library:
+        from lookalike.daemon.worker import Worker
+        worker = Worker(config, library, encoder)
+        searcher = worker.searcher(index.load(config.state_dir))
+        records = library.records()
+        inside = image.resolve().is_relative_to(config.inbox)
+        name = image.resolve().relative_to(config.inbox).as_posix() if inside else str(image)
+        own = records.get(name) if inside else None
+        try:
+            decoded = images.load(image, encoder.shape)
+        except UnreadableImage as problem:
+            print(json.dumps(results.error(name, problem.code, problem.message), indent=2))
+            return EXIT_FAILURE
+        vector = encoder.encode(decoded.pixels[None])[0]
+        document = worker.document(name, decoded.sha256, vector, searcher,
+                                   {r.id: r for r in records.values()},
+                                   exclude=own.id if own else None)
+        worker.close()
+    print(json.dumps(document, indent=2, ensure_ascii=False))
+    return 0
+
+
+def status(args: argparse.Namespace) -> int:
+    config = load_config(args)
+    report = status_report(config)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    built = report["index"]
+    print(f"library   {report['library']['images']} images "
+          f"({report['library']['errors']} unusable), generation {report['library']['generation']}")
+    if built:
+        print(f"index     generation {built['generation']}: {built['items']} items, "
+              f"built {built['built_at']} in {built['seconds']} s; {report['pending']} pending")
+    else:
+        print(f"index     none built yet; {report['pending']} pending")
+    print(f"model     {config.model} ({report['model']['id'][:19]}…)")
+    stale = {m: n for m, n in report["model"]["library"].items() if m != report["model"]["id"]}
+    if stale:
+        print(f"          {sum(stale.values())} vectors from another model await re-encoding")
+    return 0
+
+
+def status_report(config: Config) -> dict[str, object]:
+    from lookalike.core.card import model_id
+
+    with open_library(config) as library:
+        built = index.current_info(config.state_dir)
+        return {
+            "library": {**library.counts(), "generation": library.generation},
+            "index": built.__dict__ if built else None,
+            "pending": library.pending(built.generation if built else 0),
+            "model": {"path": str(config.model), "id": model_id(config.model),
+                      "library": library.model_ids()},
+        }
+
+
+def rebuild(args: argparse.Namespace) -> int:
+    from lookalike.core.card import model_id
+    from lookalike.daemon.lock import StateLock
+
+    config = load_config(args)
+    with StateLock(config.state_dir), open_library(config) as library:
+        info = index.build(library, config.state_dir, metric=config.index.metric,
+                           trees=config.index.trees, model_id=model_id(config.model))
+    print(f"index generation {info.generation}: {info.items} items in {info.seconds} s")
+    return 0
+
+
+def train(args: argparse.Namespace) -> int:
+    from lookalike.daemon import training
+    return training.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

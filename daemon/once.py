@@ -1,0 +1,35 @@
+"""`lookalike run --once`: one pass of scan, ingest, index and answer."""
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+from lookalike.core.config import Config
+from lookalike.core.errors import StateError
+from lookalike.core.model import Encoder
+from lookalike.core.store import Library
+from lookalike.daemon.lock import StateLock
+from lookalike.daemon.worker import Tally, Worker
+
+log = logging.getLogger(__name__)
+
+
+def run(config: Config, load_encoder: Callable[[Config], Encoder]) -> int:
+    if not config.inbox.is_dir():
+        raise StateError(f"the inbox {config.inbox} does not exist (is its disk mounted?)")
+    started = time.monotonic()
+    with StateLock(config.state_dir), Library(config.state_dir / "library.sqlite") as library:
+        worker = Worker(config, library, load_encoder(config))
+        try:
+            tally = Tally()
+            worker.reconcile(tally)
+            searcher = worker.searcher(worker.rebuild_if_stale())
+            worker.answer_library(searcher, tally)
+            worker.answer_queries(searcher, tally)
+        finally:
+            worker.close()
+        tally.seconds = time.monotonic() - started
+        counts = library.counts()
+    print(f"{counts['images']} images in the library: {tally.line()}")
+    return 0
