@@ -33,6 +33,7 @@ class IndexSettings:
     trees: int
     search_k: int
     rebuild_interval_s: float
+    rebuild_share: float
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,7 @@ class Config:
     index: IndexSettings
     neighbors: int
     settle_s: float
+    rescan_interval_s: float
     exclude: tuple[str, ...]
     batch_size: int
     decode_threads: int
@@ -148,9 +150,10 @@ def build(settings: dict[str, Any], base: Path, source: Path) -> Config:
         model=folder(settings["model"]) if settings["model"] else DEFAULT_MODEL,
         image=ImageSettings(image["size"], image["color"], image["max_pixels"]),
         index=IndexSettings(index["metric"], index["trees"], index["search_k"],
-                            float(index["rebuild_interval_s"])),
+                            float(index["rebuild_interval_s"]), float(index["rebuild_share"])),
         neighbors=settings["search"]["neighbors"],
         settle_s=float(settings["watch"]["settle_s"]),
+        rescan_interval_s=float(settings["watch"]["rescan_interval_s"]),
         exclude=tuple(settings["watch"]["exclude"]),
         batch_size=settings["ingest"]["batch_size"],
         decode_threads=settings["ingest"]["decode_threads"],

@@ -7,6 +7,7 @@ deleted since the build are stale and skipped, as is the query itself.
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,6 +42,19 @@ class Searcher:
         if index is not None:
             metric = index.info.metric
         return cls(index, fresh_ids, fresh, stale, metric, search_k)
+
+    def refresh(self, changed: dict[int, np.ndarray], removed: Iterable[int] = ()) -> None:
+        """Follow rows that changed after the build: search `changed` exactly, drop `removed`."""
+        touched = set(changed) | set(removed)
+        if not touched:
+            return
+        self.stale |= touched
+        keep = ~np.isin(self.fresh_ids, np.fromiter(touched, np.int64))
+        ids = np.fromiter(changed, np.int64, len(changed))
+        parts = [self.fresh[keep]] if len(self.fresh_ids) else []
+        parts += [np.stack(list(changed.values())).astype(np.float32)] if changed else []
+        self.fresh_ids = np.concatenate([self.fresh_ids[keep], ids])
+        self.fresh = np.concatenate(parts) if parts else self.fresh[:0]
 
     @property
     def pending(self) -> int:

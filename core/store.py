@@ -34,7 +34,9 @@ CREATE TABLE IF NOT EXISTS images (
     error_message TEXT,
     generation INTEGER NOT NULL,       -- library generation of the last change
     deleted INTEGER NOT NULL DEFAULT 0,
-    answered TEXT                      -- fingerprint of the neighbours last written
+    answered TEXT,                     -- fingerprint of the results file last written
+    named BLOB,                        -- int64 row ids that results file names
+    radius REAL                        -- distance of its k-th neighbour (NULL: fewer than k)
 );
 CREATE INDEX IF NOT EXISTS images_by_generation ON images (generation);
 """
@@ -67,6 +69,21 @@ class Record:
     error_code: str | None
     error_message: str | None
     answered: str | None
+    radius: float | None
+
+
+RECORD_COLUMNS = ("id, path, size, mtime_ns, sha256, model_id, error_code, error_message, "
+                  "answered, radius")
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What a results file said: for `mark_answered`."""
+
+    row_id: int
+    fingerprint: str
+    named: list[int]
+    radius: float | None
 
 
 class Library:
@@ -104,8 +121,7 @@ class Library:
     def records(self) -> dict[str, Record]:
         """Every live image by relative path."""
         rows = self.db.execute(
-            "SELECT id, path, size, mtime_ns, sha256, model_id, error_code, error_message, answered "
-            "FROM images WHERE deleted = 0")
+            f"SELECT {RECORD_COLUMNS} FROM images WHERE deleted = 0")
         return {row[1]: Record(*row) for row in rows}
 
     def counts(self) -> dict[str, int]:
@@ -150,15 +166,8 @@ class Library:
 
     def describe(self, ids: Iterable[int]) -> dict[int, tuple[str, str | None]]:
         """Path and content hash of each row id."""
-        wanted = list(ids)
-        found: dict[int, tuple[str, str | None]] = {}
-        for start in range(0, len(wanted), 500):
-            chunk = wanted[start:start + 500]
-            marks = ",".join("?" * len(chunk))
-            for row in self.db.execute(
-                    f"SELECT id, path, sha256 FROM images WHERE id IN ({marks})", chunk):
-                found[row[0]] = (row[1], row[2])
-        return found
+        return {row: (path, sha256) for row, path, sha256 in self.select(
+            "SELECT id, path, sha256 FROM images WHERE id IN ({})", ids)}
 
     # -- changing --------------------------------------------------------
     def apply(self, entries: Iterable[Entry] = (), deletions: Iterable[str] = ()) -> int:
@@ -178,20 +187,67 @@ class Library:
                     "mtime_ns = excluded.mtime_ns, sha256 = excluded.sha256, "
                     "model_id = excluded.model_id, latent = excluded.latent, "
                     "error_code = excluded.error_code, error_message = excluded.error_message, "
-                    "generation = excluded.generation, deleted = 0, answered = NULL",
+                    "generation = excluded.generation, deleted = 0, answered = NULL, named = NULL, "
+                    "radius = NULL",
                     (entry.path, entry.size, entry.mtime_ns, entry.sha256, entry.model_id,
                      latent, entry.error_code, entry.error_message, generation))
             self.db.executemany(
-                "UPDATE images SET deleted = 1, latent = NULL, answered = NULL, generation = ? "
+                "UPDATE images SET deleted = 1, latent = NULL, answered = NULL, named = NULL, "
+                "radius = NULL, generation = ? "
                 "WHERE path = ? AND deleted = 0", ((generation, path) for path in deletions))
         return generation
 
-    def mark_answered(self, fingerprints: Iterable[tuple[int, str]]) -> None:
-        """Remember the fingerprint of the results file written for each row id."""
+    def mark_answered(self, answers: Iterable[Answer]) -> None:
+        """Remember what the results file written for each row says."""
         self.db.execute("BEGIN IMMEDIATE")
-        self.db.executemany("UPDATE images SET answered = ? WHERE id = ?",
-                            ((fingerprint, row) for row, fingerprint in fingerprints))
+        self.db.executemany(
+            "UPDATE images SET answered = ?, named = ?, radius = ? WHERE id = ?",
+            ((a.fingerprint, np.asarray(a.named, "<i8").tobytes(), a.radius, a.row_id)
+             for a in answers))
         self.db.execute("COMMIT")
+
+    def radii(self, ids: Iterable[int]) -> dict[int, float | None]:
+        """The k-th neighbour distance last written for each answered row id."""
+        return {row: radius for row, radius in self.select(
+            "SELECT id, radius FROM images WHERE answered IS NOT NULL AND id IN ({})", ids)}
+
+    def naming(self, ids: Iterable[int]) -> list[int]:
+        """Live rows whose results file names any of `ids`."""
+        wanted = np.fromiter(ids, np.int64)
+        if not len(wanted):
+            return []
+        rows = self.db.execute("SELECT id, named FROM images WHERE named IS NOT NULL AND deleted = 0")
+        return [row for row, named in rows
+                if np.isin(np.frombuffer(named, "<i8"), wanted).any()]
+
+    def lookup(self, paths: Iterable[str]) -> dict[str, Record]:
+        """The live records of `paths` that the library holds."""
+        return {row[1]: Record(*row) for row in self.select(
+            f"SELECT {RECORD_COLUMNS} FROM images WHERE deleted = 0 AND path IN ({{}})", paths)}
+
+    def under(self, folder: str) -> list[str]:
+        """Paths of live images inside `folder` (relative, '/'-separated)."""
+        prefix = folder.rstrip("/") + "/"
+        rows = self.db.execute("SELECT path FROM images WHERE deleted = 0 "
+                               "AND substr(path, 1, ?) = ?", (len(prefix), prefix))
+        return [row[0] for row in rows]
+
+    def fetch(self, ids: Iterable[int]) -> dict[int, Record]:
+        """The live records of row `ids`."""
+        return {row[0]: Record(*row) for row in self.select(
+            f"SELECT {RECORD_COLUMNS} FROM images WHERE deleted = 0 AND id IN ({{}})", ids)}
+
+    def vectors_of(self, ids: Iterable[int]) -> dict[int, np.ndarray]:
+        """The latent vector of each usable row id."""
+        return {row: np.frombuffer(blob, "<f4").astype(np.float32) for row, blob in self.select(
+            "SELECT id, latent FROM images WHERE latent IS NOT NULL AND id IN ({})", ids)}
+
+    def select(self, sql: str, values: Iterable[object]) -> Iterator[tuple]:  # type: ignore[type-arg]
+        """Run `sql` (with one `IN ({})`) over `values` in chunks SQLite accepts."""
+        wanted = list(values)
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start:start + 500]
+            yield from self.db.execute(sql.format(",".join("?" * len(chunk))), chunk)
 
     def forget_deleted(self, up_to: int) -> int:
         """Drop tombstones that an index built at `up_to` no longer holds."""

@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lookalike.core import config as configuration
-from lookalike.core import images, index, results, scan
+from lookalike.core import index
 from lookalike.core.config import Config
-from lookalike.core.errors import ConfigError, LookalikeError, UnreadableImage
+from lookalike.core.errors import ConfigError, LookalikeError
 from lookalike.core.store import Library
 
 if TYPE_CHECKING:
@@ -165,26 +165,19 @@ def query(args: argparse.Namespace) -> int:
     if not image.exists():
         raise LookalikeError(f"{image}: no such file")
     encoder = load_encoder(config)
+    from lookalike.daemon.worker import Worker
+
     with open_library(config) as library:
-        from lookalike.daemon.worker import Worker
         worker = Worker(config, library, encoder)
         searcher = worker.searcher(index.load(config.state_dir))
-        records = library.records()
-        inside = image.resolve().is_relative_to(config.inbox)
-        name = image.resolve().relative_to(config.inbox).as_posix() if inside else str(image)
-        own = records.get(name) if inside else None
-        try:
-            decoded = images.load(image, encoder.shape)
-        except UnreadableImage as problem:
-            print(json.dumps(results.error(name, problem.code, problem.message), indent=2))
-            return EXIT_FAILURE
-        vector = encoder.encode(decoded.pixels[None])[0]
-        document = worker.document(name, decoded.sha256, vector, searcher,
-                                   {r.id: r for r in records.values()},
-                                   exclude=own.id if own else None)
+        resolved = image.resolve()
+        inside = resolved.is_relative_to(config.inbox)
+        name = resolved.relative_to(config.inbox).as_posix() if inside else str(image)
+        own = library.lookup([name]).get(name) if inside else None
+        document = worker.query(image, name, searcher, exclude=own.id if own else None)
         worker.close()
     print(json.dumps(document, indent=2, ensure_ascii=False))
-    return 0
+    return 0 if document["status"] == "ok" else EXIT_FAILURE
 
 
 def status(args: argparse.Namespace) -> int:

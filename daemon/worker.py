@@ -2,9 +2,13 @@
 
 The `Worker` reads and decodes images in a small thread pool, encodes them
 in batches, stores each batch in one library transaction and writes the
-results files. It has no watching of its own: `reconcile` compares a folder
-with the library (the start-up scan and `run --once`), and the service feeds
-it the paths its watcher saw.
+results files. It does no watching: `reconcile` compares the inbox with the
+library (the start-up scan, the periodic rescan and `run --once`), and the
+service hands it what its watcher saw.
+
+Results stay true as the library changes: after a batch, `affected` names
+the images whose results a change touches (a new image closer than their
+k-th neighbour, or a neighbour that changed or left), bounded per image.
 """
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,12 +25,13 @@ from lookalike.core import images, index, results, scan
 from lookalike.core.config import Config
 from lookalike.core.errors import UnreadableImage
 from lookalike.core.model import Encoder
-from lookalike.core.search import Searcher
-from lookalike.core.store import Entry, Library, Record
+from lookalike.core.search import Neighbor, Searcher
+from lookalike.core.store import Answer, Entry, Library, Record
 
 log = logging.getLogger(__name__)
 
 PROGRESS_EVERY_S = 5.0
+REVERSE_CANDIDATES = 2  # x k: how many neighbours of a new image may need new results
 
 
 @dataclass
@@ -35,17 +40,15 @@ class Tally:
 
     added: int = 0
     updated: int = 0
-    unchanged: int = 0
     errors: int = 0
     removed: int = 0
     answered: int = 0
     seconds: float = 0.0
-    problems: list[str] = field(default_factory=list)
 
     def line(self) -> str:
+        took = f" in {self.seconds:.1f} s" if self.seconds else ""
         return (f"{self.added} added, {self.updated} updated, {self.removed} removed, "
-                f"{self.errors} unusable, {self.answered} results written "
-                f"in {self.seconds:.1f} s")
+                f"{self.errors} unusable, {self.answered} results written{took}")
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,17 @@ class Read:
     candidate: scan.Candidate
     decoded: images.Decoded | None
     problem: UnreadableImage | None
+
+
+@dataclass
+class Changes:
+    """Row ids a batch touched: stored (new, changed or now unusable) and removed."""
+
+    stored: list[int]
+    removed: list[int]
+
+    def __bool__(self) -> bool:
+        return bool(self.stored or self.removed)
 
 
 class Progress:
@@ -78,24 +92,26 @@ class Worker:
         self.library = library
         self.encoder = encoder
         self.pool = ThreadPoolExecutor(config.decode_threads, thread_name_prefix="decode")
+        self.interrupted: Callable[[], bool] = lambda: False  # checked between batches
 
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
 
     # -- the library ------------------------------------------------------
-    def reconcile(self, tally: Tally) -> None:
+    def reconcile(self, tally: Tally) -> Changes:
         """Bring the library in line with the inbox: add new, re-read changed, forget gone."""
         on_disk = {c.path: c for c in scan.walk(self.config.inbox, self.config.exclude)}
         known = self.library.records()
         changed = [c for path, c in on_disk.items() if self.outdated(known.get(path), c)]
-        tally.unchanged += len(on_disk) - len(changed)
         gone = sorted(set(known) - set(on_disk))
-        if changed:
-            log.info("reading %d new or changed images", len(changed))
-        self.ingest(changed, known, tally)
-        self.forget(gone, tally)
+        if changed or gone:
+            log.info("inbox scan: %d new or changed, %d gone, %d unchanged",
+                     len(changed), len(gone), len(on_disk) - len(changed))
+        stored = self.ingest(changed, known, tally)
+        return Changes(stored, self.forget(gone, tally))
 
     def outdated(self, record: Record | None, candidate: scan.Candidate) -> bool:
+        """Whether a file must be (re-)read: new, changed on disk, or encoded by another model."""
         if record is None:
             return True
         if (record.size, record.mtime_ns) != (candidate.size, candidate.mtime_ns):
@@ -103,19 +119,20 @@ class Worker:
         return record.error_code is None and record.model_id != self.encoder.model_id
 
     def ingest(self, candidates: Sequence[scan.Candidate], known: dict[str, Record],
-               tally: Tally) -> None:
-        """Read, encode and store `candidates` in batches; answer the unusable ones."""
+               tally: Tally) -> list[int]:
+        """Read, encode and store `candidates` in batches; return the stored row ids."""
         progress = Progress("ingest", len(candidates))
-        size = self.config.batch_size
+        size, stored = self.config.batch_size, []
         for start in range(0, len(candidates), size):
-            batch = self.read(candidates[start:start + size])
-            self.store(batch, known, tally)
+            if self.interrupted():
+                log.info("ingest interrupted: %d left for the next start", len(candidates) - start)
+                break
+            batch = list(self.pool.map(self.read, candidates[start:start + size]))
+            stored += self.store(batch, known, tally)
             progress.update(start + len(batch))
+        return stored
 
-    def read(self, batch: Sequence[scan.Candidate]) -> list[Read]:
-        return list(self.pool.map(self.read_one, batch))
-
-    def read_one(self, candidate: scan.Candidate) -> Read:
+    def read(self, candidate: scan.Candidate) -> Read:
         path = self.config.inbox / candidate.path
         try:
             if not scan.inside(self.config.inbox, path):
@@ -124,20 +141,21 @@ class Worker:
         except UnreadableImage as problem:
             return Read(candidate, None, problem)
 
-    def store(self, batch: list[Read], known: dict[str, Record], tally: Tally) -> None:
+    def store(self, batch: list[Read], known: dict[str, Record], tally: Tally) -> list[int]:
+        """Encode the usable reads of a batch and store the batch in one transaction."""
         usable = [r for r in batch if r.decoded is not None]
         latents = self.encoder.encode(np.stack([r.decoded.pixels for r in usable])) \
-            if usable else np.zeros((0, self.encoder.latent_dim), np.float32)
+            if usable else []  # type: ignore[union-attr]
         entries = []
         for read, latent in zip(usable, latents):
-            c, record = read.candidate, known.get(read.candidate.path)
+            c = read.candidate
             assert read.decoded is not None
             entries.append(Entry(c.path, c.size, c.mtime_ns, read.decoded.sha256,
                                  self.encoder.model_id, latent))
-            if record is None:
-                tally.added += 1
-            else:
+            if c.path in known:
                 tally.updated += 1
+            else:
+                tally.added += 1
         for read in batch:
             if read.problem is not None:
                 c = read.candidate
@@ -145,18 +163,22 @@ class Worker:
                                      read.problem.code, read.problem.message))
                 tally.errors += 1
                 log.warning("%s: %s (%s)", c.path, read.problem.message, read.problem.code)
+        if not entries:
+            return []
         self.library.apply(entries)
+        return [record.id for record in self.library.lookup(e.path for e in entries).values()]
 
-    def forget(self, gone: Iterable[str], tally: Tally) -> None:
-        """Drop images that left the inbox, with their results files."""
-        gone = list(gone)
-        if not gone:
-            return
-        self.library.apply(deletions=gone)
-        for path in gone:
+    def forget(self, gone: Iterable[str], tally: Tally) -> list[int]:
+        """Drop images that left the inbox, with their results files; return their row ids."""
+        records = self.library.lookup(gone)
+        if not records:
+            return []
+        self.library.apply(deletions=records)
+        for path in records:
             results.remove(self.config.inbox / path)
-        tally.removed += len(gone)
-        log.info("forgot %d images that left the inbox", len(gone))
+        tally.removed += len(records)
+        log.info("forgot %d images that left the inbox", len(records))
+        return [record.id for record in records.values()]
 
     # -- the index ---------------------------------------------------------
     def rebuild_if_stale(self) -> index.BuiltIndex | None:
@@ -165,78 +187,130 @@ class Worker:
             self.rebuild()
         return index.load(self.config.state_dir)
 
-    def rebuild(self) -> index.IndexInfo:
-        return index.build(self.library, self.config.state_dir, metric=self.config.index.metric,
-                           trees=self.config.index.trees, model_id=self.encoder.model_id)
+    def rebuild(self, library: Library | None = None) -> index.IndexInfo:
+        return index.build(library or self.library, self.config.state_dir,
+                           metric=self.config.index.metric, trees=self.config.index.trees,
+                           model_id=self.encoder.model_id)
 
     def searcher(self, built: index.BuiltIndex | None) -> Searcher:
         return Searcher.open(self.library, built, self.config.index.metric,
                              self.config.index.search_k)
 
     # -- results -----------------------------------------------------------
-    def answer_library(self, searcher: Searcher, tally: Tally) -> None:
-        """Write every missing or outdated results file of the inbox."""
-        records = self.library.records()
-        by_id = {r.id: r for r in records.values()}
-        generation = self.library.generation
-        settled = self.library.meta("answered_generation") == str(generation)
-        row_ids, latents = self.library.vectors()
-        vectors = dict(zip(row_ids.tolist(), latents))
-        todo = [r for r in records.values()
-                if not settled or not results.results_path(self.config.inbox / r.path).exists()]
-        progress = Progress("results", len(todo))
-        answered = []
-        for done, record in enumerate(todo, 1):
-            if record.error_code is not None:
-                document = results.error(record.path, record.error_code,
-                                         record.error_message or record.error_code)
-            else:
-                document = self.document(record.path, record.sha256, vectors[record.id],
-                                         searcher, by_id, exclude=record.id)
-            stamp = results.fingerprint(document)
-            target = results.results_path(self.config.inbox / record.path)
-            if stamp != record.answered or not target.exists():
-                if self.write(target, document):
-                    answered.append((record.id, stamp))
-            progress.update(done)
-        self.library.mark_answered(answered)
-        self.library.set_meta("answered_generation", str(generation))
-        tally.answered += len(answered)
+    def affected(self, searcher: Searcher, changes: Changes) -> set[int]:
+        """Answered images whose results `changes` may alter (not the changed ones themselves).
 
-    def answer_queries(self, searcher: Searcher, tally: Tally) -> None:
-        """Answer each image of the query folder whose results are missing or outdated."""
+        A new or moved image enters the results of those of its nearest
+        images that it is closer to than their k-th neighbour; an image that
+        left or changed leaves the results that named it.
+        """
+        touched = set(changes.stored) | set(changes.removed)
+        affected = set(self.library.naming(touched)) if touched else set()
+        width = REVERSE_CANDIDATES * self.config.neighbors
+        for row_id, vector in self.library.vectors_of(changes.stored).items():
+            near = searcher.neighbors(vector, width, exclude=row_id)
+            radii = self.library.radii(n.row_id for n in near)
+            affected.update(n.row_id for n in near
+                            if n.row_id in radii and (radii[n.row_id] is None
+                                                      or n.distance < radii[n.row_id]))
+        return affected - touched
+
+    def answer(self, searcher: Searcher, row_ids: Iterable[int], tally: Tally,
+               names: dict[int, tuple[str, str | None]] | None = None) -> None:
+        """Write the results file of each row whose results are missing or different."""
+        wanted = list(row_ids)
+        progress = Progress("results", len(wanted))
+        for start in range(0, len(wanted), 1024):
+            chunk = self.library.fetch(wanted[start:start + 1024])
+            vectors = self.library.vectors_of(chunk)
+            found = {row: searcher.neighbors(vector, self.config.neighbors, exclude=row)
+                     for row, vector in vectors.items()}
+            known = names if names is not None else self.library.describe(
+                {n.row_id for near in found.values() for n in near})
+            answers = [self.answer_one(record, found.get(record.id, []), searcher, known)
+                       for record in chunk.values()]
+            written = [a for a in answers if a is not None]
+            self.library.mark_answered(written)
+            tally.answered += len(written)
+            progress.update(start + len(chunk))
+
+    def answer_one(self, record: Record, near: list[Neighbor], searcher: Searcher,
+                   names: dict[int, tuple[str, str | None]]) -> Answer | None:
+        if record.error_code is not None:
+            document = results.error(record.path, record.error_code,
+                                     record.error_message or record.error_code)
+            near = []
+        else:
+            near = [n for n in near if n.row_id in names]
+            document = self.document(record.path, record.sha256, near, searcher, names)
+        stamp = results.fingerprint(document)
+        target = results.results_path(self.config.inbox / record.path)
+        if stamp == record.answered and target.exists():
+            return None
+        if not self.write(target, document):
+            return None
+        full = len(near) >= self.config.neighbors
+        return Answer(record.id, stamp, [n.row_id for n in near],
+                      near[-1].distance if full else None)
+
+    def answer_missing(self, searcher: Searcher, tally: Tally,
+                       records: Iterable[Record] | None = None) -> None:
+        """Answer the images of the library that have no results file."""
+        records = self.library.records().values() if records is None else records
+        missing = [r.id for r in records
+                   if not results.results_path(self.config.inbox / r.path).exists()]
+        self.answer(searcher, missing, tally)
+
+    def answer_library(self, searcher: Searcher, tally: Tally) -> None:
+        """Write every missing or outdated results file of the inbox (`run --once`)."""
+        records = self.library.records()
+        generation = str(self.library.generation)
+        if self.library.meta("answered_generation") == generation:
+            self.answer_missing(searcher, tally, records.values())
+            return
+        names = {r.id: (r.path, r.sha256) for r in records.values()}
+        self.answer(searcher, names, tally, names)
+        self.library.set_meta("answered_generation", generation)
+
+    def answer_queries(self, searcher: Searcher, tally: Tally,
+                       paths: Iterable[str] | None = None) -> None:
+        """Answer query-folder images: `paths`, or every one whose results are missing or old."""
         folder = self.config.query_dir
         if folder is None or not folder.is_dir():
             return
-        generation = str(self.library.generation)
-        settled = self.library.meta("queries_generation") == generation
-        todo = [c for c in scan.walk(folder, self.config.exclude)
-                if not settled or not fresh_results(folder / c.path)]
-        by_id = {r.id: r for r in self.library.records().values()}
-        for candidate in todo:
-            path = folder / candidate.path
-            try:
-                if not scan.inside(folder, path):
-                    raise UnreadableImage("outside", "a link that leads outside the watched folder")
-                decoded = images.load(path, self.encoder.shape)
-                vector = self.encoder.encode(decoded.pixels[None])[0]
-                document = self.document(candidate.path, decoded.sha256, vector, searcher, by_id)
-            except UnreadableImage as problem:
-                document = results.error(candidate.path, problem.code, problem.message)
+        if paths is None:
+            generation = str(self.library.generation)
+            settled = self.library.meta("queries_generation") == generation
+            paths = [c.path for c in scan.walk(folder, self.config.exclude)
+                     if not settled or not fresh_results(folder / c.path)]
+            self.library.set_meta("queries_generation", generation)
+        for relative in paths:
+            document = self.query(folder / relative, relative, searcher)
+            if document["status"] == "error":
                 tally.errors += 1
-            if self.write(results.results_path(path), document):
+            if self.write(results.results_path(folder / relative), document):
                 tally.answered += 1
-        self.library.set_meta("queries_generation", generation)
 
-    def document(self, query: str, sha256: str | None, vector: np.ndarray, searcher: Searcher,
-                 by_id: dict[int, Record], exclude: int | None = None) -> dict[str, object]:
-        found = []
-        for neighbor in searcher.neighbors(vector, self.config.neighbors, exclude=exclude):
-            record = by_id.get(neighbor.row_id)
-            if record is None:
-                continue
-            duplicate = sha256 is not None and record.sha256 == sha256
-            found.append(results.Found(record.path, neighbor.distance, duplicate))
+    def query(self, path: Path, name: str, searcher: Searcher,
+              exclude: int | None = None) -> dict[str, object]:
+        """The results document for any image file (not added to the library)."""
+        try:
+            if self.config.query_dir and path.is_relative_to(self.config.query_dir) \
+                    and not scan.inside(self.config.query_dir, path):
+                raise UnreadableImage("outside", "a link that leads outside the watched folder")
+            decoded = images.load(path, self.encoder.shape)
+        except UnreadableImage as problem:
+            return results.error(name, problem.code, problem.message)
+        vector = self.encoder.encode(decoded.pixels[None])[0]
+        near = searcher.neighbors(vector, self.config.neighbors, exclude=exclude)
+        names = self.library.describe(n.row_id for n in near)
+        return self.document(name, decoded.sha256, near, searcher, names)
+
+    def document(self, query: str, sha256: str | None, near: list[Neighbor], searcher: Searcher,
+                 names: dict[int, tuple[str, str | None]]) -> dict[str, object]:
+        found = [results.Found(names[n.row_id][0], n.distance,
+                               sha256 is not None and names[n.row_id][1] == sha256)
+                 for n in near if n.row_id in names]
         built = searcher.index.info.generation if searcher.index is not None else 0
         return results.ok(query, self.encoder.model_id, searcher.metric, found,
                           built, searcher.items, searcher.pending)

@@ -1,0 +1,314 @@
+"""`lookalike run`: the watching service.
+
+Start-up takes the state lock, starts watching (so nothing that lands during
+the start-up scan is missed), reconciles the inbox with the library, answers
+what has no results yet and tells systemd READY. Then each `loop` turn
+handles the paths that settled, a due rescan or index rebuild, and the
+watchdog ping. Signal handlers only set flags; the loop acts on them.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from datetime import datetime, timezone
+from pathlib import Path
+from types import FrameType
+
+from lookalike.core import config as configuration
+from lookalike.core import index, results
+from lookalike.core.config import Config
+from lookalike.core.errors import LookalikeError, StateError
+from lookalike.core.model import Encoder
+from lookalike.core.scan import Candidate
+from lookalike.core.search import Searcher
+from lookalike.core.store import Library
+from lookalike.daemon.lock import StateLock
+from lookalike.daemon.notify import Notifier
+from lookalike.daemon.watcher import Arrivals, Ready, Watcher
+from lookalike.daemon.worker import Changes, Tally, Worker
+
+log = logging.getLogger(__name__)
+
+STATUS_EVERY_S = 2.0
+LIVE_KEYS = ("index", "search", "watch", "log_level", "ingest.batch_size")
+
+
+class Service:
+    def __init__(self, config: Config, load_encoder: Callable[[Config], Encoder],
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.config = config
+        self.load_encoder = load_encoder
+        self.clock = clock
+        self.notifier = Notifier()
+        self.stop_requested = False
+        self.reload_requested = False
+        self.started_at = now_utc()
+        self.tally = Tally()
+        self.rebuilding: threading.Thread | None = None
+        self.rebuild_error: str | None = None
+        self.missing: set[str] = set()
+
+    # -- life cycle ------------------------------------------------------------
+    def start(self) -> None:
+        config = self.config
+        self.install_signals()
+        self.lock = StateLock(config.state_dir)
+        self.library = Library(config.state_dir / "library.sqlite")
+        self.worker = Worker(config, self.library, self.load_encoder(config))
+        self.worker.interrupted = lambda: self.stop_requested
+        roots = {"inbox": config.inbox}
+        if config.query_dir is not None:
+            roots["queries"] = config.query_dir
+        self.arrivals = Arrivals(roots, config.settle_s, config.exclude, self.clock)
+        self.watcher = Watcher(self.arrivals)
+        self.watcher.start()
+        self.searcher = self.worker.searcher(index.load(config.state_dir))
+        self.check_folders()
+        if "inbox" not in self.missing:
+            self.rescan()
+        self.last_rebuild = self.last_rescan = self.last_status = self.clock()
+        counts = self.library.counts()
+        log.info("ready: %d images in the library, index generation %s, watching %s",
+                 counts["images"], self.index_generation(), ", ".join(map(str, roots.values())))
+        self.notifier.ready(self.status_line())
+        self.write_status()
+
+    def run_forever(self) -> None:
+        while not self.stop_requested:
+            try:
+                self.loop(self.clock())
+            except LookalikeError as error:
+                log.error("%s", error)
+                time.sleep(1)
+            except Exception:  # a bug must not end a service that runs for months
+                log.exception("unexpected error; going on")
+                time.sleep(1)
+
+    def shutdown(self) -> None:
+        self.notifier.stopping()
+        log.info("stopping")
+        self.watcher.stop()
+        if self.rebuilding is not None:
+            self.rebuilding.join()
+        self.worker.close()
+        self.write_status(state="stopped")
+        self.library.close()
+        self.lock.release()
+        log.info("stopped: %s", self.tally.line())
+
+    def install_signals(self) -> None:
+        def stop(signum: int, frame: FrameType | None) -> None:
+            self.stop_requested = True
+
+        def reload(signum: int, frame: FrameType | None) -> None:
+            self.reload_requested = True
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        signal.signal(signal.SIGHUP, reload)
+
+    # -- one turn ---------------------------------------------------------------
+    def loop(self, now: float) -> None:
+        """Handle what is due at `now`, then wait a little for more."""
+        if self.reload_requested:
+            self.reload_requested = False
+            self.reload()
+        if self.check_folders():
+            self.rescan()
+            self.last_rescan = now
+        batch = self.arrivals.ready(self.config.batch_size)
+        if batch:
+            self.handle(batch)
+        interval = self.config.rescan_interval_s
+        if interval and now - self.last_rescan >= interval and "inbox" not in self.missing:
+            log.info("periodic rescan")
+            self.rescan()
+            self.last_rescan = now
+        self.maybe_rebuild(now)
+        if now - self.last_status >= STATUS_EVERY_S:
+            self.notifier.status(self.status_line())
+            self.write_status()
+            self.last_status = now
+        if self.notifier.watchdog_s is not None:
+            self.notifier.watchdog()
+        if not batch:
+            self.arrivals.wait(0.2 if len(self.arrivals) else 1.0)
+
+    def handle(self, batch: list[Ready]) -> None:
+        """Ingest, forget and answer a batch of settled paths."""
+        inbox_missing = "inbox" in self.missing
+        arrived = [Candidate(r.path, *r.stat) for r in batch if r.root == "inbox" and r.stat]
+        gone = [r.path for r in batch if r.root == "inbox" and r.stat is None and not r.folder]
+        for r in batch:
+            if r.root == "inbox" and r.folder:
+                gone += self.library.under(r.path)
+        if inbox_missing:
+            gone = []  # an unmounted disk is not a deletion: wait for it
+        known = self.library.lookup(c.path for c in arrived)
+        changed = [c for c in arrived if self.worker.outdated(known.get(c.path), c)]
+        stored = self.worker.ingest(changed, known, self.tally)
+        removed = self.worker.forget(gone, self.tally)
+        self.follow(Changes(stored, removed))
+        queries = [r for r in batch if r.root == "queries"]
+        self.worker.answer_queries(self.searcher, self.tally, [r.path for r in queries if r.stat])
+        for r in queries:
+            if r.stat is None and self.config.query_dir is not None and not r.folder:
+                results.remove(self.config.query_dir / r.path)
+
+    def follow(self, changes: Changes) -> None:
+        """After a change to the library: update the search and every results file it touches."""
+        if not changes:
+            return
+        if len(changes.stored) >= self.config.index.rebuild_share * max(self.searcher.items, 1000):
+            if self.rebuilding is not None:
+                self.rebuilding.join()  # one builder at a time
+            self.worker.rebuild()  # a large arrival: index it now rather than scan it exactly
+            self.swap_index()
+        else:
+            vectors = self.library.vectors_of(changes.stored)
+            unusable = [row for row in changes.stored if row not in vectors]
+            self.searcher.refresh(vectors, changes.removed + unusable)
+        affected = self.worker.affected(self.searcher, changes)
+        self.worker.answer(self.searcher, changes.stored + sorted(affected), self.tally)
+        log.debug("%d stored, %d removed, %d other results rewritten",
+                  len(changes.stored), len(changes.removed), len(affected))
+
+    def rescan(self) -> None:
+        """Reconcile the inbox with the library, and answer whatever has no results."""
+        tally = self.tally
+        self.follow(self.worker.reconcile(tally))
+        self.worker.answer_missing(self.searcher, tally)
+        self.worker.answer_queries(self.searcher, tally)
+
+    # -- folders, index, config ------------------------------------------------
+    def check_folders(self) -> bool:
+        """Notice watched folders that vanished or came back; True when one came back."""
+        back = False
+        for root, folder in self.arrivals.roots.items():
+            present = folder.is_dir()
+            if not present and root not in self.missing:
+                self.missing.add(root)
+                log.warning("%s %s is missing (unmounted?); nothing is forgotten, waiting for it",
+                            root, folder)
+            elif present and root in self.missing:
+                self.missing.discard(root)
+                log.info("%s %s is back; rescanning", root, folder)
+                back = True
+        if back:
+            self.watcher.watch()
+        return back
+
+    def maybe_rebuild(self, now: float) -> None:
+        if self.rebuilding is not None:
+            if self.rebuilding.is_alive():
+                return
+            self.rebuilding = None
+            self.swap_index()
+            return
+        built = self.index_generation()
+        if built == self.library.generation:
+            return
+        items = max(self.searcher.items, 1)
+        due = now - self.last_rebuild >= self.config.index.rebuild_interval_s
+        if due or self.searcher.pending >= self.config.index.rebuild_share * items:
+            self.last_rebuild = now
+            self.rebuilding = threading.Thread(target=self.rebuild, name="rebuild")
+            self.rebuilding.start()
+
+    def rebuild(self) -> None:
+        """In the rebuild thread: build a new index with a connection of its own."""
+        try:
+            with Library(self.config.state_dir / "library.sqlite") as library:
+                self.worker.rebuild(library)
+            self.rebuild_error = None
+        except (LookalikeError, OSError) as error:
+            self.rebuild_error = str(error)
+            log.error("index rebuild failed: %s", error)
+
+    def swap_index(self) -> None:
+        try:
+            built = index.load(self.config.state_dir)
+        except StateError as error:
+            log.error("%s", error)
+            return
+        self.searcher = self.worker.searcher(built)
+
+    def index_generation(self) -> int | None:
+        return self.searcher.index.info.generation if self.searcher.index is not None else None
+
+    def reload(self) -> None:
+        """SIGHUP: apply what can change while running; say what needs a restart."""
+        try:
+            fresh = configuration.load(self.config.source)
+        except LookalikeError as error:
+            log.error("config not reloaded: %s", error)
+            return
+        fixed = [name for name in ("inbox", "query_dir", "state_dir", "model", "image",
+                                   "decode_threads") if getattr(fresh, name) != getattr(self.config, name)]
+        if fixed:
+            log.warning("config reloaded; restart to apply: %s", ", ".join(fixed))
+        live = replace(fresh, **{name: getattr(self.config, name) for name in fixed})
+        self.config = self.worker.config = live
+        self.arrivals.settle_s, self.arrivals.exclude = live.settle_s, live.exclude
+        self.searcher.search_k = live.index.search_k
+        logging.getLogger().setLevel(live.log_level.upper())
+        log.info("config reloaded from %s", live.source)
+
+    # -- reporting ----------------------------------------------------------------
+    def status_line(self) -> str:
+        counts = self.library.counts()
+        missing = f", missing: {', '.join(sorted(self.missing))}" if self.missing else ""
+        return (f"{counts['images']} images, {len(self.arrivals)} queued, "
+                f"{self.searcher.pending} pending index{missing}")
+
+    def write_status(self, state: str = "running") -> None:
+        """Leave `service.json` in the state directory for `lookalike status`."""
+        built = self.searcher.index.info if self.searcher.index is not None else None
+        report = {
+            "pid": os.getpid(),
+            "state": state,
+            "started_at": self.started_at,
+            "updated_at": now_utc(),
+            "queue": len(self.arrivals),
+            "pending_index": self.searcher.pending,
+            "rebuilding": self.rebuilding is not None,
+            "last_rebuild": {"generation": built.generation, "items": built.items,
+                             "built_at": built.built_at, "seconds": built.seconds} if built else None,
+            "rebuild_error": self.rebuild_error,
+            "folders": {root: ("missing" if root in self.missing else "watched")
+                        for root in self.arrivals.roots},
+            "totals": self.tally.__dict__,
+        }
+        path = status_path(self.config.state_dir)
+        try:  # renamed into place, not synced: it is rewritten every few seconds
+            path.with_name(path.name + ".partial").write_text(json.dumps(report, indent=1))
+            os.replace(path.with_name(path.name + ".partial"), path)
+        except OSError as error:
+            log.warning("cannot write the status file: %s", error)
+
+
+def status_path(state_dir: Path) -> Path:
+    return state_dir / "service.json"
+
+
+def now_utc() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def run(config: Config, load_encoder: Callable[[Config], Encoder]) -> int:
+    service = Service(config, load_encoder)
+    service.start()
+    if service.stop_requested:  # stopped during start-up: leave cleanly all the same
+        service.shutdown()
+        return 0
+    try:
+        service.run_forever()
+    finally:
+        service.shutdown()
+    return 0

@@ -1,0 +1,189 @@
+"""Watch folders and collect the paths that changed, until they settle.
+
+The watchdog handler only notes a path (coalescing repeated events); the
+service asks `Arrivals.ready` for the paths that are complete: closed after
+writing, moved into place, gone, or with size and mtime unchanged for the
+settle time. Reading a file that is still being written is what this
+prevents.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from watchdog.events import (DirCreatedEvent, DirDeletedEvent, DirMovedEvent, FileClosedEvent,
+                             FileCreatedEvent, FileDeletedEvent, FileModifiedEvent,
+                             FileMovedEvent, FileSystemEvent, FileSystemEventHandler)
+from watchdog.observers import Observer
+from watchdog.observers.api import BaseObserver
+
+from lookalike.core import scan
+
+log = logging.getLogger(__name__)
+
+# Opens and reads (our own among them) are not changes: not subscribed to.
+EVENTS = [FileCreatedEvent, FileModifiedEvent, FileMovedEvent, FileDeletedEvent, FileClosedEvent,
+          DirCreatedEvent, DirMovedEvent, DirDeletedEvent]
+
+Stat = tuple[int, int] | None  # (size, mtime_ns), None when missing
+
+
+@dataclass
+class Pending:
+    complete: bool = False  # closed after writing or moved into place
+    stat: Stat = None
+    since: float = 0.0
+    checked: bool = False
+
+
+@dataclass(frozen=True)
+class Ready:
+    """A path of a watched folder that can be acted on."""
+
+    root: str  # "inbox" or "queries"
+    path: str  # relative to that folder
+    stat: Stat  # None: the file is gone
+    folder: bool = False  # a folder vanished: forget what was under it
+
+
+@dataclass
+class Arrivals:
+    """Paths noted by the watcher, coalesced, waiting to settle."""
+
+    roots: dict[str, Path]
+    settle_s: float
+    exclude: tuple[str, ...] = ()
+    clock: Callable[[], float] = field(default=lambda: 0.0)
+    pending: dict[tuple[str, str], Pending] = field(default_factory=dict)
+    folders: set[tuple[str, str]] = field(default_factory=set)
+    changed: threading.Condition = field(default_factory=threading.Condition)
+
+    def note(self, root: str, absolute: str, complete: bool = False) -> None:
+        relative = self.relative(root, absolute)
+        if relative is None or not scan.wanted(relative, self.exclude):
+            return
+        with self.changed:
+            entry = self.pending.setdefault((root, relative), Pending())
+            entry.complete = entry.complete or complete
+            self.changed.notify()
+
+    def note_folder(self, root: str, absolute: str) -> None:
+        relative = self.relative(root, absolute)
+        if relative:
+            with self.changed:
+                self.folders.add((root, relative))
+                self.changed.notify()
+
+    def relative(self, root: str, absolute: str) -> str | None:
+        try:
+            relative = Path(absolute).relative_to(self.roots[root]).as_posix()
+        except ValueError:
+            return None
+        return None if relative == "." else relative
+
+    def __len__(self) -> int:
+        with self.changed:
+            return len(self.pending) + len(self.folders)
+
+    def wait(self, timeout: float) -> None:
+        """Sleep until something is noted or `timeout` passes."""
+        with self.changed:
+            if not self.pending and not self.folders:
+                self.changed.wait(timeout)
+
+    def ready(self, limit: int) -> list[Ready]:
+        """Up to `limit` paths that are complete or gone; the rest keep waiting."""
+        now = self.clock()
+        with self.changed:
+            noted = list(self.pending.items())
+            folders, self.folders = self.folders, set()
+        done: list[Ready] = [Ready(root, path, None, folder=True) for root, path in folders
+                             if not (self.roots[root] / path).is_dir()]
+        for (root, path), entry in noted:
+            if len(done) >= limit:
+                break
+            stat = stat_of(self.roots[root] / path)
+            with self.changed:
+                if self.pending.get((root, path)) is not entry:
+                    continue  # noted again meanwhile: look next time
+                if not entry.checked or stat != entry.stat:
+                    entry.stat, entry.since, entry.checked = stat, now, True
+                    if not (entry.complete or stat is None):
+                        continue
+                elif not (entry.complete or now - entry.since >= self.settle_s):
+                    continue
+                del self.pending[(root, path)]
+            done.append(Ready(root, path, stat))
+        return done
+
+
+def stat_of(path: Path) -> Stat:
+    try:
+        status = os.stat(path)
+    except OSError:
+        return None
+    return (status.st_size, status.st_mtime_ns)
+
+
+class Handler(FileSystemEventHandler):
+    """Only notes paths: the service does the work."""
+
+    def __init__(self, arrivals: Arrivals, root: str) -> None:
+        self.arrivals, self.root = arrivals, root
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        source = os.fsdecode(event.src_path)
+        target = os.fsdecode(getattr(event, "dest_path", "") or "")
+        if event.is_directory:
+            if isinstance(event, DirDeletedEvent):
+                self.arrivals.note_folder(self.root, source)
+            elif isinstance(event, DirMovedEvent):
+                self.arrivals.note_folder(self.root, source)
+            return  # watchdog reports the files inside new and moved folders itself
+        if isinstance(event, FileMovedEvent):
+            self.arrivals.note(self.root, source)
+            if target:
+                self.arrivals.note(self.root, target, complete=True)  # renamed into place: whole
+        else:
+            self.arrivals.note(self.root, source, complete=isinstance(event, FileClosedEvent))
+
+
+class Watcher:
+    """A watchdog observer on each watched folder that exists; `watch` again when one returns."""
+
+    def __init__(self, arrivals: Arrivals) -> None:
+        self.arrivals = arrivals
+        self.observer: BaseObserver = Observer()
+        self.watched: dict[str, object] = {}
+
+    def start(self) -> None:
+        self.observer.start()
+        self.watch()
+
+    def watch(self) -> list[str]:
+        """Watch each folder that exists and is not watched yet; return the ones now watched."""
+        started = []
+        for root, folder in self.arrivals.roots.items():
+            alive = self.watched.get(root)
+            if alive is not None and folder.is_dir():
+                continue
+            if alive is not None:
+                self.observer.unschedule(alive)  # type: ignore[arg-type]
+                del self.watched[root]
+            if folder.is_dir():
+                try:
+                    self.watched[root] = self.observer.schedule(
+                        Handler(self.arrivals, root), str(folder), recursive=True,
+                        event_filter=EVENTS)
+                    started.append(root)
+                except OSError as error:  # e.g. the inotify watch limit
+                    log.warning("cannot watch %s: %s; relying on periodic rescans", folder, error)
+        return started
+
+    def stop(self) -> None:
+        self.observer.stop()
+        self.observer.join(timeout=5)
