@@ -102,7 +102,9 @@ def validate(raw: dict[str, Any]) -> list[str]:
     problems = []
     for error in sorted(validator.iter_errors(raw), key=lambda e: list(map(str, e.path))):
         problems.extend(describe(error))
-    return problems
+    # jsonschema reports each missing required key as its own error, and `describe`
+    # names every missing key of the object for each: say each once.
+    return list(dict.fromkeys(problems))
 
 
 def describe(error: jsonschema.ValidationError) -> list[str]:

@@ -9,6 +9,7 @@ still covers the output, so a 12-megapixel photo never decodes in full.
 from __future__ import annotations
 
 import hashlib
+import stat
 import warnings
 from dataclasses import dataclass
 from io import BytesIO
@@ -45,7 +46,8 @@ class Decoded:
 def read(path: Path) -> bytes:
     """The file's bytes, or UnreadableImage saying why not."""
     try:
-        if not path.is_file():
+        # stat, not is_file(): is_file() says False for a missing file too.
+        if not stat.S_ISREG(path.stat().st_mode):
             raise UnreadableImage("not_a_file", "not a regular file")
         data = path.read_bytes()
     except PermissionError:
@@ -69,7 +71,9 @@ def decode(data: bytes, shape: Shape) -> np.ndarray:
     mode = COLORS[shape.color]
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # Our own limit (shape.max_pixels) decides, below; Pillow's warning fires at
+            # 89.5 Mpx, under the configured default, and would refuse a 100 Mpx photo.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(BytesIO(data)) as image:
                 width, height = image.size
                 if width * height > shape.max_pixels:
@@ -91,7 +95,8 @@ def decode(data: bytes, shape: Shape) -> np.ndarray:
     except (OSError, SyntaxError, ValueError, EOFError) as error:
         code = "truncated" if "truncated" in str(error) else "corrupt"
         raise UnreadableImage(code, f"the image data is damaged: {error}") from None
-    resized = converted.resize((shape.size, shape.size), Image.Resampling.BILINEAR, reducing_gap=2.0)
+    side = (shape.size, shape.size)
+    resized = converted.resize(side, Image.Resampling.BILINEAR, reducing_gap=2.0)
     pixels = np.asarray(resized, dtype=np.uint8)
     return pixels.reshape(shape.size, shape.size, shape.channels)
 

@@ -14,7 +14,7 @@ import logging
 import os
 import time
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -66,7 +66,7 @@ def build(library: Library, state_dir: Path, *, metric: str, trees: int,
         write_annoy(home / f"{generation}.ann", vectors, metric, trees)
     write_durably(home / f"{generation}.ids.npy", row_ids)
     info = IndexInfo(generation, len(row_ids), dim, metric, trees, model_id,
-                     datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                     datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
                      round(time.monotonic() - started, 3))
     previous = current_info(state_dir)
     pointer = json.dumps(asdict(info), indent=1).encode()
@@ -74,7 +74,8 @@ def build(library: Library, state_dir: Path, *, metric: str, trees: int,
     if previous is not None:
         remove_older_than(home, previous.generation)
     library.forget_deleted(up_to=generation)
-    log.info("index built: %d items at generation %d in %.1f s", info.items, generation, info.seconds)
+    log.info("index built: %d items at generation %d in %.1f s",
+             info.items, generation, info.seconds)
     return info
 
 

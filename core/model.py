@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ chatter out of the journal
+# Keep TensorFlow's C++ chatter out of the journal.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
@@ -116,14 +118,15 @@ def train(pixels: np.ndarray, shape: Shape, *, preset: str = "seed", latent_dim:
 def save(training: Training, path: Path, extra: dict[str, Any] | None = None) -> str:
     """Write the encoder to `path` (.keras) and its card beside it; return the model id."""
     if path.suffix != ".keras":
-        raise ModelError(f"{path}: the encoder is saved in the native format and must end in .keras")
+        raise ModelError(f"{path}: the encoder is saved in the native format: "
+                         "the name must end in .keras")
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.stem}.partial.keras")
     training.encoder.save(partial)
     os.replace(partial, path)
     identity = model_card.model_id(path)
     model_card.write(path, {**training.card, **(extra or {}), "model_id": identity,
-                            "saved_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")})
+                            "saved_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")})
     return identity
 
 
@@ -160,8 +163,10 @@ def load(path: Path, max_pixels: int = 150_000_000) -> Encoder:
     except Exception as error:  # Keras raises many kinds for a bad file
         raise ModelError(f"{path}: cannot load the encoder: {error}") from None
     dims = tuple(model.input_shape)
-    if len(dims) != 4 or dims[1] != dims[2] or dims[3] not in (1, 3) or len(model.output_shape) != 2:
-        raise ModelError(f"{path}: expected an encoder from (size, size, 1 or 3) images to vectors, "
+    square = len(dims) == 4 and dims[1] == dims[2] and dims[3] in (1, 3)
+    if not square or len(model.output_shape) != 2:
+        raise ModelError(f"{path}: expected an encoder from (size, size, 1 or 3) images "
+                         "to vectors, "
                          f"got {dims} -> {model.output_shape}")
     shape = Shape(int(dims[1]), "rgb" if dims[3] == 3 else "grayscale", max_pixels)
     return Encoder(model, shape, model_card.model_id(path), path)

@@ -92,7 +92,7 @@ class Searcher:
             items, distances = self.index.annoy.get_nns_by_vector(
                 vector.tolist(), want, search_k=self.search_k, include_distances=True)
             rows = self.index.row_ids[items] if items else np.zeros(0, np.int64)
-            kept = [Neighbor(int(row), float(d)) for row, d in zip(rows, distances)
+            kept = [Neighbor(int(row), float(d)) for row, d in zip(rows, distances, strict=True)
                     if int(row) != exclude and int(row) not in self.stale]
             if len(kept) >= k or want >= total:
                 return kept[:k]

@@ -95,7 +95,9 @@ class Library:
             self.db = sqlite3.connect(path, timeout=30, isolation_level=None,
                                       check_same_thread=False)
             self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=NORMAL")  # WAL keeps commits atomic; fsync at checkpoints
+            # WAL keeps each commit atomic; a power cut may lose the last few,
+            # which the next start-up scan reads again.
+            self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.executescript(SCHEMA)
         except sqlite3.Error as error:
             raise StateError(f"{path}: cannot open the library: {error}") from None
@@ -216,7 +218,8 @@ class Library:
         wanted = np.fromiter(ids, np.int64)
         if not len(wanted):
             return []
-        rows = self.db.execute("SELECT id, named FROM images WHERE named IS NOT NULL AND deleted = 0")
+        rows = self.db.execute(
+            "SELECT id, named FROM images WHERE named IS NOT NULL AND deleted = 0")
         return [row for row, named in rows
                 if np.isin(np.frombuffer(named, "<i8"), wanted).any()]
 
@@ -279,7 +282,7 @@ class _Transaction:
         self.library.db.execute("ROLLBACK" if kind else "COMMIT")
 
 
-def stack(rows: Iterable[tuple[int, bytes]] | Iterator[tuple[int, bytes]]) -> tuple[np.ndarray, np.ndarray]:
+def stack(rows: Iterable[tuple[int, bytes]]) -> tuple[np.ndarray, np.ndarray]:
     ids: list[int] = []
     blobs: list[bytes] = []
     for row_id, blob in rows:

@@ -15,7 +15,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from lookalike.core import config as configuration
 from lookalike.core import index
@@ -74,8 +74,10 @@ def parser() -> argparse.ArgumentParser:
     status_parser.add_argument("--json", action="store_true", help="print JSON")
     command("rebuild", rebuild, "build a new index of the library now")
     train_parser = command("train", train, "train an encoder on a folder of images", config=False)
-    train_parser.add_argument("--data", type=Path, required=True, help="folder of images (recursive)")
-    train_parser.add_argument("--out", type=Path, required=True, help="encoder file to write (.keras)")
+    train_parser.add_argument("--data", type=Path, required=True,
+                              help="folder of images (recursive)")
+    train_parser.add_argument("--out", type=Path, required=True,
+                              help="encoder file to write (.keras)")
     train_parser.add_argument("--preset", default="seed", help="architecture (default: seed)")
     train_parser.add_argument("--color", choices=("rgb", "grayscale"), default="grayscale")
     train_parser.add_argument("--size", type=positive, default=56, help="input side in pixels")
@@ -186,9 +188,9 @@ def status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
-    built = report["index"]
-    print(f"library   {report['library']['images']} images "
-          f"({report['library']['errors']} unusable), generation {report['library']['generation']}")
+    library, built, service = report["library"], report["index"], report["service"]
+    print(f"library   {library['images']} images ({library['errors']} unusable), "
+          f"generation {library['generation']}")
     if built:
         print(f"index     generation {built['generation']}: {built['items']} items, "
               f"built {built['built_at']} in {built['seconds']} s; {report['pending']} pending")
@@ -198,10 +200,16 @@ def status(args: argparse.Namespace) -> int:
     stale = {m: n for m, n in report["model"]["library"].items() if m != report["model"]["id"]}
     if stale:
         print(f"          {sum(stale.values())} vectors from another model await re-encoding")
+    if service:
+        folders = ", ".join(f"{root} {state}" for root, state in service["folders"].items())
+        print(f"service   running (pid {service['pid']}) since {service['started_at']}: "
+              f"{service['queue']} queued, {folders}")
+    else:
+        print("service   not running")
     return 0
 
 
-def status_report(config: Config) -> dict[str, object]:
+def status_report(config: Config) -> dict[str, Any]:
     from lookalike.core.card import model_id
 
     with open_library(config) as library:
@@ -212,7 +220,25 @@ def status_report(config: Config) -> dict[str, object]:
             "pending": library.pending(built.generation if built else 0),
             "model": {"path": str(config.model), "id": model_id(config.model),
                       "library": library.model_ids()},
+            "service": running_service(config.state_dir),
         }
+
+
+def running_service(state_dir: Path) -> dict[str, Any] | None:
+    """What the running service last reported, or None when none holds the state lock."""
+    from lookalike.daemon.lock import StateLock
+    from lookalike.daemon.service import status_path
+
+    try:
+        StateLock(state_dir).release()
+        return None  # we could take the lock: nobody is running
+    except LookalikeError:
+        pass
+    try:
+        report: dict[str, Any] = json.loads(status_path(state_dir).read_text())
+        return report
+    except (OSError, ValueError):
+        return None
 
 
 def rebuild(args: argparse.Namespace) -> int:

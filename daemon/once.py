@@ -4,22 +4,26 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from lookalike.core.config import Config
 from lookalike.core.errors import StateError
-from lookalike.core.model import Encoder
 from lookalike.core.store import Library
 from lookalike.daemon.lock import StateLock
-from lookalike.daemon.worker import Tally, Worker
+from lookalike.daemon.worker import Tally, Worker, create_folders_on_first_run
+
+if TYPE_CHECKING:
+    from lookalike.core.model import Encoder
 
 log = logging.getLogger(__name__)
 
 
 def run(config: Config, load_encoder: Callable[[Config], Encoder]) -> int:
-    if not config.inbox.is_dir():
-        raise StateError(f"the inbox {config.inbox} does not exist (is its disk mounted?)")
     started = time.monotonic()
     with StateLock(config.state_dir), Library(config.state_dir / "library.sqlite") as library:
+        create_folders_on_first_run(config, library)
+        if not config.inbox.is_dir():
+            raise StateError(f"the inbox {config.inbox} does not exist (is its disk mounted?)")
         worker = Worker(config, library, load_encoder(config))
         try:
             tally = Tally()

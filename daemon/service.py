@@ -16,22 +16,24 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from lookalike.core import config as configuration
 from lookalike.core import index, results
 from lookalike.core.config import Config
 from lookalike.core.errors import LookalikeError, StateError
-from lookalike.core.model import Encoder
 from lookalike.core.scan import Candidate
-from lookalike.core.search import Searcher
 from lookalike.core.store import Library
 from lookalike.daemon.lock import StateLock
 from lookalike.daemon.notify import Notifier
 from lookalike.daemon.watcher import Arrivals, Ready, Watcher
-from lookalike.daemon.worker import Changes, Tally, Worker
+from lookalike.daemon.worker import Changes, Tally, Worker, create_folders_on_first_run
+
+if TYPE_CHECKING:
+    from lookalike.core.model import Encoder
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +62,7 @@ class Service:
         self.install_signals()
         self.lock = StateLock(config.state_dir)
         self.library = Library(config.state_dir / "library.sqlite")
+        create_folders_on_first_run(config, self.library)
         self.worker = Worker(config, self.library, self.load_encoder(config))
         self.worker.interrupted = lambda: self.stop_requested
         roots = {"inbox": config.inbox}
@@ -298,7 +301,7 @@ def status_path(state_dir: Path) -> Path:
 
 
 def now_utc() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def run(config: Config, load_encoder: Callable[[Config], Encoder]) -> int:

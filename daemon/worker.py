@@ -18,15 +18,18 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from lookalike.core import images, index, results, scan
 from lookalike.core.config import Config
 from lookalike.core.errors import UnreadableImage
-from lookalike.core.model import Encoder
 from lookalike.core.search import Neighbor, Searcher
 from lookalike.core.store import Answer, Entry, Library, Record
+
+if TYPE_CHECKING:
+    from lookalike.core.model import Encoder
 
 log = logging.getLogger(__name__)
 
@@ -143,14 +146,12 @@ class Worker:
 
     def store(self, batch: list[Read], known: dict[str, Record], tally: Tally) -> list[int]:
         """Encode the usable reads of a batch and store the batch in one transaction."""
-        usable = [r for r in batch if r.decoded is not None]
-        latents = self.encoder.encode(np.stack([r.decoded.pixels for r in usable])) \
-            if usable else []  # type: ignore[union-attr]
+        usable = [(r.candidate, r.decoded) for r in batch if r.decoded is not None]
+        pixels = [decoded.pixels for _, decoded in usable]
+        latents = self.encoder.encode(np.stack(pixels)) if pixels else []
         entries = []
-        for read, latent in zip(usable, latents):
-            c = read.candidate
-            assert read.decoded is not None
-            entries.append(Entry(c.path, c.size, c.mtime_ns, read.decoded.sha256,
+        for (c, decoded), latent in zip(usable, latents, strict=True):
+            entries.append(Entry(c.path, c.size, c.mtime_ns, decoded.sha256,
                                  self.encoder.model_id, latent))
             if c.path in known:
                 tally.updated += 1
@@ -322,6 +323,20 @@ class Worker:
         except OSError as error:
             log.error("%s: cannot write results: %s", target, error.strerror or error)
             return False
+
+
+def create_folders_on_first_run(config: Config, library: Library) -> None:
+    """Make missing watched folders for a new library only.
+
+    A missing inbox of a library that has images is an unmounted disk, not
+    a folder to create (creating it would hide the mount point).
+    """
+    if library.generation:
+        return
+    for folder in (config.inbox, config.query_dir):
+        if folder is not None and not folder.exists():
+            folder.mkdir(parents=True)
+            log.info("created %s", folder)
 
 
 def fresh_results(image: Path) -> bool:
