@@ -138,8 +138,9 @@ def load_encoder(config: Config) -> Encoder:
                         f"{encoder.shape.color} images")
     if problems:
         raise ConfigError(problems)
-    log.info("encoder %s (%dx%d %s -> %d) loaded in %.1f s", config.model.name, encoder.shape.size,
-             encoder.shape.size, encoder.shape.color, encoder.latent_dim, time.monotonic() - started)
+    side = encoder.shape.size
+    log.info("encoder %s (%dx%d %s -> %d) loaded in %.1f s", config.model.name, side, side,
+             encoder.shape.color, encoder.latent_dim, time.monotonic() - started)
     return encoder
 
 

@@ -38,7 +38,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 STATUS_EVERY_S = 2.0
-LIVE_KEYS = ("index", "search", "watch", "log_level", "ingest.batch_size")
+# Settings that a reload cannot change: they shape what is already running.
+RESTART_KEYS = ("inbox", "query_dir", "state_dir", "model", "image", "decode_threads")
 
 
 class Service:
@@ -252,8 +253,7 @@ class Service:
         except LookalikeError as error:
             log.error("config not reloaded: %s", error)
             return
-        fixed = [name for name in ("inbox", "query_dir", "state_dir", "model", "image",
-                                   "decode_threads") if getattr(fresh, name) != getattr(self.config, name)]
+        fixed = [name for name in RESTART_KEYS if getattr(fresh, name) != getattr(self.config, name)]
         if fixed:
             log.warning("config reloaded; restart to apply: %s", ", ".join(fixed))
         live = replace(fresh, **{name: getattr(self.config, name) for name in fixed})
@@ -281,8 +281,9 @@ class Service:
             "queue": len(self.arrivals),
             "pending_index": self.searcher.pending,
             "rebuilding": self.rebuilding is not None,
-            "last_rebuild": {"generation": built.generation, "items": built.items,
-                             "built_at": built.built_at, "seconds": built.seconds} if built else None,
+            "last_rebuild": None if built is None else {
+                "generation": built.generation, "items": built.items,
+                "built_at": built.built_at, "seconds": built.seconds},
             "rebuild_error": self.rebuild_error,
             "folders": {root: ("missing" if root in self.missing else "watched")
                         for root in self.arrivals.roots},

@@ -26,11 +26,13 @@ def run(args: argparse.Namespace) -> int:
     shape = images.Shape(args.size, args.color)
     pixels, fingerprint = read_folder(args.data, shape)
     if len(pixels) < 10:
-        raise LookalikeError(f"{args.data}: {len(pixels)} usable images; training needs at least 10")
+        raise LookalikeError(f"{args.data}: {len(pixels)} usable images; "
+                             "training needs at least 10")
 
     from lookalike.core import model  # TensorFlow loads here
     log.info("training preset %s on %d images (%dx%d %s, latent %d), at most %d epochs",
-             args.preset, len(pixels), shape.size, shape.size, shape.color, args.latent, args.epochs)
+             args.preset, len(pixels), shape.size, shape.size, shape.color, args.latent,
+             args.epochs)
     outcome = model.train(pixels, shape, preset=args.preset, latent_dim=args.latent,
                           epochs=args.epochs, batch_size=args.batch_size, patience=args.patience,
                           seed=args.seed, verbose=1 if sys.stderr.isatty() else 2)

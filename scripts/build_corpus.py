@@ -182,6 +182,7 @@ def _freeciv_flags(members: list[str]) -> list[Candidate]:
 
 _WES = "usr/share/games/wesnoth/1.16/data/core/images/"
 # animation frames and attack poses of units: <unit>-<anim>[-<dir>][-N].png
+# (any unit file name ending in a digit is an animation frame, too)
 _WES_FRAME = re.compile(
     r"-(?:\d+|attack|defend|die|death|melee|ranged|magic|idle|moving|leading|flying|fly|"
     r"bow|sword|spear|staff|breath|fire|cold|ice|blade|pierce|impact|arcane|"
@@ -201,7 +202,7 @@ def _wesnoth(members: list[str]) -> list[Candidate]:
         base = posixpath.basename(stem)
         name = stem.replace("/", "_")
         if top == "units":
-            if _WES_FRAME.search(base + "."):
+            if _WES_FRAME.search(base + ".") or base[-1].isdigit():
                 continue
             out.append(Candidate(m, "units", "wesnoth", name, crop=True))
         elif top == "portraits":
