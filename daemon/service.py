@@ -253,7 +253,7 @@ class Service:
         except LookalikeError as error:
             log.error("config not reloaded: %s", error)
             return
-        fixed = [name for name in RESTART_KEYS if getattr(fresh, name) != getattr(self.config, name)]
+        fixed = [key for key in RESTART_KEYS if getattr(fresh, key) != getattr(self.config, key)]
         if fixed:
             log.warning("config reloaded; restart to apply: %s", ", ".join(fixed))
         live = replace(fresh, **{name: getattr(self.config, name) for name in fixed})
