@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 STATUS_EVERY_S = 2.0
+PROGRESS_EVERY_S = 5.0
 # Settings that a reload cannot change: they shape what is already running.
 RESTART_KEYS = ("inbox", "query_dir", "state_dir", "model", "image", "decode_threads")
 
@@ -76,7 +77,8 @@ class Service:
         self.check_folders()
         if "inbox" not in self.missing:
             self.rescan()
-        self.last_rebuild = self.last_rescan = self.last_status = self.clock()
+        self.last_rebuild = self.last_rescan = self.last_status = self.progress_at = self.clock()
+        self.progress_count = 0
         counts = self.library.counts()
         log.info("ready: %d images in the library, index generation %s, watching %s",
                  counts["images"], self.index_generation(), ", ".join(map(str, roots.values())))
@@ -129,9 +131,14 @@ class Service:
         batch = self.arrivals.ready(self.config.batch_size)
         if batch:
             self.handle(batch)
+            self.report_progress(now)
         interval = self.config.rescan_interval_s
-        if interval and now - self.last_rescan >= interval and "inbox" not in self.missing:
-            log.info("periodic rescan")
+        due = bool(interval) and now - self.last_rescan >= interval
+        if self.watcher.events_lost():
+            log.warning("the kernel dropped file events; rescanning the watched folders")
+            due = True
+        if due and "inbox" not in self.missing:
+            log.info("rescanning the watched folders")
             self.rescan()
             self.last_rescan = now
         self.maybe_rebuild(now)
@@ -143,6 +150,17 @@ class Service:
             self.notifier.watchdog()
         if not batch:
             self.arrivals.wait(0.2 if len(self.arrivals) else 1.0)
+
+    def report_progress(self, now: float) -> None:
+        """During a burst, one log line every few seconds: answered so far, waiting, rate."""
+        if now - self.progress_at < PROGRESS_EVERY_S:
+            return
+        answered = self.tally.added + self.tally.updated + self.tally.errors
+        waiting = len(self.arrivals)
+        if waiting and answered > self.progress_count:
+            rate = (answered - self.progress_count) / (now - self.progress_at)
+            log.info("burst: %d images read, %d waiting (%.0f/s)", answered, waiting, rate)
+        self.progress_at, self.progress_count = now, answered
 
     def handle(self, batch: list[Ready]) -> None:
         """Ingest, forget and answer a batch of settled paths."""

@@ -8,6 +8,7 @@ prevents.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -161,6 +162,22 @@ class Handler(FileSystemEventHandler):
             self.arrivals.note(self.root, source, complete=isinstance(event, FileClosedEvent))
 
 
+class Overflow(logging.Handler):
+    """Hears watchdog's warning that the kernel dropped events, so that we rescan.
+
+    watchdog re-creates its watches after an inotify queue overflow and logs
+    a warning, but tells its handlers nothing: the events themselves are lost.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.happened = threading.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "overflow" in record.getMessage().lower():
+            self.happened.set()
+
+
 class Watcher:
     """A watchdog observer on each watched folder that exists; `watch` again when one returns."""
 
@@ -168,10 +185,18 @@ class Watcher:
         self.arrivals = arrivals
         self.observer: BaseObserver = Observer()
         self.watched: dict[str, object] = {}
+        self.overflow = Overflow()
 
     def start(self) -> None:
+        logging.getLogger("watchdog").addHandler(self.overflow)
         self.observer.start()
         self.watch()
+
+    def events_lost(self) -> bool:
+        """Whether the kernel dropped events since the last call."""
+        lost = self.overflow.happened.is_set()
+        self.overflow.happened.clear()
+        return lost
 
     def watch(self) -> list[str]:
         """Watch each folder that exists and is not watched yet; return the ones now watched."""
@@ -181,7 +206,8 @@ class Watcher:
             if alive is not None and folder.is_dir():
                 continue
             if alive is not None:
-                self.observer.unschedule(alive)  # type: ignore[arg-type]
+                with contextlib.suppress(KeyError):  # its emitter may have stopped already
+                    self.observer.unschedule(alive)  # type: ignore[arg-type]
                 del self.watched[root]
             if folder.is_dir():
                 try:
@@ -194,5 +220,6 @@ class Watcher:
         return started
 
     def stop(self) -> None:
+        logging.getLogger("watchdog").removeHandler(self.overflow)
         self.observer.stop()
         self.observer.join(timeout=5)

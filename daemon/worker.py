@@ -157,6 +157,7 @@ class Worker:
                 tally.updated += 1
             else:
                 tally.added += 1
+            log.debug("%s: encoded", c.path)
         for read in batch:
             if read.problem is not None:
                 c = read.candidate
