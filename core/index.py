@@ -68,7 +68,10 @@ def build(library: Library, state_dir: Path, *, metric: str, trees: int,
     info = IndexInfo(generation, len(row_ids), dim, metric, trees, model_id,
                      datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
                      round(time.monotonic() - started, 3))
-    previous = current_info(state_dir)
+    try:
+        previous = current_info(state_dir)
+    except StateError:  # a damaged pointer: this build replaces it (what `rebuild` is for)
+        previous = None
     pointer = json.dumps(asdict(info), indent=1).encode()
     write_durably(home / "current.json", pointer)
     if previous is not None:

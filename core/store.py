@@ -144,13 +144,22 @@ class Library:
                                "AND latent IS NOT NULL GROUP BY model_id")
         return {str(model): count for model, count in rows}
 
-    def vectors(self, up_to: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Row ids (n,) and latent vectors (n, d) of live usable images, changed by `up_to`."""
+    def vectors(self, up_to: int | None = None,
+                model_id: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Row ids (n,) and latent vectors (n, d) of live usable images, changed by `up_to`
+        (and made by `model_id`, if given)."""
         limit = self.generation if up_to is None else up_to
         rows = self.db.execute(
             "SELECT id, latent FROM images WHERE deleted = 0 AND latent IS NOT NULL "
-            "AND generation <= ? ORDER BY id", (limit,))
+            "AND generation <= ? AND model_id = coalesce(?, model_id) ORDER BY id",
+            (limit, model_id))
         return stack(rows)
+
+    def encoded_by_others(self, model_id: str) -> list[str]:
+        """Paths of usable images whose vectors another model made."""
+        rows = self.db.execute("SELECT path FROM images WHERE deleted = 0 AND latent IS NOT NULL "
+                               "AND model_id != ? ORDER BY path", (model_id,))
+        return [row[0] for row in rows]
 
     def changed_since(self, generation: int) -> tuple[np.ndarray, np.ndarray, set[int]]:
         """What an index built at `generation` does not know.

@@ -26,11 +26,12 @@ from lookalike.core import index, results
 from lookalike.core.config import Config
 from lookalike.core.errors import LookalikeError, StateError
 from lookalike.core.scan import Candidate
+from lookalike.core.search import Searcher
 from lookalike.core.store import Library
 from lookalike.daemon.lock import StateLock
 from lookalike.daemon.notify import Notifier
-from lookalike.daemon.watcher import Arrivals, Ready, Watcher
-from lookalike.daemon.worker import Changes, Tally, Worker, create_folders_on_first_run
+from lookalike.daemon.watcher import Arrivals, Ready, Watcher, stat_of
+from lookalike.daemon.worker import Changes, Progress, Tally, Worker, create_folders_on_first_run
 
 if TYPE_CHECKING:
     from lookalike.core.model import Encoder
@@ -73,7 +74,11 @@ class Service:
         self.arrivals = Arrivals(roots, config.settle_s, config.exclude, self.clock)
         self.watcher = Watcher(self.arrivals)
         self.watcher.start()
-        self.searcher = self.worker.searcher(index.load(config.state_dir))
+        self.reencoding = self.library.encoded_by_others(self.worker.encoder.model_id)
+        if self.reencoding:
+            self.start_reencoding()
+        else:
+            self.searcher = self.worker.searcher(index.load(config.state_dir))
         self.check_folders()
         if "inbox" not in self.missing:
             self.rescan()
@@ -132,6 +137,8 @@ class Service:
         if batch:
             self.handle(batch)
             self.report_progress(now)
+        elif self.reencoding and "inbox" not in self.missing:
+            self.reencode_batch()
         interval = self.config.rescan_interval_s
         due = bool(interval) and now - self.last_rescan >= interval
         if self.watcher.events_lost():
@@ -148,7 +155,7 @@ class Service:
             self.last_status = now
         if self.notifier.watchdog_s is not None:
             self.notifier.watchdog()
-        if not batch:
+        if not batch and not self.reencoding:
             self.arrivals.wait(0.2 if len(self.arrivals) else 1.0)
 
     def report_progress(self, now: float) -> None:
@@ -187,6 +194,10 @@ class Service:
         """After a change to the library: update the search and every results file it touches."""
         if not changes:
             return
+        if self.reencoding:  # searching the re-encoded part only; all is rewritten when done
+            self.searcher.refresh(self.library.vectors_of(changes.stored), changes.removed)
+            self.worker.answer(self.searcher, changes.stored, self.tally)
+            return
         if len(changes.stored) >= self.config.index.rebuild_share * max(self.searcher.items, 1000):
             if self.rebuilding is not None:
                 self.rebuilding.join()  # one builder at a time
@@ -204,9 +215,47 @@ class Service:
     def rescan(self) -> None:
         """Reconcile the inbox with the library, and answer whatever has no results."""
         tally = self.tally
-        self.follow(self.worker.reconcile(tally))
+        self.follow(self.worker.reconcile(tally, model_too=False))
         self.worker.answer_missing(self.searcher, tally)
         self.worker.answer_queries(self.searcher, tally)
+
+    # -- a new model ------------------------------------------------------------
+    def start_reencoding(self) -> None:
+        """The configured model did not make the library's vectors: re-encode in the background.
+
+        Vectors of two models cannot be compared, and the old encoder is
+        usually gone, so until all is re-encoded new images are searched
+        among the re-encoded part only, and existing results files keep the
+        old model's answers; then the index is rebuilt and every results
+        file that changed is rewritten.
+        """
+        log.info("the model changed: re-encoding %d images in the background",
+                 len(self.reencoding))
+        model_id = self.worker.encoder.model_id
+        ids, vectors = self.library.vectors(model_id=model_id)
+        self.searcher = Searcher(None, ids, vectors, set(), self.config.index.metric,
+                                 self.config.index.search_k)
+        self.reencode_progress = Progress("re-encoding", len(self.reencoding))
+        self.reencode_total = len(self.reencoding)
+
+    def reencode_batch(self) -> None:
+        paths = self.reencoding[:self.config.batch_size]
+        del self.reencoding[:len(paths)]
+        stats = {path: stat_of(self.config.inbox / path) for path in paths}
+        present = [Candidate(path, *stat) for path, stat in stats.items() if stat]
+        tally = Tally()
+        stored = self.worker.ingest(present, self.library.lookup(paths), tally)
+        removed = self.worker.forget([path for path, stat in stats.items() if not stat], tally)
+        self.searcher.refresh(self.library.vectors_of(stored), removed)
+        self.reencode_progress.update(self.reencode_total - len(self.reencoding))
+        if not self.reencoding:
+            self.finish_reencoding()
+
+    def finish_reencoding(self) -> None:
+        self.worker.rebuild()
+        self.swap_index()
+        log.info("re-encoded %d images; rewriting the results that changed", self.reencode_total)
+        self.worker.answer_library(self.searcher, self.tally)
 
     # -- folders, index, config ------------------------------------------------
     def check_folders(self) -> bool:
@@ -227,6 +276,8 @@ class Service:
         return back
 
     def maybe_rebuild(self, now: float) -> None:
+        if self.reencoding:
+            return  # the index of the old model stays until all is re-encoded
         if self.rebuilding is not None:
             if self.rebuilding.is_alive():
                 return

@@ -101,11 +101,15 @@ class Worker:
         self.pool.shutdown(wait=True, cancel_futures=True)
 
     # -- the library ------------------------------------------------------
-    def reconcile(self, tally: Tally) -> Changes:
-        """Bring the library in line with the inbox: add new, re-read changed, forget gone."""
+    def reconcile(self, tally: Tally, model_too: bool = True) -> Changes:
+        """Bring the library in line with the inbox: add new, re-read changed, forget gone.
+
+        With `model_too`, images encoded by another model count as changed.
+        """
         on_disk = {c.path: c for c in scan.walk(self.config.inbox, self.config.exclude)}
         known = self.library.records()
-        changed = [c for path, c in on_disk.items() if self.outdated(known.get(path), c)]
+        changed = [c for path, c in on_disk.items()
+                   if self.outdated(known.get(path), c, model_too)]
         gone = sorted(set(known) - set(on_disk))
         if changed or gone:
             log.info("inbox scan: %d new or changed, %d gone, %d unchanged",
@@ -113,13 +117,14 @@ class Worker:
         stored = self.ingest(changed, known, tally)
         return Changes(stored, self.forget(gone, tally))
 
-    def outdated(self, record: Record | None, candidate: scan.Candidate) -> bool:
+    def outdated(self, record: Record | None, candidate: scan.Candidate,
+                 model_too: bool = True) -> bool:
         """Whether a file must be (re-)read: new, changed on disk, or encoded by another model."""
         if record is None:
             return True
         if (record.size, record.mtime_ns) != (candidate.size, candidate.mtime_ns):
             return True
-        return record.error_code is None and record.model_id != self.encoder.model_id
+        return model_too and record.error_code is None and record.model_id != self.encoder.model_id
 
     def ingest(self, candidates: Sequence[scan.Candidate], known: dict[str, Record],
                tally: Tally) -> list[int]:
