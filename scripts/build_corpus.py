@@ -40,11 +40,18 @@ Labels
         faenza, elementary-xfce, nuovext2) or the package (gemojione, freeciv,
         wesnoth).  File names are <context>__<name>.png.
 
+    For a retrieval benchmark, the visually coherent context labels are
+    mimetypes, places, units, portraits, objects and emoji; flags, terrain and
+    attacks are trivially separable by shape, while actions, apps, status,
+    devices, categories and emblems are semantic rather than visual groups.
+
+Result with the defaults: about 7,350 images in 16 labels, about 100 MB.
 Download about 255 MB (wesnoth-1.16-data is 146 MB of it), cached in --cache
 (default: a temporary directory that is removed afterwards).  A run takes about
-1-2 minutes on 2 cores once the .deb files are cached.  Needs apt-get and
-dpkg-deb (Debian), Python 3.11, numpy and Pillow.  If apt has no package lists
-yet it runs ``apt-get update`` when root and otherwise asks you to.
+55 s on 2 cores with the .deb files cached, about 75 s including the download.
+Needs apt-get and dpkg-deb (Debian), Python 3.11, numpy and Pillow.  If apt has
+no package lists yet, it runs ``apt-get update`` when root and otherwise asks
+you to.
 Deterministic: inputs are processed in sorted order and --max-per-label samples
 with a fixed seed.
 """
@@ -65,7 +72,7 @@ import tarfile
 import tempfile
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -399,11 +406,6 @@ def prepare_out(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
-def batched(it: list[Job], n: int) -> Iterator[list[Job]]:
-    for i in range(0, len(it), n):
-        yield it[i : i + n]
-
-
 def build(out: Path, cache: Path, size: int, max_per_label: int | None, labels: str,
           workers: int) -> None:
     t0 = time.monotonic()
@@ -431,7 +433,7 @@ def build(out: Path, cache: Path, size: int, max_per_label: int | None, labels: 
                     kept.append(c)
             results = list(pool.map(process, jobs, chunksize=32))
             n_new = 0
-            for c, png in zip(kept, results):
+            for c, png in zip(kept, results, strict=True):
                 if png is None:
                     continue
                 digest = hashlib.sha1(png).digest()
@@ -502,7 +504,8 @@ def build(out: Path, cache: Path, size: int, max_per_label: int | None, labels: 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("out", type=Path, help="output directory (created; a previous corpus is replaced)")
+    ap.add_argument("out", type=Path,
+                    help="output directory (created; a previous corpus there is replaced)")
     ap.add_argument("--size", type=int, default=128, help="side of the square output images")
     ap.add_argument("--max-per-label", type=int, default=None, metavar="N",
                     help="keep at most N images per label (seeded random sample)")
