@@ -73,6 +73,15 @@ def parser() -> argparse.ArgumentParser:
     status_parser = command("status", status, "show the library, the index and the model")
     status_parser.add_argument("--json", action="store_true", help="print JSON")
     command("rebuild", rebuild, "build a new index of the library now")
+    eval_parser = command("eval", evaluate,
+                          "measure retrieval quality on a labelled folder (sub-folder = label)")
+    eval_parser.add_argument("--data", type=Path, required=True, help="one sub-folder per label")
+    eval_parser.add_argument("--model", type=Path, default=None,
+                             help="encoder to measure (default: the configured one)")
+    eval_parser.add_argument("-k", type=positive, default=12, help="neighbours per query")
+    eval_parser.add_argument("--baseline", choices=("pixels",), default=None,
+                             help="measure raw grayscale pixels instead of an encoder")
+    eval_parser.add_argument("--json", action="store_true", help="print JSON")
     train_parser = command("train", train, "train an encoder on a folder of images", config=False)
     train_parser.add_argument("--data", type=Path, required=True,
                               help="folder of images (recursive)")
@@ -252,6 +261,11 @@ def rebuild(args: argparse.Namespace) -> int:
                            trees=config.index.trees, model_id=model_id(config.model))
     print(f"index generation {info.generation}: {info.items} items in {info.seconds} s")
     return 0
+
+
+def evaluate(args: argparse.Namespace) -> int:
+    from lookalike.daemon import evaluation
+    return evaluation.run(args)
 
 
 def train(args: argparse.Namespace) -> int:

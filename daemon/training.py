@@ -24,7 +24,7 @@ def run(args: argparse.Namespace) -> int:
     if args.size % 8:
         raise LookalikeError(f"--size {args.size}: must be a multiple of 8")
     shape = images.Shape(args.size, args.color)
-    pixels, fingerprint = read_folder(args.data, shape)
+    _, pixels, fingerprint = read_folder(args.data, shape)
     if len(pixels) < 10:
         raise LookalikeError(f"{args.data}: {len(pixels)} usable images; "
                              "training needs at least 10")
@@ -44,8 +44,8 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def read_folder(root: Path, shape: images.Shape) -> tuple[np.ndarray, str]:
-    """Every usable image under `root` as one uint8 array, and a fingerprint of the set."""
+def read_folder(root: Path, shape: images.Shape) -> tuple[list[str], np.ndarray, str]:
+    """Every usable image under `root`: relative paths, one uint8 array, a fingerprint."""
     candidates = list(scan.walk(root))
     log.info("reading %d images from %s", len(candidates), root)
 
@@ -63,5 +63,6 @@ def read_folder(root: Path, shape: images.Shape) -> tuple[np.ndarray, str]:
     for path, decoded in loaded:  # walk order is sorted: the fingerprint is stable
         digest.update(f"{path}\0{decoded.sha256}\n".encode())
     if not loaded:
-        return np.zeros((0, shape.size, shape.size, shape.channels), np.uint8), ""
-    return np.stack([decoded.pixels for _, decoded in loaded]), "sha256:" + digest.hexdigest()
+        return [], np.zeros((0, shape.size, shape.size, shape.channels), np.uint8), ""
+    return ([path for path, _ in loaded], np.stack([decoded.pixels for _, decoded in loaded]),
+            "sha256:" + digest.hexdigest())

@@ -54,7 +54,7 @@ def encoder_path(tmp_path_factory: pytest.TempPathFactory, digits_root: Path) ->
     from lookalike.daemon.training import read_folder
 
     shape = images.Shape(56, "grayscale")
-    pixels, fingerprint = read_folder(digits_root, shape)
+    _, pixels, fingerprint = read_folder(digits_root, shape)
     training = model.train(pixels, shape, latent_dim=32, epochs=3, verbose=0)
     path = tmp_path_factory.mktemp("model") / "digits.keras"
     model.save(training, path, {"data": "digits", "data_fingerprint": fingerprint})

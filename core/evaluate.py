@@ -1,0 +1,96 @@
+"""Retrieval quality on labelled images: precision@k, mean average precision,
+and how much of the exact neighbourhood Annoy finds (recall@k).
+
+A query's neighbours are relevant when they share its label; each image is
+searched among all the others.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from annoy import AnnoyIndex
+
+CHUNK = 512  # queries per block of the exact distance matrix
+
+
+@dataclass(frozen=True)
+class Quality:
+    precision: float  # share of the k neighbours with the query's label
+    mean_ap: float | None  # mean over queries of average precision over the full ranking
+    recall: float | None  # share of the exact k neighbours that Annoy returned
+
+
+def distances(queries: np.ndarray, vectors: np.ndarray, metric: str) -> np.ndarray:
+    """All distances (len(queries), len(vectors)), as Annoy reports them."""
+    if metric == "angular":
+        a = queries / np.maximum(np.linalg.norm(queries, axis=1, keepdims=True), 1e-30)
+        b = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-30)
+        return np.sqrt(np.clip(2.0 - 2.0 * (a @ b.T), 0.0, None))
+    squared = ((queries ** 2).sum(1)[:, None] + (vectors ** 2).sum(1)[None, :]
+               - 2.0 * queries @ vectors.T)
+    return np.sqrt(np.clip(squared, 0.0, None))
+
+
+def exact_search(vectors: np.ndarray, labels: np.ndarray, k: int,
+                 metric: str) -> tuple[np.ndarray, np.ndarray]:
+    """Each item's k nearest others (n, k) and its average precision over all others (n,)."""
+    n = len(vectors)
+    nearest = np.empty((n, k), np.int64)
+    precision = np.empty(n)
+    for start in range(0, n, CHUNK):
+        block = distances(vectors[start:start + CHUNK], vectors, metric)
+        rows = np.arange(len(block))
+        block[rows, start + rows] = np.inf  # never the query itself
+        order = np.argsort(block, axis=1, kind="stable")[:, :n - 1]
+        nearest[start:start + len(block)] = order[:, :k]
+        precision[start:start + len(block)] = average_precision(
+            labels[order] == labels[start:start + len(block), None])
+    return nearest, precision
+
+
+def average_precision(relevant: np.ndarray) -> np.ndarray:
+    """Average precision of each row of a ranked relevance matrix (0 where none is relevant)."""
+    hits = np.cumsum(relevant, axis=1)
+    ranks = np.arange(1, relevant.shape[1] + 1)
+    total = np.where(relevant, hits / ranks, 0.0).sum(1)
+    count = relevant.sum(1)
+    return np.divide(total, count, out=np.zeros(len(count)), where=count > 0)
+
+
+def annoy_neighbors(vectors: np.ndarray, k: int, metric: str, trees: int,
+                    search_k: int) -> np.ndarray:
+    """Each item's k nearest others through an Annoy index built as the service builds it."""
+    index = AnnoyIndex(vectors.shape[1], metric)  # type: ignore[arg-type]
+    for item, vector in enumerate(vectors):
+        index.add_item(item, vector)
+    index.build(trees, n_jobs=-1)
+    found = np.full((len(vectors), k), -1, np.int64)
+    for item in range(len(vectors)):
+        near = [i for i in index.get_nns_by_item(item, k + 1, search_k=search_k) if i != item]
+        found[item, :len(near[:k])] = near[:k]
+    return found
+
+
+def precision_at_k(neighbors: np.ndarray, labels: np.ndarray) -> float:
+    """Mean share of each row's neighbours (indices, -1 = none) with the row's label."""
+    valid = neighbors >= 0
+    same = (labels[np.where(valid, neighbors, 0)] == labels[:, None]) & valid
+    return float(same.sum(1).mean() / neighbors.shape[1])
+
+
+def recall_at_k(found: np.ndarray, exact: np.ndarray) -> float:
+    """Share of the exact neighbours that `found` holds, row by row."""
+    overlap = [len(set(f[f >= 0]) & set(e)) for f, e in zip(found, exact, strict=True)]
+    return float(np.mean(overlap) / exact.shape[1])
+
+
+def quality(vectors: np.ndarray, labels: np.ndarray, k: int, metric: str,
+            trees: int | None = None, search_k: int = -1) -> tuple[Quality, Quality | None]:
+    """Quality of exact search and, with `trees`, of Annoy search over `vectors`."""
+    nearest, precision = exact_search(vectors.astype(np.float32), labels, k, metric)
+    exact = Quality(precision_at_k(nearest, labels), float(precision.mean()), None)
+    if trees is None:
+        return exact, None
+    found = annoy_neighbors(vectors, k, metric, trees, search_k)
+    return exact, Quality(precision_at_k(found, labels), None, recall_at_k(found, nearest))
