@@ -105,7 +105,8 @@ def to_mode(image: Image.Image, mode: str) -> Image.Image:
     """`image` in `mode` ("RGB" or "L"), transparency flattened onto white."""
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         image = to_8bit(image)
-    if image.mode == "P" and "transparency" in image.info:
+    # A palette entry or (in RGB and L) a colour key may mark transparency too.
+    if image.mode in ("P", "L", "RGB") and "transparency" in image.info:
         image = image.convert("RGBA")
     if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
         rgba = image.convert("RGBA")

@@ -1,0 +1,385 @@
+"""A real Annoy index built from a real library, and searches over it plus what came after."""
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from annoy import AnnoyIndex
+
+from lookalike.core import index
+from lookalike.core.errors import StateError
+from lookalike.core.search import Neighbor, Searcher, distance
+from lookalike.core.store import Entry, Library
+
+DIM = 16
+MODEL = "sha256:" + "c" * 64
+EXACT = 1_000_000  # search_k far above items x trees: Annoy visits every leaf
+
+
+@pytest.fixture
+def state(tmp_path: Path) -> Path:
+    return tmp_path / "state"
+
+
+@pytest.fixture
+def library(state: Path) -> Iterator[Library]:
+    with Library(state / "library.sqlite") as opened:
+        yield opened
+
+
+def clustered(count: int, seed: int = 0, clusters: int = 8) -> np.ndarray:
+    """Vectors around a few centres, as latents of look-alike images are."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((clusters, DIM)) * 3
+    return (centres[rng.integers(0, clusters, count)]
+            + rng.standard_normal((count, DIM))).astype(np.float32)
+
+
+def entry(path: str, latent: np.ndarray) -> Entry:
+    return Entry(path, 1, 1, "0" * 64, MODEL, latent)
+
+
+def fill(library: Library, vectors: np.ndarray, prefix: str = "") -> dict[int, np.ndarray]:
+    """Store `vectors` as images; return {row id: vector}."""
+    names = [f"{prefix}{n:05d}.jpg" for n in range(len(vectors))]
+    library.apply(entry(name, v) for name, v in zip(names, vectors, strict=True))
+    records = library.records()
+    return {records[name].id: v for name, v in zip(names, vectors, strict=True)}
+
+
+def build(library: Library, state: Path, metric: str = "angular",
+          trees: int = 20) -> index.IndexInfo:
+    return index.build(library, state, metric=metric, trees=trees, model_id=MODEL)
+
+
+def searcher(library: Library, state: Path, metric: str = "angular",
+             search_k: int = EXACT) -> Searcher:
+    return Searcher.open(library, index.load(state), metric, search_k)
+
+
+def brute_force(rows: dict[int, np.ndarray], query: np.ndarray, k: int, metric: str = "angular",
+                exclude: int | None = None) -> list[tuple[int, float]]:
+    ids = np.array([r for r in rows if r != exclude])
+    matrix = np.stack([rows[int(r)] for r in ids]).astype(np.float64)
+    if metric == "angular":
+        unit = matrix / np.linalg.norm(matrix, axis=1, keepdims=True)
+        gaps = np.linalg.norm(unit - query / np.linalg.norm(query), axis=1)
+    else:
+        gaps = np.linalg.norm(matrix - query, axis=1)
+    order = np.argsort(gaps)[:k]
+    return [(int(ids[i]), float(gaps[i])) for i in order]
+
+
+def generations_on_disk(state: Path) -> set[int]:
+    return {int(p.name.split(".")[0]) for p in index.folder(state).iterdir()
+            if p.name[0].isdigit()}
+
+
+# -- building -------------------------------------------------------------------
+def test_build_writes_the_index_and_points_at_it(library: Library, state: Path) -> None:
+    rows = fill(library, clustered(300))
+    info = build(library, state, trees=7)
+    assert (info.generation, info.items, info.dim, info.metric, info.trees, info.model_id) == (
+        library.generation, 300, DIM, "angular", 7, MODEL)
+    home = index.folder(state)
+    assert json.loads((home / "current.json").read_text())["generation"] == info.generation
+    assert index.current_info(state) == info
+    assert (home / f"{info.generation}.ann").is_file()
+    assert sorted(np.load(home / f"{info.generation}.ids.npy").tolist()) == sorted(rows)
+    assert not [p for p in home.iterdir() if p.name.endswith(".partial")]
+
+
+def test_new_builds_remove_old_generations_but_keep_the_previous(library: Library,
+                                                                state: Path) -> None:
+    fill(library, clustered(50))
+    built = [build(library, state).generation]
+    for round_ in range(3):
+        fill(library, clustered(5, seed=round_ + 1), prefix=f"r{round_}-")
+        built.append(build(library, state).generation)
+    assert built == sorted(set(built))
+    assert generations_on_disk(state) == {built[-2], built[-1]}
+    assert index.current_info(state).generation == built[-1]  # type: ignore[union-attr]
+
+
+def test_build_clears_leftovers_of_a_crashed_build(library: Library, state: Path) -> None:
+    fill(library, clustered(20))
+    build(library, state)
+    leftover = index.folder(state) / "99.ann.partial"
+    leftover.write_bytes(b"half an index")
+    library.apply([entry("more.jpg", clustered(1, seed=5)[0])])
+    build(library, state)
+    assert not leftover.exists()
+
+
+def test_build_forgets_tombstones_it_no_longer_needs(library: Library, state: Path) -> None:
+    rows = fill(library, clustered(10))
+    library.apply(deletions=["00003.jpg"])
+    gone = min(rows) + 3
+    assert gone in library.describe([gone])
+    build(library, state)
+    assert library.describe([gone]) == {}
+
+
+def test_load_memory_maps_and_maps_items_to_rows(library: Library, state: Path) -> None:
+    rows = fill(library, clustered(200))
+    info = build(library, state)
+    loaded = index.load(state)
+    assert loaded is not None and loaded.annoy is not None and loaded.info == info
+    ann = str(index.folder(state) / f"{info.generation}.ann")
+    assert ann in Path("/proc/self/maps").read_text()  # mapped, not read into memory
+    assert loaded.annoy.get_n_items() == len(loaded.row_ids) == 200
+    for item in (0, 57, 199):
+        row = int(loaded.row_ids[item])
+        stored = np.array(loaded.annoy.get_item_vector(item), np.float32)
+        assert np.allclose(stored, rows[row], atol=1e-6)
+
+
+def test_load_before_any_build_is_none(state: Path) -> None:
+    assert index.load(state) is None
+    assert index.current_info(state) is None
+
+
+def test_a_reader_of_the_old_index_keeps_working_after_a_swap(library: Library,
+                                                              state: Path) -> None:
+    rows = fill(library, clustered(300))
+    build(library, state)
+    old = searcher(library, state)
+    probe = clustered(1, seed=42)[0]
+    before = old.neighbors(probe, 10)
+
+    for round_ in range(2):  # two builds: the old files are unlinked from the folder
+        fill(library, clustered(100, seed=round_ + 7), prefix=f"r{round_}-")
+        build(library, state)
+    assert old.index is not None
+    assert not (index.folder(state) / f"{old.index.info.generation}.ann").exists()
+
+    assert old.neighbors(probe, 10) == before  # the mapped old file still answers
+    assert {n.row_id for n in before} <= set(rows)
+    new = searcher(library, state)
+    assert new.index is not None and new.index.info.items == 500
+
+
+# -- searching ------------------------------------------------------------------
+@pytest.mark.parametrize("metric", ["angular", "euclidean"])
+def test_search_equals_brute_force(library: Library, state: Path, metric: str) -> None:
+    rows = fill(library, clustered(400))
+    build(library, state, metric=metric)
+    found = searcher(library, state, metric)
+    assert found.pending == 0 and found.items == 400
+    for seed in range(5):
+        query = clustered(1, seed=100 + seed)[0]
+        got = found.neighbors(query, 12)
+        want = brute_force(rows, query, 12, metric)
+        assert [n.row_id for n in got] == [row for row, _ in want]
+        assert np.allclose([n.distance for n in got], [d for _, d in want], atol=1e-4)
+        assert [n.distance for n in got] == sorted(n.distance for n in got)
+
+
+def test_default_settings_find_nearly_all_true_neighbours(library: Library,
+                                                          state: Path) -> None:
+    rows = fill(library, clustered(1000))
+    build(library, state, trees=32)  # the config defaults: 32 trees, search_k 4000
+    found = searcher(library, state, search_k=4000)
+    hits = 0
+    for seed in range(20):
+        query = clustered(1, seed=200 + seed)[0]
+        truth = {row for row, _ in brute_force(rows, query, 10)}
+        hits += len(truth & {n.row_id for n in found.neighbors(query, 10)})
+    assert hits >= 0.95 * 200
+
+
+def test_fresh_rows_are_found_without_a_rebuild(library: Library, state: Path) -> None:
+    rows = fill(library, clustered(200))
+    build(library, state)
+    query = clustered(1, seed=9)[0]
+    library.apply([entry("twin.jpg", query * 2.5), entry("far.jpg", -query)])
+    twin = library.records()["twin.jpg"].id
+    rows[twin] = query * 2.5
+    rows[library.records()["far.jpg"].id] = -query
+
+    found = searcher(library, state)
+    assert found.pending == 2 and found.items == 202
+    got = found.neighbors(query, 12)
+    assert got[0].row_id == twin and got[0].distance < 1e-3  # same direction: angular 0
+    assert [n.row_id for n in got] == [row for row, _ in brute_force(rows, query, 12)]
+
+
+def test_deleted_or_changed_rows_never_come_from_the_stale_index(library: Library,
+                                                                state: Path) -> None:
+    rows = fill(library, clustered(200))
+    build(library, state)
+    query = clustered(1, seed=11)[0]
+    nearest = [row for row, _ in brute_force(rows, query, 6)]
+    by_id = {r.id: r.path for r in library.records().values()}
+    deleted, moved, broken = nearest[0], nearest[1], nearest[2]
+    library.apply([entry(by_id[moved], -query),
+                   Entry(by_id[broken], 1, 2, None, None, None, "truncated", "cut")],
+                  deletions=[by_id[deleted]])
+    del rows[deleted], rows[broken]
+    rows[moved] = -query
+
+    found = searcher(library, state)
+    got = found.neighbors(query, 200)
+    ids = [n.row_id for n in got]
+    assert deleted not in ids and broken not in ids
+    assert ids.count(moved) == 1
+    assert dict((n.row_id, n.distance) for n in got)[moved] == pytest.approx(2.0, abs=1e-4)
+    assert ids == [row for row, _ in brute_force(rows, query, 200)]
+    assert len(got) == 198
+
+
+def test_many_stale_items_widen_the_index_search(library: Library, state: Path) -> None:
+    rows = fill(library, clustered(300))
+    build(library, state)
+    query = clustered(1, seed=12)[0]
+    nearest = [row for row, _ in brute_force(rows, query, 60)]
+    by_id = {r.id: r.path for r in library.records().values()}
+    library.apply(deletions=[by_id[row] for row in nearest[:50]])
+    for row in nearest[:50]:
+        del rows[row]
+    got = searcher(library, state).neighbors(query, 10)
+    assert [n.row_id for n in got] == nearest[50:60]
+
+
+def test_the_query_row_itself_is_excluded(library: Library, state: Path) -> None:
+    rows = fill(library, clustered(150))
+    build(library, state)
+    library.apply([entry("late.jpg", clustered(1, seed=3)[0])])
+    late = library.records()["late.jpg"].id
+    rows[late] = clustered(1, seed=3)[0]
+    found = searcher(library, state)
+    for own in (min(rows), late):  # one in the index, one from the exact scan
+        got = found.neighbors(rows[own], 10, exclude=own)
+        assert own not in [n.row_id for n in got] and len(got) == 10
+        assert [n.row_id for n in got] == [r for r, _ in brute_force(rows, rows[own], 10,
+                                                                     exclude=own)]
+    assert found.neighbors(rows[late], 1)[0] == Neighbor(late, pytest.approx(0.0, abs=1e-3))
+
+
+def test_fewer_items_than_k(library: Library, state: Path) -> None:
+    rows = fill(library, clustered(5))
+    build(library, state)
+    library.apply([entry("late.jpg", clustered(1, seed=1)[0])])
+    got = searcher(library, state).neighbors(clustered(1, seed=2)[0], 50, exclude=min(rows))
+    assert len(got) == 5 and min(rows) not in [n.row_id for n in got]
+
+
+@pytest.mark.parametrize("metric", ["angular", "euclidean"])
+def test_exact_scan_distances_match_annoys(metric: str) -> None:
+    vectors = clustered(50, seed=4)
+    vectors[10] = 0.0  # a zero vector: Annoy calls it sqrt(2) away from everything (angular)
+    annoy = AnnoyIndex(DIM, metric)  # type: ignore[arg-type]
+    for item, v in enumerate(vectors):
+        annoy.add_item(item, v)
+    annoy.build(5)
+    query = clustered(1, seed=5)[0]
+    items, annoys = annoy.get_nns_by_vector(query.tolist(), 50, search_k=EXACT,
+                                            include_distances=True)
+    ours = distance(vectors, query, metric)
+    assert np.allclose(ours[items], annoys, atol=1e-4)
+    for a, b in [(0, 1), (2, 30), (7, 7)]:
+        assert distance(vectors[[a]], vectors[b], metric)[0] == pytest.approx(
+            annoy.get_distance(a, b), abs=1e-4)
+
+
+def test_unknown_metric_is_refused() -> None:
+    with pytest.raises(ValueError, match="cosine"):
+        distance(clustered(3), clustered(1)[0], "cosine")
+
+
+def test_search_without_an_index_scans_everything(library: Library, state: Path) -> None:
+    rows = fill(library, clustered(80))
+    found = Searcher.open(library, None, "angular")
+    assert found.index is None and found.pending == 80
+    query = clustered(1, seed=6)[0]
+    assert [n.row_id for n in found.neighbors(query, 12)] == [
+        r for r, _ in brute_force(rows, query, 12)]
+
+
+def test_refresh_follows_changes_after_opening(library: Library, state: Path) -> None:
+    rows = fill(library, clustered(100))
+    build(library, state)
+    library.apply([entry("late.jpg", clustered(1, seed=8)[0])])
+    late = library.records()["late.jpg"].id
+    found = searcher(library, state)
+    query = clustered(1, seed=13)[0]
+    indexed = found.neighbors(query, 1)[0].row_id
+    found.refresh({indexed: -query, late: query}, removed=[min(rows)])
+    got = found.neighbors(query, 100)
+    ids = [n.row_id for n in got]
+    assert ids[0] == late and min(rows) not in ids
+    assert dict((n.row_id, n.distance) for n in got)[indexed] == pytest.approx(2.0, abs=1e-4)
+    assert ids.count(indexed) == 1 and found.pending == 2
+
+
+def test_empty_library_builds_and_searches(library: Library, state: Path) -> None:
+    info = build(library, state)
+    assert (info.items, info.dim) == (0, 0)
+    assert not (index.folder(state) / f"{info.generation}.ann").exists()
+    loaded = index.load(state)
+    assert loaded is not None and loaded.annoy is None and len(loaded.row_ids) == 0
+    assert searcher(library, state).neighbors(np.ones(DIM, np.float32), 12) == []
+    assert Searcher.open(library, None, "angular").neighbors(np.ones(DIM, np.float32), 12) == []
+
+
+def test_library_emptied_after_a_build(library: Library, state: Path) -> None:
+    fill(library, clustered(10))
+    build(library, state)
+    library.apply(deletions=[f"{n:05d}.jpg" for n in range(10)])
+    assert searcher(library, state).neighbors(np.ones(DIM, np.float32), 12) == []
+
+
+def test_damaged_current_json_gives_state_error(library: Library, state: Path) -> None:
+    fill(library, clustered(10))
+    build(library, state)
+    pointer = index.folder(state) / "current.json"
+    for damage in (b"{not json", b"[1, 2]", b'{"generation": 1}', b""):
+        pointer.write_bytes(damage)
+        with pytest.raises(StateError, match="rebuild"):
+            index.load(state)
+
+
+def test_missing_ann_gives_state_error(library: Library, state: Path) -> None:
+    fill(library, clustered(10))
+    info = build(library, state)
+    (index.folder(state) / f"{info.generation}.ann").unlink()
+    with pytest.raises(StateError, match="rebuild"):
+        index.load(state)
+
+
+def test_missing_or_mismatched_id_map_gives_state_error(library: Library, state: Path) -> None:
+    fill(library, clustered(10))
+    info = build(library, state)
+    ids = index.folder(state) / f"{info.generation}.ids.npy"
+    np.save(ids, np.arange(9, dtype=np.int64))
+    with pytest.raises(StateError, match="holds 10 items but maps 9"):
+        index.load(state)
+    ids.unlink()
+    with pytest.raises(StateError, match="rebuild"):
+        index.load(state)
+
+
+def test_a_build_repairs_a_damaged_current_json(library: Library, state: Path) -> None:
+    # The StateError tells the user to run `lookalike rebuild`: that must work.
+    fill(library, clustered(10))
+    build(library, state)
+    (index.folder(state) / "current.json").write_bytes(b"garbage")
+    with pytest.raises(StateError):
+        index.load(state)
+    library.apply([entry("more.jpg", clustered(1, seed=3)[0])])
+    info = build(library, state)
+    loaded = index.load(state)
+    assert loaded is not None and loaded.info == info and info.items == 11
+
+
+def test_a_build_repairs_a_missing_ann(library: Library, state: Path) -> None:
+    fill(library, clustered(10))
+    info = build(library, state)
+    (index.folder(state) / f"{info.generation}.ann").unlink()
+    rebuilt = build(library, state)  # same generation: nothing changed since
+    assert rebuilt.generation == info.generation
+    loaded = index.load(state)
+    assert loaded is not None and loaded.annoy is not None and loaded.annoy.get_n_items() == 10

@@ -1,0 +1,229 @@
+"""The encoder: a real TensorFlow model, trained tiny, saved as .keras and loaded safely."""
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from lookalike.core import card, model
+from lookalike.core.errors import ModelError
+from lookalike.core.images import Shape
+
+pytestmark = pytest.mark.slow
+
+SMALL = Shape(16, "grayscale")
+
+
+@pytest.fixture(scope="module")
+def encoder(encoder_path: Path) -> model.Encoder:
+    return model.load(encoder_path)
+
+
+def images_of(count: int, shape: Shape, seed: int = 0) -> np.ndarray:
+    """Blobs of light on dark: a little structure for an autoencoder to learn."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:shape.size, 0:shape.size]
+    out = np.zeros((count, shape.size, shape.size, shape.channels), np.uint8)
+    for n in range(count):
+        cy, cx, r = rng.uniform(0, shape.size, 2).tolist() + [rng.uniform(2, shape.size / 3)]
+        blob = np.exp(-((y - cy) ** 2 + (x - cx) ** 2) / (2 * r * r))
+        out[n] = (blob * 255).astype(np.uint8)[:, :, None]
+    return out
+
+
+def save_model(built: keras.Model, path: Path) -> Path:
+    built.save(path)
+    return path
+
+
+# -- loading --------------------------------------------------------------------
+def test_load_gives_shape_latent_and_id(encoder: model.Encoder, encoder_path: Path) -> None:
+    assert encoder.shape == Shape(56, "grayscale")
+    assert encoder.latent_dim == 32
+    assert encoder.path == encoder_path
+    assert encoder.model_id == "sha256:" + hashlib.sha256(encoder_path.read_bytes()).hexdigest()
+    assert encoder.model_id == card.model_id(encoder_path)
+
+
+def test_load_passes_the_pixel_limit_on(encoder_path: Path) -> None:
+    assert model.load(encoder_path, max_pixels=1234).shape.max_pixels == 1234
+
+
+def test_encode_a_batch(encoder: model.Encoder) -> None:
+    pixels = images_of(10, encoder.shape)
+    latents = encoder.encode(pixels)
+    assert latents.shape == (10, 32) and latents.dtype == np.float32
+    assert np.isfinite(latents).all()
+    assert len({row.tobytes() for row in latents}) == 10  # different images, different vectors
+
+
+def test_encode_is_deterministic_and_independent_of_batching(encoder: model.Encoder) -> None:
+    pixels = images_of(7, encoder.shape, seed=1)
+    first = encoder.encode(pixels)
+    assert np.array_equal(first, encoder.encode(pixels))
+    assert np.allclose(first, encoder.encode(pixels, batch_size=3), atol=1e-5)
+    assert np.allclose(first[4], encoder.encode(pixels[4:5])[0], atol=1e-5)
+
+
+def test_encode_nothing(encoder: model.Encoder) -> None:
+    latents = encoder.encode(np.zeros((0, 56, 56, 1), np.uint8))
+    assert latents.shape == (0, 32) and latents.dtype == np.float32
+
+
+def test_encoder_rescales_its_input_itself(encoder: model.Encoder) -> None:
+    # 0..255 go in; the model's first layer divides, so uint8 and float copies agree.
+    pixels = images_of(3, encoder.shape, seed=2)
+    direct = encoder.model(pixels.astype(np.float32), training=False).numpy()
+    assert np.allclose(encoder.encode(pixels), direct, atol=1e-5)
+    assert isinstance(encoder.model.layers[0], keras.layers.Rescaling)
+
+
+def test_the_card_of_the_trained_encoder(encoder_path: Path) -> None:
+    written = card.read(encoder_path)
+    assert card.card_path(encoder_path) == encoder_path.with_name("digits.card.json")
+    assert written["model_id"] == card.model_id(encoder_path)
+    assert written["schema"] == card.SCHEMA
+    assert (written["preset"], written["image_size"], written["color"], written["latent_dim"]) == (
+        "seed", 56, "grayscale", 32)
+    assert written["epochs_requested"] == 3
+    assert 1 <= written["best_epoch"] <= written["epochs_run"] <= 3
+    assert written["train_images"] + written["held_out_images"] == 1797
+    assert written["held_out_images"] == round(1797 * 0.1)
+    assert 0 < written["held_out_loss"] < 1 and 0 < written["train_loss"] < 1
+    assert written["data"] == "digits" and written["data_fingerprint"].startswith("sha256:")
+    for key in ("batch_size", "seed", "seconds", "tensorflow", "keras", "saved_at"):
+        assert key in written, key
+
+
+def test_card_of_a_model_without_one_is_empty(tmp_path: Path) -> None:
+    assert card.read(tmp_path / "lonely.keras") == {}
+    (tmp_path / "bad.card.json").write_text("{oops")
+    assert card.read(tmp_path / "bad.keras") == {}
+
+
+def test_a_copied_model_keeps_its_id_and_a_changed_one_does_not(encoder_path: Path,
+                                                                tmp_path: Path) -> None:
+    copy = shutil.copy(encoder_path, tmp_path / "copy.keras")
+    assert card.model_id(Path(copy)) == card.model_id(encoder_path)
+    with open(copy, "ab") as changed:
+        changed.write(b"\0")
+    assert card.model_id(Path(copy)) != card.model_id(encoder_path)
+
+
+# -- refusing -------------------------------------------------------------------
+def test_a_lambda_layer_is_refused_by_safe_mode(tmp_path: Path) -> None:
+    carrying_code = keras.Sequential([
+        keras.Input(shape=(16, 16, 1)),
+        keras.layers.Lambda(lambda x: x * 2.0),  # Python bytecode in the file: never run it
+        keras.layers.Flatten(),
+        keras.layers.Dense(4),
+    ])
+    path = save_model(carrying_code, tmp_path / "lambda.keras")
+    with pytest.raises(ModelError, match="cannot load the encoder") as caught:
+        model.load(path)
+    assert "safe_mode" in str(caught.value)  # refused for the code it carries, not as garbage
+    assert keras.saving.load_model(path, safe_mode=False).output_shape == (None, 4)
+
+
+def test_not_a_keras_path(tmp_path: Path, encoder_path: Path) -> None:
+    legacy = shutil.copy(encoder_path, tmp_path / "encoder.h5")
+    with pytest.raises(ModelError, match=r"must be a \.keras file"):
+        model.load(Path(legacy))
+
+
+def test_missing_model(tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match="no such encoder file"):
+        model.load(tmp_path / "missing.keras")
+
+
+@pytest.mark.parametrize("content", [b"", b"garbage" * 100, b"PK\x03\x04 not really a zip"])
+def test_garbage_file(tmp_path: Path, content: bytes) -> None:
+    (tmp_path / "bad.keras").write_bytes(content)
+    with pytest.raises(ModelError, match="cannot load the encoder"):
+        model.load(tmp_path / "bad.keras")
+
+
+def test_wrong_output_rank_is_refused(tmp_path: Path) -> None:
+    feature_map = keras.Sequential([
+        keras.Input(shape=(16, 16, 1)),
+        keras.layers.Conv2D(4, 3, strides=2, padding="same"),  # (8, 8, 4): not a vector
+    ])
+    path = save_model(feature_map, tmp_path / "map.keras")
+    with pytest.raises(ModelError, match="expected an encoder"):
+        model.load(path)
+
+
+@pytest.mark.parametrize("input_shape", [(16, 24, 1), (16, 16, 2), (256,)])
+def test_wrong_input_shape_is_refused(tmp_path: Path, input_shape: tuple[int, ...]) -> None:
+    odd = keras.Sequential([keras.Input(shape=input_shape), keras.layers.Flatten(),
+                            keras.layers.Dense(4)])
+    path = save_model(odd, tmp_path / "odd.keras")
+    with pytest.raises(ModelError, match="expected an encoder"):
+        model.load(path)
+
+
+def test_an_rgb_encoder_reads_rgb(tmp_path: Path) -> None:
+    encoder, _ = model.seed_preset(Shape(24, "rgb"), 5)
+    loaded = model.load(save_model(encoder, tmp_path / "rgb.keras"))
+    assert loaded.shape == Shape(24, "rgb") and loaded.latent_dim == 5
+    assert loaded.encode(np.zeros((2, 24, 24, 3), np.uint8)).shape == (2, 5)
+
+
+# -- training -------------------------------------------------------------------
+def test_seed_preset_shapes() -> None:
+    encoder, decoder = model.seed_preset(Shape(56, "rgb"), 128)
+    assert encoder.input_shape == (None, 56, 56, 3) and encoder.output_shape == (None, 128)
+    assert decoder.input_shape == (None, 128) and decoder.output_shape == (None, 56, 56, 3)
+
+
+def test_tiny_training_saves_and_loads(tmp_path: Path) -> None:
+    pixels = images_of(20, SMALL)
+    trained = model.train(pixels, SMALL, latent_dim=8, epochs=2, batch_size=8, patience=1,
+                          verbose=0)
+    info = trained.card
+    assert info["epochs_requested"] == 2
+    assert 1 <= info["epochs_run"] <= 2 and 1 <= info["best_epoch"] <= info["epochs_run"]
+    assert (info["train_images"], info["held_out_images"]) == (18, 2)
+    assert (info["image_size"], info["color"], info["latent_dim"]) == (16, "grayscale", 8)
+    assert np.isfinite(info["held_out_loss"]) and np.isfinite(info["train_loss"])
+
+    path = tmp_path / "sub" / "tiny.keras"
+    identity = model.save(trained, path, {"data": "blobs"})
+    assert identity == card.model_id(path)
+    assert sorted(p.name for p in path.parent.iterdir()) == ["tiny.card.json", "tiny.keras"]
+    written = card.read(path)
+    assert written["model_id"] == identity and written["data"] == "blobs"
+    assert written["epochs_run"] == info["epochs_run"]
+
+    loaded = model.load(path)
+    assert (loaded.shape, loaded.latent_dim, loaded.model_id) == (SMALL, 8, identity)
+    direct = trained.encoder(pixels[:4].astype(np.float32), training=False).numpy()
+    assert np.allclose(loaded.encode(pixels[:4]), direct, atol=1e-5)  # same weights
+
+
+def test_early_stopping_stops_and_keeps_the_best_epoch() -> None:
+    # With patience 1, training ends one epoch after the best held-out loss, or at the last.
+    pixels = images_of(20, SMALL, seed=3)
+    trained = model.train(pixels, SMALL, latent_dim=4, epochs=8, batch_size=20, patience=1,
+                          held_out=0.5, verbose=0)
+    info = trained.card
+    assert 1 <= info["best_epoch"] <= info["epochs_run"] <= 8
+    assert info["epochs_run"] == 8 or info["epochs_run"] == info["best_epoch"] + 1
+
+
+def test_training_refuses_what_it_cannot_do() -> None:
+    with pytest.raises(ModelError, match="at least 2"):
+        model.train(images_of(1, SMALL), SMALL, epochs=1, verbose=0)
+    with pytest.raises(ModelError, match="unknown preset"):
+        model.train(images_of(4, SMALL), SMALL, preset="vae", epochs=1, verbose=0)
+
+
+def test_save_refuses_a_non_keras_name(tmp_path: Path) -> None:
+    encoder, _ = model.seed_preset(SMALL, 4)
+    with pytest.raises(ModelError, match=r"\.keras"):
+        model.save(model.Training(encoder, {}), tmp_path / "encoder.h5")
+    assert list(tmp_path.iterdir()) == []

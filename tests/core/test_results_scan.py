@@ -1,0 +1,263 @@
+"""The results file (schema, atomic writes, removal) and which files a scan picks up."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import stat
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+
+from lookalike.core import results, scan
+
+MODEL = "sha256:" + "d" * 64
+WRITTEN_AT = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
+
+
+def document(distance: float = 0.21) -> dict[str, Any]:
+    return results.ok("portraits/00007.jpg", MODEL, "angular",
+                      [results.Found("portraits/00024.jpg", distance, False),
+                       results.Found("portraits/copy of 00007.jpg", 0.0, True)],
+                      generation=7, items=9683, pending=3)
+
+
+def files_in(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+# -- the results document -------------------------------------------------------
+def test_ok_document_follows_the_design() -> None:
+    written = document(0.123456789)
+    assert list(written) == ["schema", "status", "query", "model", "metric", "neighbors", "index",
+                             "written_at"]
+    assert written["schema"] == "lookalike.neighbors/1"
+    assert (written["status"], written["query"], written["model"], written["metric"]) == (
+        "ok", "portraits/00007.jpg", MODEL, "angular")
+    assert written["neighbors"] == [
+        {"rank": 1, "path": "portraits/00024.jpg", "distance": 0.123457, "duplicate": False},
+        {"rank": 2, "path": "portraits/copy of 00007.jpg", "distance": 0.0, "duplicate": True}]
+    assert written["index"] == {"generation": 7, "items": 9683, "pending": 3}
+    assert WRITTEN_AT.match(written["written_at"])
+    assert "error" not in written
+    json.dumps(written)  # plain JSON types only
+
+
+def test_ok_document_with_no_neighbours() -> None:
+    empty = results.ok("a.jpg", MODEL, "angular", [], generation=0, items=0, pending=0)
+    assert empty["neighbors"] == [] and empty["status"] == "ok"
+
+
+def test_error_document() -> None:
+    failed = results.error("notes.jpg", "not_an_image", "not an image file that can be decoded")
+    assert failed["schema"] == results.SCHEMA
+    assert (failed["status"], failed["query"]) == ("error", "notes.jpg")
+    assert failed["error"] == {"code": "not_an_image",
+                               "message": "not an image file that can be decoded"}
+    assert WRITTEN_AT.match(failed["written_at"])
+    assert "neighbors" not in failed
+
+
+def test_fingerprint_ignores_when_and_against_which_index() -> None:
+    first, second = document(), document()
+    second["written_at"] = "1999-01-01T00:00:00Z"
+    second["index"] = {"generation": 8, "items": 9700, "pending": 0}
+    assert results.fingerprint(first) == results.fingerprint(second)
+    assert len(results.fingerprint(first)) == 32
+
+
+def test_fingerprint_sees_what_a_reader_sees() -> None:
+    base = results.fingerprint(document())
+    assert results.fingerprint(document(0.22)) != base
+    other_model = {**document(), "model": "sha256:" + "e" * 64}
+    assert results.fingerprint(other_model) != base
+    reordered = document()
+    reordered["neighbors"] = reordered["neighbors"][::-1]
+    assert results.fingerprint(reordered) != base
+    assert results.fingerprint(results.error("a.jpg", "empty", "the file is empty")) != \
+        results.fingerprint(results.error("a.jpg", "truncated", "the file is empty"))
+
+
+@pytest.mark.parametrize(("image", "written"), [
+    ("photo.jpg", "photo.jpg.neighbors.json"),
+    ("a/b/IMG 0001.JPEG", "a/b/IMG 0001.JPEG.neighbors.json"),
+    ("no-extension", "no-extension.neighbors.json"),
+    ("two.dots.png", "two.dots.png.neighbors.json"),
+])
+def test_results_path(image: str, written: str) -> None:
+    assert results.results_path(Path("/inbox") / image) == Path("/inbox") / written
+
+
+# -- writing and removing -------------------------------------------------------
+def test_write_is_atomic_and_leaves_no_temporary_files(tmp_path: Path) -> None:
+    target = results.results_path(tmp_path / "photo.jpg")
+    results.write(target, document())
+    assert files_in(tmp_path) == ["photo.jpg.neighbors.json"]
+    loaded, expected = json.loads(target.read_text(encoding="utf-8")), document()
+    assert WRITTEN_AT.match(loaded.pop("written_at"))
+    expected.pop("written_at")
+    assert loaded == expected
+    assert stat.S_IMODE(target.stat().st_mode) == 0o644  # readable, unlike mkstemp's 0600
+    results.write(target, document(0.5))  # replaces the old one
+    assert json.loads(target.read_text())["neighbors"][0]["distance"] == 0.5
+    assert files_in(tmp_path) == ["photo.jpg.neighbors.json"]
+
+
+def test_write_keeps_non_ascii_paths_readable(tmp_path: Path) -> None:
+    target = tmp_path / "顔.jpg.neighbors.json"
+    results.write(target, results.error("顔.jpg", "empty", "the file is empty"))
+    assert "顔.jpg" in target.read_text(encoding="utf-8")
+    assert target.read_text(encoding="utf-8").endswith("}\n")
+
+
+def test_a_failed_write_keeps_the_old_file_and_no_temporary(tmp_path: Path) -> None:
+    target = tmp_path / "photo.jpg.neighbors.json"
+    results.write(target, document())
+    before = target.read_bytes()
+    with pytest.raises(TypeError):
+        results.write(target, {**document(), "neighbors": {1, 2}})  # a set is not JSON
+    assert target.read_bytes() == before
+    assert files_in(tmp_path) == ["photo.jpg.neighbors.json"]
+
+
+def test_a_failed_rename_removes_the_temporary_file(tmp_path: Path) -> None:
+    (tmp_path / "x.jpg.neighbors.json").mkdir()  # the rename over a folder fails
+    with pytest.raises(OSError):
+        results.write(tmp_path / "x.jpg.neighbors.json", document())
+    assert files_in(tmp_path) == ["x.jpg.neighbors.json"]  # the temporary is gone
+    assert results.is_ours(f"{results.TEMP_PREFIX}abc123.tmp")
+    assert not scan.wanted(f"{results.TEMP_PREFIX}abc123.tmp")
+
+
+def test_remove_deletes_our_results_file(tmp_path: Path) -> None:
+    results.write(results.results_path(tmp_path / "photo.jpg"), document())
+    (tmp_path / "photo.jpg").write_bytes(b"the image stays")
+    assert results.remove(tmp_path / "photo.jpg") is True
+    assert files_in(tmp_path) == ["photo.jpg"]
+    assert results.remove(tmp_path / "photo.jpg") is False  # nothing left to remove
+
+
+def test_remove_also_deletes_an_error_document(tmp_path: Path) -> None:
+    results.write(results.results_path(tmp_path / "x.jpg"), results.error("x.jpg", "empty", "e"))
+    assert results.remove(tmp_path / "x.jpg") is True
+    assert files_in(tmp_path) == []
+
+
+@pytest.mark.parametrize("content", [
+    '{"schema": "someone-else/1", "neighbors": []}',
+    '{"neighbors": []}',
+    '["lookalike.neighbors/1"]',
+    "not json at all",
+    "",
+])
+def test_remove_keeps_a_file_that_is_not_ours(tmp_path: Path, content: str) -> None:
+    theirs = tmp_path / "photo.jpg.neighbors.json"
+    theirs.write_text(content)
+    assert results.remove(tmp_path / "photo.jpg") is False
+    assert theirs.read_text() == content
+
+
+def test_is_ours() -> None:
+    assert results.is_ours("photo.jpg.neighbors.json")
+    assert results.is_ours(".lookalike-x1y2.tmp")
+    assert not results.is_ours("photo.jpg")
+    assert not results.is_ours("neighbors.json.jpg")
+
+
+# -- which files a scan picks up ---------------------------------------------------
+def touch(root: Path, *relatives: str) -> None:
+    for relative in relatives:
+        (root / relative).parent.mkdir(parents=True, exist_ok=True)
+        (root / relative).write_bytes(b"x")
+
+
+def test_walk_finds_images_in_nested_folders(tmp_path: Path) -> None:
+    touch(tmp_path, "a.jpg", "b.PNG", "deep/er/c.webp", "deep/d.tif", "e.jpeg", "f.gif", "g.bmp")
+    found = [c.path for c in scan.walk(tmp_path)]
+    assert found == ["a.jpg", "b.PNG", "e.jpeg", "f.gif", "g.bmp", "deep/d.tif", "deep/er/c.webp"]
+
+
+def test_walk_records_size_and_mtime(tmp_path: Path) -> None:
+    Image.new("RGB", (10, 10)).save(tmp_path / "x.png")
+    os.utime(tmp_path / "x.png", ns=(1_600_000_000_123_456_789, 1_600_000_000_123_456_789))
+    [candidate] = scan.walk(tmp_path)
+    assert candidate == scan.Candidate("x.png", (tmp_path / "x.png").stat().st_size,
+                                       1_600_000_000_123_456_789)
+
+
+def test_walk_skips_hidden_files_and_folders(tmp_path: Path) -> None:
+    touch(tmp_path, ".hidden.jpg", ".cache/a.jpg", "ok/.b.jpg", "ok/c.jpg", "ok/.git/d.png")
+    assert [c.path for c in scan.walk(tmp_path)] == ["ok/c.jpg"]
+
+
+def test_walk_skips_our_own_files(tmp_path: Path) -> None:
+    touch(tmp_path, "a.jpg", "a.jpg.neighbors.json", ".lookalike-1234.tmp", "b.neighbors.json")
+    assert [c.path for c in scan.walk(tmp_path)] == ["a.jpg"]
+
+
+def test_walk_skips_what_is_not_an_image_by_name(tmp_path: Path) -> None:
+    touch(tmp_path, "a.jpg", "notes.txt", "data.json", "archive.zip", "noext", "movie.mp4",
+          "script.py", "jpg")
+    assert [c.path for c in scan.walk(tmp_path)] == ["a.jpg"]
+
+
+@pytest.mark.parametrize("name", ["x.eps", "x.EPS", "x.ps", "x.epsf", "x.epsi"])
+def test_eps_is_refused(name: str) -> None:
+    assert not scan.wanted(name)  # Pillow opens EPS by running Ghostscript on it
+
+
+def test_image_extensions_are_the_ones_pillow_opens() -> None:
+    extensions = scan.image_extensions()
+    assert {".jpg", ".jpeg", ".png", ".gif", ".webp", ".tif", ".tiff", ".bmp"} <= extensions
+    assert not {".eps", ".ps", ".txt", ".json"} & extensions
+
+
+def test_exclude_patterns_match_name_and_relative_path(tmp_path: Path) -> None:
+    touch(tmp_path, "keep.jpg", "thumb.jpg", "sub/thumb.jpg", "raw/big.tif", "raw/sub/x.png",
+          "other/raw/y.png", "draft-1.png")
+    exclude = ("thumb.*", "raw/*", "draft-*")
+    assert [c.path for c in scan.walk(tmp_path, exclude)] == ["keep.jpg", "other/raw/y.png"]
+    assert scan.wanted("sub/thumb.jpg") and not scan.wanted("sub/thumb.jpg", exclude)
+
+
+def test_walk_skips_broken_links_and_does_not_follow_folder_links(tmp_path: Path) -> None:
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    touch(outside, "o.jpg")
+    touch(root, "a.jpg")
+    (root / "broken.jpg").symlink_to(tmp_path / "missing.jpg")
+    (root / "elsewhere").symlink_to(outside, target_is_directory=True)
+    assert [c.path for c in scan.walk(root)] == ["a.jpg"]
+
+
+def test_walk_of_a_missing_folder_finds_nothing(tmp_path: Path) -> None:
+    assert list(scan.walk(tmp_path / "unmounted")) == []
+
+
+def test_inside(tmp_path: Path) -> None:
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    touch(outside, "o.jpg")
+    touch(root, "a.jpg", "sub/b.jpg")
+    (root / "in-link.jpg").symlink_to(root / "sub" / "b.jpg")
+    (root / "out-link.jpg").symlink_to(outside / "o.jpg")
+    (root / "up.jpg").symlink_to("../outside/o.jpg")
+    (root / "loop-a.jpg").symlink_to(root / "loop-b.jpg")
+    (root / "loop-b.jpg").symlink_to(root / "loop-a.jpg")
+    (root / "self.jpg").symlink_to(root / "self.jpg")
+    assert scan.inside(root, root / "a.jpg")
+    assert scan.inside(root, root / "sub" / "b.jpg")
+    assert scan.inside(root, root / "in-link.jpg")
+    assert not scan.inside(root, root / "out-link.jpg")
+    assert not scan.inside(root, root / "up.jpg")
+    assert not scan.inside(root, root / "sub" / ".." / ".." / "outside" / "o.jpg")
+    assert not scan.inside(root, root / "loop-a.jpg")
+    assert not scan.inside(root, root / "self.jpg")
+
+
+def test_inside_a_root_reached_through_a_link(tmp_path: Path) -> None:
+    real = tmp_path / "real"
+    touch(real, "a.jpg")
+    (tmp_path / "alias").symlink_to(real, target_is_directory=True)
+    assert scan.inside(tmp_path / "alias", tmp_path / "alias" / "a.jpg")
+    assert scan.inside(tmp_path / "alias", real / "a.jpg")
