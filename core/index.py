@@ -55,10 +55,11 @@ def folder(state_dir: Path) -> Path:
 
 def build(library: Library, state_dir: Path, *, metric: str, trees: int,
           model_id: str | None) -> IndexInfo:
-    """Index every usable image of `library` as of now and make it the current index."""
+    """Index the usable images of `library` that `model_id` encoded, as of now, and make
+    that the current index (vectors of two models cannot be compared)."""
     started = time.monotonic()
     generation = library.generation
-    row_ids, vectors = library.vectors(up_to=generation)
+    row_ids, vectors = library.vectors(up_to=generation, model_id=model_id)
     home = folder(state_dir)
     home.mkdir(parents=True, exist_ok=True)
     dim = int(vectors.shape[1]) if len(vectors) else 0
