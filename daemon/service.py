@@ -198,7 +198,7 @@ class Service:
             self.searcher.refresh(self.library.vectors_of(changes.stored), changes.removed)
             self.worker.answer(self.searcher, changes.stored, self.tally)
             return
-        if len(changes.stored) >= self.config.index.rebuild_share * max(self.searcher.items, 1000):
+        if self.outgrown(len(changes.stored)):
             if self.rebuilding is not None:
                 self.rebuilding.join()  # one builder at a time
             self.worker.rebuild()  # a large arrival: index it now rather than scan it exactly
@@ -287,12 +287,18 @@ class Service:
         built = self.index_generation()
         if built == self.library.generation:
             return
-        items = max(self.searcher.items, 1)
         due = now - self.last_rebuild >= self.config.index.rebuild_interval_s
-        if due or self.searcher.pending >= self.config.index.rebuild_share * items:
+        if due or self.outgrown(self.searcher.pending):
             self.last_rebuild = now
             self.rebuilding = threading.Thread(target=self.rebuild, name="rebuild")
             self.rebuilding.start()
+
+    def outgrown(self, unindexed: int) -> bool:
+        """Whether `unindexed` images are too many to scan exactly until the next rebuild.
+
+        Below a few thousand images the exact scan costs less than a build.
+        """
+        return unindexed >= self.config.index.rebuild_share * max(self.searcher.items, 5000)
 
     def rebuild(self) -> None:
         """In the rebuild thread: build a new index with a connection of its own."""
