@@ -63,6 +63,15 @@ def walk(root: Path, exclude: tuple[str, ...] = ()) -> Iterator[Candidate]:
             yield Candidate(relative, stat.st_size, stat.st_mtime_ns)
 
 
+def leftovers(root: Path) -> Iterator[Path]:
+    """Temporary results files below `root` (a crash mid-write leaves them)."""
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        for name in files:
+            if name.startswith(results.TEMP_PREFIX) and name.endswith(".tmp"):
+                yield Path(folder) / name
+
+
 def inside(root: Path, path: Path) -> bool:
     """Whether `path`, links resolved, stays within `root`."""
     try:

@@ -10,7 +10,7 @@ from lookalike.core.config import Config
 from lookalike.core.errors import StateError
 from lookalike.core.store import Library
 from lookalike.daemon.lock import StateLock
-from lookalike.daemon.worker import Tally, Worker, create_folders_on_first_run
+from lookalike.daemon.worker import Tally, Worker, create_folders_on_first_run, remove_leftovers
 
 if TYPE_CHECKING:
     from lookalike.core.model import Encoder
@@ -24,6 +24,9 @@ def run(config: Config, load_encoder: Callable[[Config], Encoder]) -> int:
         create_folders_on_first_run(config, library)
         if not config.inbox.is_dir():
             raise StateError(f"the inbox {config.inbox} does not exist (is its disk mounted?)")
+        for folder in (config.inbox, config.query_dir):
+            if folder is not None and folder.is_dir():
+                remove_leftovers(folder)
         worker = Worker(config, library, load_encoder(config))
         try:
             tally = Tally()

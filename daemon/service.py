@@ -31,7 +31,14 @@ from lookalike.core.store import Library
 from lookalike.daemon.lock import StateLock
 from lookalike.daemon.notify import Notifier
 from lookalike.daemon.watcher import Arrivals, Ready, Watcher, stat_of
-from lookalike.daemon.worker import Changes, Progress, Tally, Worker, create_folders_on_first_run
+from lookalike.daemon.worker import (
+    Changes,
+    Progress,
+    Tally,
+    Worker,
+    create_folders_on_first_run,
+    remove_leftovers,
+)
 
 if TYPE_CHECKING:
     from lookalike.core.model import Encoder
@@ -80,6 +87,8 @@ class Service:
         else:
             self.searcher = self.worker.searcher(index.load(config.state_dir))
         self.check_folders()
+        for folder in self.arrivals.roots.values():
+            remove_leftovers(folder)
         if "inbox" not in self.missing:
             self.rescan()
         self.last_rebuild = self.last_rescan = self.last_status = self.progress_at = self.clock()
@@ -259,21 +268,21 @@ class Service:
 
     # -- folders, index, config ------------------------------------------------
     def check_folders(self) -> bool:
-        """Notice watched folders that vanished or came back; True when one came back."""
-        back = False
+        """Notice watched folders that vanished or came back; True when one is watched anew.
+
+        A folder that comes back may be a new one at the same path (a disk
+        mounted again): the watcher compares identities, not names.
+        """
         for root, folder in self.arrivals.roots.items():
-            present = folder.is_dir()
-            if not present and root not in self.missing:
+            if not folder.is_dir() and root not in self.missing:
                 self.missing.add(root)
                 log.warning("%s %s is missing (unmounted?); nothing is forgotten, waiting for it",
                             root, folder)
-            elif present and root in self.missing:
-                self.missing.discard(root)
-                log.info("%s %s is back; rescanning", root, folder)
-                back = True
-        if back:
-            self.watcher.watch()
-        return back
+        rewatched = self.watcher.watch()
+        for root in rewatched:
+            self.missing.discard(root)
+            log.info("%s %s is watched again; rescanning", root, self.arrivals.roots[root])
+        return bool(rewatched)
 
     def maybe_rebuild(self, now: float) -> None:
         if self.reencoding:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import stat
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -71,22 +72,25 @@ class Arrivals:
     pending: dict[tuple[str, str], Pending] = field(default_factory=dict)
     folders: set[tuple[str, str]] = field(default_factory=set)
     changed: threading.Condition = field(default_factory=threading.Condition)
+    news: bool = False  # something was noted since the last `wait`
 
     def note(self, root: str, absolute: str, complete: bool = False) -> None:
         relative = self.relative(root, absolute)
         if relative is None or not scan.wanted(relative, self.exclude):
             return
         with self.changed:
+            first = not self.pending
             entry = self.pending.setdefault((root, relative), Pending())
             entry.complete = entry.complete or complete
-            self.changed.notify()
+            if complete or first:  # else the next poll of pending paths sees it
+                self.wake()
 
     def note_folder(self, root: str, absolute: str) -> None:
         relative = self.relative(root, absolute)
         if relative:
             with self.changed:
                 self.folders.add((root, relative))
-                self.changed.notify()
+                self.wake()
 
     def relative(self, root: str, absolute: str) -> str | None:
         try:
@@ -99,11 +103,21 @@ class Arrivals:
         with self.changed:
             return len(self.pending) + len(self.folders)
 
+    def wake(self) -> None:
+        """Under `changed`: end the service's current `wait`."""
+        self.news = True
+        self.changed.notify()
+
     def wait(self, timeout: float) -> None:
-        """Sleep until something is noted or `timeout` passes."""
+        """Sleep until a path may be ready (a new arrival, a close, a folder) or `timeout`.
+
+        A file still being written wakes nobody: its many write events would
+        keep the service busy; the service polls pending paths instead.
+        """
         with self.changed:
-            if not self.pending and not self.folders:
+            if not self.news:
                 self.changed.wait(timeout)
+            self.news = False
 
     def ready(self, limit: int) -> list[Ready]:
         """Up to `limit` paths that are complete or gone; the rest keep waiting."""
@@ -129,6 +143,15 @@ class Arrivals:
                 del self.pending[(root, path)]
             done.append(Ready(root, path, stat))
         return done
+
+
+def folder_identity(folder: Path) -> tuple[int, int] | None:
+    """(device, inode) of a folder, None when it is not there."""
+    try:
+        status = os.stat(folder)
+    except OSError:
+        return None
+    return (status.st_dev, status.st_ino) if stat.S_ISDIR(status.st_mode) else None
 
 
 def stat_of(path: Path) -> Stat:
@@ -184,7 +207,7 @@ class Watcher:
     def __init__(self, arrivals: Arrivals) -> None:
         self.arrivals = arrivals
         self.observer: BaseObserver = Observer()
-        self.watched: dict[str, object] = {}
+        self.watched: dict[str, tuple[object, tuple[int, int]]] = {}
         self.overflow = Overflow()
 
     def start(self) -> None:
@@ -202,18 +225,19 @@ class Watcher:
         """Watch each folder that exists and is not watched yet; return the ones now watched."""
         started = []
         for root, folder in self.arrivals.roots.items():
-            alive = self.watched.get(root)
-            if alive is not None and folder.is_dir():
+            identity = folder_identity(folder)
+            watch, watched_identity = self.watched.get(root, (None, None))
+            if watch is not None and identity == watched_identity:
                 continue
-            if alive is not None:
+            if watch is not None:  # gone, or a new folder at that path (a disk mounted again)
                 with contextlib.suppress(KeyError):  # its emitter may have stopped already
-                    self.observer.unschedule(alive)  # type: ignore[arg-type]
+                    self.observer.unschedule(watch)  # type: ignore[arg-type]
                 del self.watched[root]
-            if folder.is_dir():
+            if identity is not None:
                 try:
-                    self.watched[root] = self.observer.schedule(
-                        Handler(self.arrivals, root), str(folder), recursive=True,
-                        event_filter=EVENTS)
+                    watch = self.observer.schedule(Handler(self.arrivals, root), str(folder),
+                                                   recursive=True, event_filter=EVENTS)
+                    self.watched[root] = (watch, identity)
                     started.append(root)
                 except OSError as error:  # e.g. the inotify watch limit
                     log.warning("cannot watch %s: %s; relying on periodic rescans", folder, error)

@@ -345,9 +345,25 @@ def create_folders_on_first_run(config: Config, library: Library) -> None:
             log.info("created %s", folder)
 
 
+def remove_leftovers(folder: Path) -> None:
+    """Delete temporary results files that a crash left behind (ours only, by name)."""
+    removed = 0
+    for path in scan.leftovers(folder):
+        path.unlink(missing_ok=True)
+        removed += 1
+    if removed:
+        log.info("removed %d unfinished results files left by a crash in %s", removed, folder)
+
+
 def fresh_results(image: Path) -> bool:
-    """Whether `image` has a results file at least as new as itself."""
+    """Whether `image` has a results file written after the image last changed.
+
+    The ctime counts too: `mv`, `cp -p` and `rsync -a` keep an older mtime,
+    but the kernel sets the ctime when a file is created or renamed.
+    """
     try:
-        return results.results_path(image).stat().st_mtime_ns >= image.stat().st_mtime_ns
+        status = image.stat()
+        changed = max(status.st_mtime_ns, status.st_ctime_ns)
+        return results.results_path(image).stat().st_mtime_ns >= changed
     except OSError:
         return False
