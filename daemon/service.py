@@ -92,6 +92,7 @@ class Service:
         if "inbox" not in self.missing:
             self.rescan()
         self.last_rebuild = self.last_rescan = self.last_status = self.progress_at = self.clock()
+        self.pinged = -float("inf")
         self.progress_count = 0
         counts = self.library.counts()
         log.info("ready: %d images in the library, index generation %s, watching %s",
@@ -162,8 +163,10 @@ class Service:
             self.notifier.status(self.status_line())
             self.write_status()
             self.last_status = now
-        if self.notifier.watchdog_s is not None:
+        watchdog = self.notifier.watchdog_s
+        if watchdog is not None and now - self.pinged >= watchdog / 4:
             self.notifier.watchdog()
+            self.pinged = now
         if not batch and not self.reencoding:
             self.arrivals.wait(0.2 if len(self.arrivals) else 1.0)
 

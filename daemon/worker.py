@@ -111,6 +111,11 @@ class Worker:
         changed = [c for path, c in on_disk.items()
                    if self.outdated(known.get(path), c, model_too)]
         gone = sorted(set(known) - set(on_disk))
+        if known and not on_disk:
+            # An empty mount point looks like an inbox whose images were all deleted.
+            log.warning("the inbox %s holds no images but the library has %d: is its disk "
+                        "unmounted? Forgetting nothing", self.config.inbox, len(known))
+            gone = []
         if changed or gone:
             log.info("inbox scan: %d new or changed, %d gone, %d unchanged",
                      len(changed), len(gone), len(on_disk) - len(changed))
@@ -177,6 +182,8 @@ class Worker:
 
     def forget(self, gone: Iterable[str], tally: Tally) -> list[int]:
         """Drop images that left the inbox, with their results files; return their row ids."""
+        if not self.config.inbox.is_dir():
+            return []  # the whole inbox went (unmounted): that is no deletion
         records = self.library.lookup(gone)
         if not records:
             return []
