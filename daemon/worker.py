@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 PROGRESS_EVERY_S = 5.0
 REVERSE_CANDIDATES = 2  # x k: how many neighbours of a new image may need new results
+ANSWER_CHUNK = 1024  # results computed, written and synced together
 
 
 @dataclass
@@ -234,22 +235,31 @@ class Worker:
         """Write the results file of each row whose results are missing or different."""
         wanted = list(row_ids)
         progress = Progress("results", len(wanted))
-        for start in range(0, len(wanted), 1024):
-            chunk = self.library.fetch(wanted[start:start + 1024])
+        for start in range(0, len(wanted), ANSWER_CHUNK):
+            chunk = self.library.fetch(wanted[start:start + ANSWER_CHUNK])
             vectors = self.library.vectors_of(chunk)
             found = {row: searcher.neighbors(vector, self.config.neighbors, exclude=row)
                      for row, vector in vectors.items()}
             known = names if names is not None else self.library.describe(
                 {n.row_id for near in found.values() for n in near})
-            answers = [self.answer_one(record, found.get(record.id, []), searcher, known)
-                       for record in chunk.values()]
-            written = [a for a in answers if a is not None]
+            due = [answer for answer in (
+                self.answer_one(record, found.get(record.id, []), searcher, known)
+                for record in chunk.values()) if answer is not None]
+            written = self.write_answers(due)
             self.library.mark_answered(written)
             tally.answered += len(written)
             progress.update(start + len(chunk))
 
+    def write_answers(self, due: list[tuple[Path, dict[str, object], Answer]]) -> list[Answer]:
+        """Write the results files of `due` together; the answers that reached the disk."""
+        failures = results.write_many([(target, document) for target, document, _ in due])
+        return [answer for (target, _, answer), failure in zip(due, failures, strict=True)
+                if not self.failed(target, failure)]
+
     def answer_one(self, record: Record, near: list[Neighbor], searcher: Searcher,
-                   names: dict[int, tuple[str, str | None]]) -> Answer | None:
+                   names: dict[int, tuple[str, str | None]]
+                   ) -> tuple[Path, dict[str, object], Answer] | None:
+        """The results file a row needs, or None when the one on disk says it already."""
         if record.error_code is not None:
             document = results.error(record.path, record.error_code,
                                      record.error_message or record.error_code)
@@ -261,11 +271,9 @@ class Worker:
         target = results.results_path(self.config.inbox / record.path)
         if stamp == record.answered and target.exists():
             return None
-        if not self.write(target, document):
-            return None
         full = len(near) >= self.config.neighbors
-        return Answer(record.id, stamp, [n.row_id for n in near],
-                      near[-1].distance if full else None)
+        return target, document, Answer(record.id, stamp, [n.row_id for n in near],
+                                        near[-1].distance if full else None)
 
     def answer_missing(self, searcher: Searcher, tally: Tally,
                        records: Iterable[Record] | None = None) -> None:
@@ -298,12 +306,12 @@ class Worker:
             paths = [c.path for c in scan.walk(folder, self.config.exclude)
                      if not settled or not fresh_results(folder / c.path)]
             self.library.set_meta("queries_generation", generation)
-        for relative in paths:
-            document = self.query(folder / relative, relative, searcher)
-            if document["status"] == "error":
-                tally.errors += 1
-            if self.write(results.results_path(folder / relative), document):
-                tally.answered += 1
+        documents = [(results.results_path(folder / relative),
+                      self.query(folder / relative, relative, searcher)) for relative in paths]
+        failures = results.write_many(documents)
+        for (target, document), failure in zip(documents, failures, strict=True):
+            tally.errors += document["status"] == "error"
+            tally.answered += not self.failed(target, failure)
 
     def query(self, path: Path, name: str, searcher: Searcher,
               exclude: int | None = None) -> dict[str, object]:
@@ -329,13 +337,10 @@ class Worker:
         return results.ok(query, self.encoder.model_id, searcher.metric, found,
                           built, searcher.items, searcher.pending)
 
-    def write(self, target: Path, document: dict[str, object]) -> bool:
-        try:
-            results.write(target, document)
-            return True
-        except OSError as error:
-            log.error("%s: cannot write results: %s", target, error.strerror or error)
-            return False
+    def failed(self, target: Path, failure: OSError | None) -> bool:
+        if failure is not None:
+            log.error("%s: cannot write results: %s", target, failure.strerror or failure)
+        return failure is not None
 
 
 def create_folders_on_first_run(config: Config, library: Library) -> None:
