@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 
 STATUS_EVERY_S = 2.0
 PROGRESS_EVERY_S = 5.0
+SWEEP_CHUNK = 256  # results checked per idle turn: small, so arrivals wait little
 # Settings that a reload cannot change: they shape what is already running.
 RESTART_KEYS = ("inbox", "query_dir", "state_dir", "model", "image", "decode_threads")
 
@@ -65,6 +66,9 @@ class Service:
         self.rebuilding: threading.Thread | None = None
         self.rebuild_error: str | None = None
         self.missing: set[str] = set()
+        self.sweep: list[int] = []  # row ids whose results to check when idle
+        self.swept = 0
+        self.swept_generation = -1
 
     # -- life cycle ------------------------------------------------------------
     def start(self) -> None:
@@ -149,6 +153,8 @@ class Service:
             self.report_progress(now)
         elif self.reencoding and "inbox" not in self.missing:
             self.reencode_batch()
+        elif self.sweep:
+            self.sweep_batch()
         interval = self.config.rescan_interval_s
         due = bool(interval) and now - self.last_rescan >= interval
         if self.watcher.events_lost():
@@ -167,7 +173,7 @@ class Service:
         if watchdog is not None and now - self.pinged >= watchdog / 4:
             self.notifier.watchdog()
             self.pinged = now
-        if not batch and not self.reencoding:
+        if not batch and not self.reencoding and not self.sweep:
             self.arrivals.wait(0.2 if len(self.arrivals) else 1.0)
 
     def report_progress(self, now: float) -> None:
@@ -329,6 +335,33 @@ class Service:
             log.error("%s", error)
             return
         self.searcher = self.worker.searcher(built)
+        self.start_sweep()
+
+    # -- keeping every results file true ---------------------------------------------
+    def start_sweep(self) -> None:
+        """After a rebuild, check every results file against the new index, when idle.
+
+        The bounded reverse-neighbour update after each arrival misses an
+        image whose k nearest include a new one that is not among the new
+        one's nearest (nearness is not symmetric); the sweep finds those.
+        """
+        generation = self.library.generation
+        if self.reencoding or generation == self.swept_generation:
+            return
+        self.swept_generation = generation
+        self.sweep = sorted(record.id for record in self.library.records().values())
+        self.swept = 0
+        log.debug("checking %d results files against index generation %s",
+                  len(self.sweep), self.index_generation())
+
+    def sweep_batch(self) -> None:
+        rows, self.sweep = self.sweep[:SWEEP_CHUNK], self.sweep[SWEEP_CHUNK:]
+        before = self.tally.answered
+        self.worker.answer(self.searcher, rows, self.tally)
+        self.swept += self.tally.answered - before
+        if not self.sweep and self.swept:
+            log.info("results check done: %d results files were out of date and rewritten",
+                     self.swept)
 
     def index_generation(self) -> int | None:
         return self.searcher.index.info.generation if self.searcher.index is not None else None
