@@ -72,6 +72,8 @@ class Record:
     radius: float | None
 
 
+STACK_BLOCK = 65_536  # vectors joined at a time when reading many
+
 RECORD_COLUMNS = ("id, path, size, mtime_ns, sha256, model_id, error_code, error_message, "
                   "answered, radius")
 
@@ -292,12 +294,23 @@ class _Transaction:
 
 
 def stack(rows: Iterable[tuple[int, bytes]]) -> tuple[np.ndarray, np.ndarray]:
+    """Row ids (n,) and the float32 matrix (n, d) of (id, latent blob) rows.
+
+    Blobs are joined a block at a time, so a million vectors never sit in
+    memory as a million small bytes objects and their join at once.
+    """
     ids: list[int] = []
-    blobs: list[bytes] = []
+    blocks: list[np.ndarray] = []
+    pending: list[bytes] = []
     for row_id, blob in rows:
         ids.append(row_id)
-        blobs.append(blob)
-    if not blobs:
+        pending.append(blob)
+        if len(pending) == STACK_BLOCK:
+            blocks.append(np.frombuffer(b"".join(pending), dtype="<f4"))
+            pending = []
+    if pending:
+        blocks.append(np.frombuffer(b"".join(pending), dtype="<f4"))
+    if not ids:
         return np.zeros(0, np.int64), np.zeros((0, 0), np.float32)
-    matrix = np.frombuffer(b"".join(blobs), dtype="<f4").reshape(len(blobs), -1)
-    return np.asarray(ids, np.int64), matrix.astype(np.float32, copy=False)
+    matrix = blocks[0] if len(blocks) == 1 else np.concatenate(blocks)
+    return np.asarray(ids, np.int64), matrix.reshape(len(ids), -1).astype(np.float32, copy=False)
