@@ -185,6 +185,20 @@ class Handler(FileSystemEventHandler):
             self.arrivals.note(self.root, source, complete=isinstance(event, FileClosedEvent))
 
 
+def observer() -> BaseObserver:
+    """An inotify observer that reports a file renamed in from outside as a move.
+
+    By default watchdog reports such a file as created, which cannot be told
+    from a new file still being written, so it would wait the settle time;
+    renamed into place, it is whole (rsync, cameras and browsers do this).
+    """
+    try:
+        from watchdog.observers.inotify import InotifyObserver
+    except ImportError:  # not Linux
+        return Observer()
+    return InotifyObserver(generate_full_events=True)
+
+
 class Overflow(logging.Handler):
     """Hears watchdog's warning that the kernel dropped events, so that we rescan.
 
@@ -206,7 +220,7 @@ class Watcher:
 
     def __init__(self, arrivals: Arrivals) -> None:
         self.arrivals = arrivals
-        self.observer: BaseObserver = Observer()
+        self.observer: BaseObserver = observer()
         self.watched: dict[str, tuple[object, tuple[int, int]]] = {}
         self.overflow = Overflow()
 
