@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 
 STATUS_EVERY_S = 2.0
 PROGRESS_EVERY_S = 5.0
-SWEEP_CHUNK = 256  # results checked per idle turn: small, so arrivals wait little
+SWEEP_CHUNK = 64  # results checked per idle turn: small, so an arrival waits little
 # Settings that a reload cannot change: they shape what is already running.
 RESTART_KEYS = ("inbox", "query_dir", "state_dir", "model", "image", "decode_threads")
 
@@ -301,6 +301,7 @@ class Service:
                 return
             self.rebuilding = None
             self.swap_index()
+            self.start_sweep()
             return
         built = self.index_generation()
         if built == self.library.generation:
@@ -335,11 +336,10 @@ class Service:
             log.error("%s", error)
             return
         self.searcher = self.worker.searcher(built)
-        self.start_sweep()
 
     # -- keeping every results file true ---------------------------------------------
     def start_sweep(self) -> None:
-        """After a rebuild, check every results file against the new index, when idle.
+        """After a background rebuild, check every results file against the new index, when idle.
 
         The bounded reverse-neighbour update after each arrival misses an
         image whose k nearest include a new one that is not among the new
