@@ -68,24 +68,36 @@ def load(path: Path, shape: Shape) -> Decoded:
 
 
 def decode(data: bytes, shape: Shape) -> np.ndarray:
-    mode = COLORS[shape.color]
+    converted = upright(data, COLORS[shape.color], shape.max_pixels, (shape.size, shape.size))
+    side = (shape.size, shape.size)
+    resized = converted.resize(side, Image.Resampling.BILINEAR, reducing_gap=2.0)
+    pixels = np.asarray(resized, dtype=np.uint8)
+    return pixels.reshape(shape.size, shape.size, shape.channels)
+
+
+def upright(data: bytes, mode: str, max_pixels: int,
+            draft: tuple[int, int] | None = None) -> Image.Image:
+    """The first frame of an image file's bytes, upright, in `mode` ("RGB" or "L").
+
+    Transparency is flattened onto white. A JPEG decodes at the smallest
+    scale that still covers `draft`. Raises UnreadableImage saying why not.
+    """
     try:
         with warnings.catch_warnings():
-            # Our own limit (shape.max_pixels) decides, below; Pillow's warning fires at
+            # Our own limit (max_pixels) decides, below; Pillow's warning fires at
             # 89.5 Mpx, under the configured default, and would refuse a 100 Mpx photo.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(BytesIO(data)) as image:
                 width, height = image.size
-                if width * height > shape.max_pixels:
+                if width * height > max_pixels:
                     raise UnreadableImage(
                         "too_many_pixels",
-                        f"{width}x{height} pixels is more than the limit of {shape.max_pixels:,}")
-                if image.format == "JPEG":
-                    image.draft(mode if image.mode != "CMYK" else None, (shape.size, shape.size))
+                        f"{width}x{height} pixels is more than the limit of {max_pixels:,}")
+                if image.format == "JPEG" and draft is not None:
+                    image.draft(mode if image.mode != "CMYK" else None, draft)
                 image.seek(0)  # the first frame of an animation
                 image.load()
-                upright = ImageOps.exif_transpose(image)
-                converted = to_mode(upright, mode)
+                return to_mode(ImageOps.exif_transpose(image), mode)
     except UnreadableImage:
         raise
     except UnidentifiedImageError:
@@ -95,10 +107,6 @@ def decode(data: bytes, shape: Shape) -> np.ndarray:
     except (OSError, SyntaxError, ValueError, EOFError) as error:
         code = "truncated" if "truncated" in str(error) else "corrupt"
         raise UnreadableImage(code, f"the image data is damaged: {error}") from None
-    side = (shape.size, shape.size)
-    resized = converted.resize(side, Image.Resampling.BILINEAR, reducing_gap=2.0)
-    pixels = np.asarray(resized, dtype=np.uint8)
-    return pixels.reshape(shape.size, shape.size, shape.channels)
 
 
 def to_mode(image: Image.Image, mode: str) -> Image.Image:

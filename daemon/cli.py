@@ -70,6 +70,12 @@ def parser() -> argparse.ArgumentParser:
     query_parser = command("query", query, "print the neighbours of one image as JSON")
     query_parser.add_argument("image", type=Path)
     query_parser.add_argument("-k", type=positive, default=None, help="how many neighbours")
+    sheet_parser = command("sheet", sheet,
+                           "draw one image and its neighbours in rank order as a PNG")
+    sheet_parser.add_argument("image", type=Path)
+    sheet_parser.add_argument("-o", "--out", type=Path, default=None,
+                              help="picture to write (default: ./IMAGE.sheet.png)")
+    sheet_parser.add_argument("-k", type=positive, default=None, help="how many neighbours")
     status_parser = command("status", status, "show the library, the index and the model")
     status_parser.add_argument("--json", action="store_true", help="print JSON")
     command("rebuild", rebuild, "build a new index of the library now")
@@ -82,6 +88,11 @@ def parser() -> argparse.ArgumentParser:
     eval_parser.add_argument("--baseline", choices=("pixels",), default=None,
                              help="measure raw grayscale pixels instead of an encoder")
     eval_parser.add_argument("--json", action="store_true", help="print JSON")
+    eval_parser.add_argument("--sheet", type=Path, default=None, metavar="FILE.png",
+                             help="also draw random queries and their neighbours, "
+                                  "other labels framed red")
+    eval_parser.add_argument("--sheet-rows", type=positive, default=6,
+                             help="queries on the sheet (default: 6)")
     train_parser = command("train", train, "train an encoder on a folder of images", config=False)
     train_parser.add_argument("--data", type=Path, required=True,
                               help="folder of images (recursive)")
@@ -170,10 +181,27 @@ def run(args: argparse.Namespace) -> int:
 
 
 def query(args: argparse.Namespace) -> int:
+    document = neighbors_of(load_config(args), args.image, args.k)
+    print(json.dumps(document, indent=2, ensure_ascii=False))
+    return 0 if document["status"] == "ok" else EXIT_FAILURE
+
+
+def sheet(args: argparse.Namespace) -> int:
+    from lookalike.daemon import sheets
+
     config = load_config(args)
-    if args.k:
-        config = dataclasses.replace(config, neighbors=args.k)
-    image = args.image
+    out = sheets.target(args.image, args.out)
+    document = neighbors_of(config, args.image, args.k)
+    return sheets.run(config, args.image, document, out)
+
+
+def neighbors_of(config: Config, image: Path, k: int | None) -> dict[str, Any]:
+    """The results document of any image file among the library (the image is not added).
+
+    An image of the inbox is never its own neighbour.
+    """
+    if k:
+        config = dataclasses.replace(config, neighbors=k)
     if not image.exists():
         raise LookalikeError(f"{image}: no such file")
     encoder = load_encoder(config)
@@ -188,8 +216,7 @@ def query(args: argparse.Namespace) -> int:
         own = library.lookup([name]).get(name) if inside else None
         document = worker.query(image, name, searcher, exclude=own.id if own else None)
         worker.close()
-    print(json.dumps(document, indent=2, ensure_ascii=False))
-    return 0 if document["status"] == "ok" else EXIT_FAILURE
+    return document
 
 
 def status(args: argparse.Namespace) -> int:

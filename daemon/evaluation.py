@@ -3,7 +3,9 @@
 DIR holds one sub-folder per label. Every image is encoded and searched
 among all the others, exactly and through an Annoy index built with the
 configured settings; `--baseline pixels` measures raw grayscale pixels
-instead, the floor any encoder must beat.
+instead, the floor any encoder must beat. `--sheet FILE.png` also draws a
+few random queries (the same each run) with their exact nearest, each
+framed by whether it shares the query's label.
 """
 from __future__ import annotations
 
@@ -15,11 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from lookalike.core import config as configuration
-from lookalike.core import evaluate, images
+from lookalike.core import evaluate, images, sheet
 from lookalike.core.config import DEFAULT_MODEL
 from lookalike.core.errors import LookalikeError
+from lookalike.daemon import sheets
 from lookalike.daemon.training import read_folder
 
 log = logging.getLogger(__name__)
@@ -28,6 +32,7 @@ log = logging.getLogger(__name__)
 def run(args: argparse.Namespace) -> int:
     if not args.data.is_dir():
         raise LookalikeError(f"{args.data}: no such folder")
+    sheet_path = sheets.target(args.data, args.sheet) if args.sheet is not None else None
     settings = index_settings(args.config)
     seconds: dict[str, float] = {}
     started = time.monotonic()
@@ -68,7 +73,50 @@ def run(args: argparse.Namespace) -> int:
               "annoy": {"precision": annoy.precision, "recall": annoy.recall},
               "seconds": {stage: round(s, 2) for stage, s in seconds.items()}}
     print(json.dumps(report, indent=2) if args.json else table(report))
+    if sheet_path is not None:
+        originals = [args.data / paths[i] for i in keep]
+        queries = sample(labels, args.sheet_rows)
+        title = [f"{args.data}: {name}, exact search, precision@{args.k} "
+                 f"{exact.precision:.3f} over {len(labels):,} images",
+                 f"{len(queries)} random queries, each with its {args.k} nearest; frame: "
+                 "green = the query's label, red = another label"]
+        sheets.save(draw(originals, labels, vectors, queries, args.k, settings["metric"],
+                         title), sheet_path)
+        log.info("sheet of %d queries written to %s", len(queries), sheet_path)
     return 0
+
+
+def sample(labels: np.ndarray, count: int, seed: int = 0) -> list[int]:
+    """`count` random queries (the same each run), from as many labels as there are."""
+    order = np.random.default_rng(seed).permutation(len(labels))
+    chosen: list[int] = []
+    for i in order:  # one query per label first
+        if len(chosen) < count and labels[i] not in labels[chosen]:
+            chosen.append(int(i))
+    chosen += [int(i) for i in order if i not in chosen][:count - len(chosen)]
+    return chosen
+
+
+def draw(originals: list[Path], labels: np.ndarray, vectors: np.ndarray, queries: list[int],
+         k: int, metric: str, title: list[str]) -> Image.Image:
+    """A sheet row per query: its exact k nearest, framed green (same label) or red."""
+    vectors = vectors.astype(np.float32)  # as evaluate.quality searches them
+    max_pixels = images.Shape.max_pixels
+    rows = []
+    for q in queries:
+        # The ranking of evaluate.exact_search, for one query.
+        far = evaluate.distances(vectors[q:q + 1], vectors, metric)[0]
+        far[q] = np.inf  # never the query itself
+        nearest = np.argsort(far, kind="stable")[:min(k, len(far) - 1)]
+        same = labels[nearest] == labels[q]
+        query = sheet.Tile(sheets.thumbnail_or_none(originals[q], max_pixels),
+                           (str(labels[q]), f"{same.sum()} of {len(nearest)} alike"), sheet.QUERY)
+        tiles = [sheet.Tile(sheets.thumbnail_or_none(originals[n], max_pixels),
+                            (f"{rank}.  {sheets.distance(float(far[n]))}", str(labels[n])),
+                            sheet.SAME if alike else sheet.OTHER)
+                 for rank, (n, alike) in enumerate(zip(nearest, same, strict=True), 1)]
+        rows.append(sheet.Row(query, tiles))
+    return sheet.render(rows, title)
 
 
 def index_settings(config: Path) -> dict[str, Any]:

@@ -1,0 +1,138 @@
+"""`lookalike sheet` and `lookalike eval --sheet` end to end: real process, real PNG files."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from lookalike.core import sheet
+from lookalike.core.errors import LookalikeError
+from lookalike.core.sheet import CELL
+from lookalike.daemon import evaluation, sheets
+
+LOOKALIKE = Path(sys.executable).with_name("lookalike")  # as tests/conftest.py has it
+
+
+def lookalike(*args: object, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {key: value for key, value in os.environ.items()
+           if key not in ("LOOKALIKE_CONFIG", "JOURNAL_STREAM")}
+    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    return subprocess.run([str(LOOKALIKE), *map(str, args)], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=120, check=False)
+
+
+def refusal(finished: subprocess.CompletedProcess[str]) -> str:
+    """The one `lookalike: ...` line of a refused command."""
+    assert finished.returncode != 0
+    assert "Traceback" not in finished.stderr, finished.stderr
+    problems = [line for line in finished.stderr.splitlines() if line.startswith("lookalike: ")]
+    assert len(problems) == 1, finished.stderr
+    return problems[0]
+
+
+def frame_at(picture: Image.Image, row: int, column: int, title_lines: int) -> tuple[int, ...]:
+    """The colour of the top-left pixel of a tile's frame (column 0: the query)."""
+    x, y = sheet.tile_origin(row, column, title_lines)
+    color: tuple[int, ...] = picture.getpixel((x, y))  # type: ignore[assignment]
+    return color
+
+
+@pytest.mark.slow
+def test_sheet_of_an_inbox_image(make_config: Callable[..., Path],
+                                 inbox_of: Callable[[Path, int], list[str]],
+                                 tmp_path: Path) -> None:
+    config = make_config()
+    names = inbox_of(tmp_path / "inbox", 40)
+    built = lookalike("run", "--once", "-c", config, cwd=tmp_path)
+    assert built.returncode == 0, built.stderr
+    here = tmp_path / "here"
+    here.mkdir()
+
+    finished = lookalike("sheet", tmp_path / "inbox" / names[3], "-k", "5", "-c", config,
+                         cwd=here)
+    assert finished.returncode == 0, finished.stderr
+    written = here / f"{names[3]}.sheet.png"  # the default: beside us, named after the image
+    assert finished.stdout.strip() == str(written)
+    with Image.open(written) as picture:
+        assert picture.format == "PNG"
+        assert picture.size == sheet.size(rows=1, neighbors=5, title_lines=1)
+        assert picture.size[0] == 2 * sheet.MARGIN + 6 * CELL + sheet.GAP + 4 * sheet.SPACE
+        rgb = picture.convert("RGB")
+    assert frame_at(rgb, 0, 0, 1) == sheet.QUERY
+    x, y = sheet.tile_origin(0, 5, 1)  # the 5th neighbour's picture is drawn, not "missing"
+    inside = rgb.crop((x + sheet.FRAME, y + sheet.FRAME, x + CELL - sheet.FRAME,
+                       y + CELL - sheet.FRAME))
+    assert np.asarray(inside.convert("L")).min() < 100  # a digit's dark ink
+    assert sorted(p.name for p in here.iterdir()) == [written.name]  # no temporary left
+
+
+@pytest.mark.slow
+def test_sheet_of_an_unusable_image(make_config: Callable[..., Path], tmp_path: Path) -> None:
+    config = make_config()
+    notes = tmp_path / "notes.jpg"
+    notes.write_text("not a picture\n", encoding="utf-8")
+    finished = lookalike("sheet", notes, "-c", config, cwd=tmp_path)
+    assert "notes.jpg: not an image file" in refusal(finished)
+    assert not list(tmp_path.glob("*.png"))
+
+
+def test_sheet_refuses_a_name_it_cannot_write(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text("inbox: ./inbox\nstate_dir: ./state\n", encoding="utf-8")
+    image = tmp_path / "a.png"
+    Image.new("L", (8, 8)).save(image)
+    assert "sheet.txt" in refusal(lookalike("sheet", image, "-o", tmp_path / "sheet.txt",
+                                            "-c", config, cwd=tmp_path))
+    assert "nowhere" in refusal(lookalike("sheet", image, "-o", tmp_path / "nowhere" / "s.png",
+                                          "-c", config, cwd=tmp_path))
+
+
+@pytest.mark.slow  # the real process, though pixels need no TensorFlow
+def test_eval_sheet_frames_the_other_label_red(digits_root: Path, tmp_path: Path) -> None:
+    # Two labels holding the same images: every query's nearest is its twin, of the other label.
+    data = tmp_path / "data"
+    sources = sorted(digits_root.glob("*/*.png"), key=lambda p: p.name)[:16]
+    for label in ("a", "b"):
+        (data / label).mkdir(parents=True)
+        for source in sources:
+            shutil.copy(source, data / label / source.name)
+    out = tmp_path / "eval.png"
+    finished = lookalike("eval", "--data", data, "--baseline", "pixels", "-k", "4",
+                         "--sheet", out, "--sheet-rows", "3", cwd=tmp_path)
+    assert finished.returncode == 0, finished.stderr
+    assert "precision@4" in finished.stdout
+    with Image.open(out) as picture:
+        assert picture.format == "PNG"
+        assert picture.size == sheet.size(rows=3, neighbors=4, title_lines=2)
+        rgb = picture.convert("RGB")
+    for row in range(3):
+        assert frame_at(rgb, row, 0, 2) == sheet.QUERY
+        assert frame_at(rgb, row, 1, 2) == sheet.OTHER  # the twin
+        assert {frame_at(rgb, row, column, 2) for column in (2, 3, 4)} <= {sheet.SAME,
+                                                                          sheet.OTHER}
+
+
+def test_eval_sheet_queries_are_seeded_and_of_many_labels() -> None:
+    labels = np.array(["a"] * 50 + ["b"] * 3 + ["c"] * 2)
+    chosen = evaluation.sample(labels, 4)
+    assert chosen == evaluation.sample(labels, 4)  # the same sheet every run
+    assert len(set(chosen)) == 4
+    assert set(labels[chosen]) == {"a", "b", "c"}  # one of each label before a second
+    assert sorted(evaluation.sample(labels[:3], 6)) == [0, 1, 2]  # fewer images than rows
+
+
+def test_where_a_sheet_goes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    image = Path("/photos/cat.jpg")
+    assert sheets.target(image, None) == tmp_path / "cat.jpg.sheet.png"
+    assert sheets.target(image, tmp_path) == tmp_path / "cat.jpg.sheet.png"
+    assert sheets.target(image, tmp_path / "s.png") == tmp_path / "s.png"
+    with pytest.raises(LookalikeError, match="name it .png"):
+        sheets.target(image, tmp_path / "s.json")
