@@ -38,6 +38,7 @@ from lookalike.daemon.worker import (
     Worker,
     create_folders_on_first_run,
     remove_leftovers,
+    replaced,
 )
 
 if TYPE_CHECKING:
@@ -201,7 +202,7 @@ class Service:
         changed = [c for c in arrived if self.worker.outdated(known.get(c.path), c)]
         stored = self.worker.ingest(changed, known, self.tally)
         removed = self.worker.forget(gone, self.tally)
-        self.follow(Changes(stored, removed))
+        self.follow(Changes(stored, removed, replaced(changed, known)))
         queries = [r for r in batch if r.root == "queries"]
         self.worker.answer_queries(self.searcher, self.tally, [r.path for r in queries if r.stat])
         for r in queries:

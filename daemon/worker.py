@@ -16,7 +16,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -66,10 +66,14 @@ class Read:
 
 @dataclass
 class Changes:
-    """Row ids a batch touched: stored (new, changed or now unusable) and removed."""
+    """Row ids a batch touched: stored (new, changed or now unusable) and removed.
+
+    `replaced` are the stored rows that existed before: results may name them.
+    """
 
     stored: list[int]
     removed: list[int]
+    replaced: list[int] = field(default_factory=list)
 
     def __bool__(self) -> bool:
         return bool(self.stored or self.removed)
@@ -121,7 +125,7 @@ class Worker:
             log.info("inbox scan: %d new or changed, %d gone, %d unchanged",
                      len(changed), len(gone), len(on_disk) - len(changed))
         stored = self.ingest(changed, known, tally)
-        return Changes(stored, self.forget(gone, tally))
+        return Changes(stored, self.forget(gone, tally), replaced(changed, known))
 
     def outdated(self, record: Record | None, candidate: scan.Candidate,
                  model_too: bool = True) -> bool:
@@ -219,8 +223,8 @@ class Worker:
         images that it is closer to than their k-th neighbour; an image that
         left or changed leaves the results that named it.
         """
-        touched = set(changes.stored) | set(changes.removed)
-        affected = set(self.library.naming(touched)) if touched else set()
+        named = set(changes.removed) | set(changes.replaced)  # a new row is in no results yet
+        affected = set(self.library.naming(named)) if named else set()
         width = REVERSE_CANDIDATES * self.config.neighbors
         for row_id, vector in self.library.vectors_of(changes.stored).items():
             near = searcher.neighbors(vector, width, exclude=row_id)
@@ -228,7 +232,7 @@ class Worker:
             affected.update(n.row_id for n in near
                             if n.row_id in radii and (radii[n.row_id] is None
                                                       or n.distance < radii[n.row_id]))
-        return affected - touched
+        return affected - set(changes.stored) - set(changes.removed)
 
     def answer(self, searcher: Searcher, row_ids: Iterable[int], tally: Tally,
                names: dict[int, tuple[str, str | None]] | None = None) -> None:
@@ -341,6 +345,11 @@ class Worker:
         if failure is not None:
             log.error("%s: cannot write results: %s", target, failure.strerror or failure)
         return failure is not None
+
+
+def replaced(changed: Iterable[scan.Candidate], known: dict[str, Record]) -> list[int]:
+    """Row ids of the `changed` files that the library held before."""
+    return [known[c.path].id for c in changed if c.path in known]
 
 
 def create_folders_on_first_run(config: Config, library: Library) -> None:
