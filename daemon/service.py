@@ -151,11 +151,11 @@ class Service:
         batch = self.arrivals.ready(self.config.batch_size)
         if batch:
             self.handle(batch)
-            self.report_progress(now)
         elif self.reencoding and "inbox" not in self.missing:
             self.reencode_batch()
         elif self.sweep:
             self.sweep_batch()
+        self.report_progress(now, busy=bool(batch) or len(self.arrivals) > 0)
         interval = self.config.rescan_interval_s
         due = bool(interval) and now - self.last_rescan >= interval
         if self.watcher.events_lost():
@@ -177,11 +177,14 @@ class Service:
         if not batch and not self.reencoding and not self.sweep:
             self.arrivals.wait(0.2 if len(self.arrivals) else 1.0)
 
-    def report_progress(self, now: float) -> None:
+    def report_progress(self, now: float, busy: bool) -> None:
         """During a burst, one log line every few seconds: answered so far, waiting, rate."""
+        answered = self.tally.added + self.tally.updated + self.tally.errors
+        if not busy:  # idle: a later burst's rate counts from its start
+            self.progress_at, self.progress_count = now, answered
+            return
         if now - self.progress_at < PROGRESS_EVERY_S:
             return
-        answered = self.tally.added + self.tally.updated + self.tally.errors
         waiting = len(self.arrivals)
         if waiting and answered > self.progress_count:
             rate = (answered - self.progress_count) / (now - self.progress_at)
