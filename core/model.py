@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -53,7 +53,115 @@ def seed_preset(shape: Shape, latent_dim: int) -> tuple[keras.Model, keras.Model
     return encoder, decoder
 
 
-PRESETS: dict[str, Builder] = {"seed": seed_preset}
+def conv_autoencoder(shape: Shape, latent_dim: int, *, filters: tuple[int, ...] = (32, 64, 128),
+                     extra: bool = False, batch_norm: bool = True, standardize: bool = True,
+                     pooled: bool = False,
+                     unit_latent: bool = False) -> tuple[keras.Model, keras.Model]:
+    """A deeper convolutional autoencoder: a strided 3x3 convolution per width in `filters`.
+
+    `extra` adds a 3x3 convolution after each strided one (at the reduced
+    resolution); `standardize` makes the encoder see each image at zero mean
+    and unit variance (brightness and contrast do not move the latent);
+    `batch_norm` normalises every convolution; `unit_latent` puts the latent
+    on the unit sphere, where the angular metric measures it. The decoder
+    reconstructs the image in 0..1 whatever the encoder sees.
+    """
+    layers = keras.layers
+    stages = len(filters)
+    if shape.size % (1 << stages):
+        raise ModelError(f"image size {shape.size} is not a multiple of {1 << stages}")
+    encoder = keras.Sequential([keras.Input(shape=(shape.size, shape.size, shape.channels),
+                                            name="image"), layers.Rescaling(1.0 / 255)],
+                               name="encoder")
+    if standardize:
+        # Per-image standardisation, with a built-in layer (safe-mode loadable).
+        encoder.add(layers.LayerNormalization(axis=(1, 2, 3), center=False, scale=False,
+                                              epsilon=1e-3, name="standardize"))
+
+    def convolve(model: keras.Sequential, width: int, strides: int,
+                 kind: type[keras.layers.Layer] = layers.Conv2D) -> None:
+        model.add(kind(width, 3, strides=strides, padding="same", use_bias=not batch_norm))
+        if batch_norm:
+            model.add(layers.BatchNormalization(momentum=0.9))
+        model.add(layers.ReLU())
+
+    for width in filters:
+        convolve(encoder, width, 2)
+        if extra:
+            convolve(encoder, width, 1)
+    if pooled:
+        # The latent also reads the feature maps' averages: what is there, wherever it is.
+        features = encoder.outputs[0]
+        joined = layers.Concatenate()([layers.Flatten()(features),
+                                       layers.GlobalAveragePooling2D()(features)])
+        latent = layers.Dense(latent_dim, name="latent")(joined)
+        if unit_latent:
+            latent = layers.UnitNormalization(name="unit")(latent)
+        encoder = keras.Model(encoder.inputs[0], latent, name="encoder")
+    else:
+        encoder.add(layers.Flatten())
+        encoder.add(layers.Dense(latent_dim, name="latent"))
+        if unit_latent:
+            encoder.add(layers.UnitNormalization(name="unit"))
+
+    side = shape.size >> stages
+    decoder = keras.Sequential([
+        keras.Input(shape=(latent_dim,), name="latent"),
+        layers.Dense(side * side * filters[-1], activation="relu"),
+        layers.Reshape((side, side, filters[-1])),
+    ], name="decoder")
+    for width in reversed(filters[:-1]):
+        if extra:
+            convolve(decoder, width * 2, 1)
+        convolve(decoder, width, 2, layers.Conv2DTranspose)
+    decoder.add(layers.Conv2DTranspose(shape.channels, 3, strides=2, padding="same",
+                                       activation="sigmoid"))
+    return encoder, decoder
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How an encoder is made: an architecture and how it is trained.
+
+    `augment` shifts, scales and brightens each training image a little, at
+    random (1.0: up to 8% shift, 10% zoom and brightness; 2.0 twice that);
+    `noise` is the standard deviation (0..1 scale) of Gaussian noise added to
+    the input (a denoising autoencoder). The target is the image after
+    augmentation but before noise, or with `restore` the image before either,
+    so the latent learns to ignore both. All of it happens in the input
+    pipeline: the saved encoder stays deterministic. `structure` weighs the
+    error of the image gradients beside the pixel error. `contrast` weighs a
+    contrastive loss (NT-Xent, as SimCLR) that pulls together the latents of
+    two augmentations of one image and pushes apart those of other images,
+    at `temperature`. `whiten` appends a fixed PCA-whitening layer fitted on
+    the training images' latents.
+    """
+
+    build: Builder
+    augment: float = 0.0
+    noise: float = 0.0
+    restore: bool = False
+    structure: float = 0.0
+    contrast: float = 0.0
+    temperature: float = 0.2
+    whiten: bool = False
+    learning_rate: float = 1e-3
+
+    def describe(self) -> dict[str, Any]:
+        """The training options, for the model card."""
+        return {"augment": self.augment, "noise": self.noise, "restore": self.restore,
+                "structure": self.structure, "contrast": self.contrast,
+                "temperature": self.temperature, "whiten": self.whiten,
+                "learning_rate": self.learning_rate}
+
+
+PRESETS: dict[str, Recipe] = {
+    # The seed article's recipe, as the article runs it.
+    "seed": Recipe(seed_preset),
+    # The default: measured against `seed` in BENCHMARKS.md ("Quality").
+    "lookalike": Recipe(conv_autoencoder, augment=True, noise=0.05, structure=1.0, whiten=True),
+}
+DEFAULT_PRESET = "lookalike"
 
 
 @dataclass
@@ -64,15 +172,21 @@ class Training:
     card: dict[str, Any] = field(default_factory=dict)
 
 
-def train(pixels: np.ndarray, shape: Shape, *, preset: str = "seed", latent_dim: int = 128,
-          epochs: int = 30, batch_size: int = 64, held_out: float = 0.1, patience: int = 5,
-          seed: int = 0, verbose: int = 1) -> Training:
+def train(pixels: np.ndarray, shape: Shape, *, preset: str | Recipe = "seed",
+          latent_dim: int = 128, epochs: int = 30, batch_size: int = 64, held_out: float = 0.1,
+          patience: int = 5, seed: int = 0, verbose: int = 1) -> Training:
     """Train an autoencoder on `pixels` (n, size, size, channels) uint8 and return its encoder.
 
-    A seeded `held_out` share is kept apart for the validation loss; training
-    stops early when that loss stops improving and keeps the best weights.
+    `preset` names one of PRESETS (or is a Recipe). A seeded `held_out` share
+    is kept apart for the validation loss (on clean, unaugmented images);
+    training stops early when that loss stops improving and keeps the best
+    weights.
     """
-    if preset not in PRESETS:
+    if isinstance(preset, Recipe):
+        recipe, name = preset, "custom"
+    elif preset in PRESETS:
+        recipe, name = PRESETS[preset], preset
+    else:
         raise ModelError(f"unknown preset {preset!r} (known: {', '.join(PRESETS)})")
     if len(pixels) < 2:
         raise ModelError("training needs at least 2 images")
@@ -81,25 +195,28 @@ def train(pixels: np.ndarray, shape: Shape, *, preset: str = "seed", latent_dim:
     n_held = max(1, int(round(len(pixels) * held_out)))
     train_x, held_x = pixels[order[n_held:]], pixels[order[:n_held]]
 
-    encoder, decoder = PRESETS[preset](shape, latent_dim)
-    image = keras.Input(shape=(shape.size, shape.size, shape.channels))
-    autoencoder = keras.Model(image, decoder(encoder(image)), name="autoencoder")
-    autoencoder.compile(optimizer="adam", loss="mse")
+    encoder, decoder = recipe.build(shape, latent_dim)
+    trainer = training_model(encoder, decoder, shape, recipe)
     stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience,
                                          restore_best_weights=True)
     started = time.monotonic()
-    history = autoencoder.fit(
-        train_x.astype(np.float32), train_x.astype(np.float32) / 255.0,
-        validation_data=(held_x.astype(np.float32), held_x.astype(np.float32) / 255.0),
-        epochs=epochs, batch_size=batch_size, shuffle=True, callbacks=[stop], verbose=verbose)
+    # The held-out loss is on the images as they are.
+    clean = replace(recipe, augment=0.0, noise=0.0)
+    history = trainer.fit(batches(train_x, batch_size, recipe, seed, shuffle=True),
+                          validation_data=batches(held_x, batch_size, clean, seed),
+                          epochs=epochs, callbacks=[stop], verbose=verbose,
+                          shuffle=False)  # batches() shuffles, seeded
     losses, held_losses = history.history["loss"], history.history["val_loss"]
     best = int(np.argmin(held_losses))
+    if recipe.whiten:
+        encoder = with_whitening(encoder, pixels)
     return Training(encoder, {
         "schema": model_card.SCHEMA,
-        "preset": preset,
+        "preset": name,
+        "recipe": recipe.describe(),
         "image_size": shape.size,
         "color": shape.color,
-        "latent_dim": latent_dim,
+        "latent_dim": int(encoder.output_shape[-1]),
         "epochs_requested": epochs,
         "epochs_run": len(losses),
         "best_epoch": best + 1,
@@ -113,6 +230,133 @@ def train(pixels: np.ndarray, shape: Shape, *, preset: str = "seed", latent_dim:
         "tensorflow": tf.__version__,
         "keras": keras.__version__,
     })
+
+
+def training_model(encoder: keras.Model, decoder: keras.Model, shape: Shape,
+                   recipe: Recipe) -> keras.Model:
+    """The compiled model that `fit` trains: the autoencoder, with a contrastive head if asked."""
+    optimizer = keras.optimizers.Adam(recipe.learning_rate)
+    side = (shape.size, shape.size, shape.channels)
+    view = keras.Input(shape=side, name="view")
+    latent = encoder(view)
+    if not recipe.contrast:
+        autoencoder = keras.Model(view, decoder(latent), name="autoencoder")
+        autoencoder.compile(optimizer=optimizer, loss=reconstruction_loss(recipe.structure))
+        return autoencoder
+    # SimCLR's projection head: the contrastive loss acts on its output, so the
+    # latent before it keeps what the reconstruction needs.
+    width = int(latent.shape[-1])
+    head = keras.Sequential([keras.layers.Dense(width, activation="relu"),
+                             keras.layers.Dense(64)], name="projection")
+    other = keras.Input(shape=side, name="other_view")
+    pair = keras.layers.Concatenate(name="pair")([head(latent), head(encoder(other))])
+    trainer = keras.Model([view, other], {"image": decoder(latent), "pair": pair},
+                          name="autoencoder")
+    trainer.compile(optimizer=optimizer,
+                    loss={"image": reconstruction_loss(recipe.structure),
+                          "pair": contrastive_loss(recipe.temperature)},
+                    loss_weights={"image": 1.0, "pair": recipe.contrast})
+    return trainer
+
+
+def batches(pixels: np.ndarray, batch_size: int, recipe: Recipe, seed: int,
+            shuffle: bool = False) -> tf.data.Dataset:
+    """Batches of (input 0..255, target 0..1) float32, augmented and noised as `recipe` says.
+
+    With `recipe.contrast`, the input is two views of each image and the
+    target {"image": ..., "pair": a placeholder}, as `training_model` wants.
+    """
+    images = tf.data.Dataset.from_tensor_slices(pixels)
+    if shuffle:
+        images = images.shuffle(len(pixels), seed=seed, reshuffle_each_iteration=True)
+    images = images.batch(batch_size).map(lambda x: tf.cast(x, tf.float32))
+    layers = keras.layers
+    strength = float(recipe.augment)
+    # Built-in Keras layers, run in the input pipeline: never part of the saved encoder.
+    augment = keras.Sequential([
+        layers.RandomTranslation(0.08 * strength, 0.08 * strength, fill_mode="nearest",
+                                 seed=seed),
+        layers.RandomZoom(0.1 * strength, fill_mode="nearest", seed=seed + 1),
+        layers.RandomBrightness(0.1 * strength, value_range=(0.0, 255.0), seed=seed + 2),
+    ], name="augment") if strength > 0 else None
+
+    def corrupt(x: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        """(what the encoder sees, the image before noise)."""
+        if augment is not None:
+            x = tf.clip_by_value(augment(x, training=True), 0.0, 255.0)
+        seen = x
+        if recipe.noise > 0:
+            seen = tf.clip_by_value(x + tf.random.normal(tf.shape(x), stddev=recipe.noise * 255),
+                                    0.0, 255.0)
+        return seen, x
+
+    def pair(x: tf.Tensor) -> Any:
+        seen, augmented = corrupt(x)
+        target = (x if recipe.restore else augmented) / 255.0
+        if not recipe.contrast:
+            return seen, target
+        other, _ = corrupt(x)
+        return (seen, other), {"image": target, "pair": tf.zeros((tf.shape(x)[0], 1))}
+
+    return images.map(pair, num_parallel_calls=tf.data.AUTOTUNE).prefetch(2)
+
+
+def contrastive_loss(temperature: float) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor]:
+    """NT-Xent over a batch of (projection of view 1 | projection of view 2) rows.
+
+    Each view must pick its twin out of the 2n - 1 other views of the batch;
+    the loss is the cross-entropy of that choice, per image.
+    """
+    def loss(_: tf.Tensor, pair: tf.Tensor) -> tf.Tensor:
+        first, second = tf.split(pair, 2, axis=1)
+        n = tf.shape(first)[0]
+        views = tf.math.l2_normalize(tf.concat([first, second], 0), axis=1)
+        logits = tf.matmul(views, views, transpose_b=True) / temperature
+        logits -= 1e9 * tf.eye(2 * n)  # a view is not its own twin
+        twins = tf.concat([tf.range(n, 2 * n), tf.range(0, n)], 0)
+        each = tf.nn.sparse_softmax_cross_entropy_with_logits(twins, logits)
+        return tf.reduce_mean(tf.reshape(each, (2, n)), axis=0)
+    return loss
+
+
+def reconstruction_loss(structure: float) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor]:
+    """Per-image mean squared error, plus `structure` times that of the image gradients."""
+    def loss(target: tf.Tensor, output: tf.Tensor) -> tf.Tensor:
+        error = tf.reduce_mean(tf.square(target - output), axis=(1, 2, 3))
+        if structure:
+            target_dy, target_dx = tf.image.image_gradients(target)
+            output_dy, output_dx = tf.image.image_gradients(output)
+            error += structure * (
+                tf.reduce_mean(tf.square(target_dy - output_dy), axis=(1, 2, 3))
+                + tf.reduce_mean(tf.square(target_dx - output_dx), axis=(1, 2, 3)))
+        return error
+    return loss
+
+
+def whitening(latents: np.ndarray, shrink: float = 0.01) -> tuple[np.ndarray, np.ndarray]:
+    """Kernel and bias of the affine map that PCA-whitens `latents` (n, d).
+
+    Each principal direction is scaled by 1 / sqrt(variance + shrink * mean
+    variance): directions that barely vary are not blown up into noise.
+    """
+    mean = latents.mean(0)
+    covariance = np.cov(latents - mean, rowvar=False)
+    variances, directions = np.linalg.eigh(covariance)
+    variances = np.clip(variances, 0.0, None)
+    order = np.argsort(variances)[::-1]
+    variances, directions = variances[order], directions[:, order]
+    kernel = directions / np.sqrt(variances + shrink * variances.mean() + 1e-12)
+    return kernel.astype(np.float32), (-mean @ kernel).astype(np.float32)
+
+
+def with_whitening(encoder: keras.Model, pixels: np.ndarray) -> keras.Model:
+    """`encoder` followed by a fixed Dense layer that PCA-whitens its latents on `pixels`."""
+    latents = encoder.predict(pixels.astype(np.float32), batch_size=256, verbose=0)
+    kernel, bias = whitening(latents.astype(np.float64))
+    layer = keras.layers.Dense(kernel.shape[1], trainable=False, name="whiten")
+    whitened = keras.Model(encoder.inputs[0], layer(encoder.outputs[0]), name="encoder")
+    layer.set_weights([kernel, bias])
+    return whitened
 
 
 def save(training: Training, path: Path, extra: dict[str, Any] | None = None) -> str:

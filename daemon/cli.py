@@ -98,7 +98,9 @@ def parser() -> argparse.ArgumentParser:
                               help="folder of images (recursive)")
     train_parser.add_argument("--out", type=Path, required=True,
                               help="encoder file to write (.keras)")
-    train_parser.add_argument("--preset", default="seed", help="architecture (default: seed)")
+    train_parser.add_argument("--preset", default="lookalike",
+                              help="training recipe: lookalike (the default, measured in "
+                                   "BENCHMARKS.md) or seed (the article's)")
     train_parser.add_argument("--color", choices=("rgb", "grayscale"), default="grayscale")
     train_parser.add_argument("--size", type=positive, default=56, help="input side in pixels")
     train_parser.add_argument("--latent", type=positive, default=128, help="latent vector size")

@@ -227,3 +227,49 @@ def test_save_refuses_a_non_keras_name(tmp_path: Path) -> None:
     with pytest.raises(ModelError, match=r"\.keras"):
         model.save(model.Training(encoder, {}), tmp_path / "encoder.h5")
     assert list(tmp_path.iterdir()) == []
+
+
+# -- the default preset -----------------------------------------------------------
+def test_default_preset_trains_saves_and_loads_in_safe_mode(tmp_path: Path) -> None:
+    pixels = images_of(40, SMALL, seed=4)
+    trained = model.train(pixels, SMALL, preset=model.DEFAULT_PRESET, latent_dim=8, epochs=1,
+                          batch_size=16, verbose=0)
+    info = trained.card
+    assert info["preset"] == model.DEFAULT_PRESET == "lookalike"
+    assert info["epochs_run"] == 1 and info["latent_dim"] == 8
+    assert info["recipe"] == model.PRESETS["lookalike"].describe()
+    path = tmp_path / "lookalike.keras"
+    model.save(trained, path)
+
+    loaded = model.load(path)  # safe mode: built-in layers only, no code in the file
+    assert (loaded.shape, loaded.latent_dim) == (SMALL, 8)
+    kinds = {type(layer).__name__ for layer in loaded.model.layers}
+    assert not any(kind.startswith(("Random", "GaussianNoise", "Lambda")) for kind in kinds)
+    latents = loaded.encode(pixels)
+    assert np.array_equal(latents, loaded.encode(pixels))  # augmentation stayed in training
+    assert np.allclose(latents, trained.encoder(pixels.astype(np.float32), training=False),
+                       atol=1e-4)
+    if model.PRESETS["lookalike"].whiten:
+        # The whitening layer was fitted on these images: centred, decorrelated latents.
+        assert loaded.model.layers[-1].name == "whiten"
+        assert np.allclose(latents.mean(0), 0.0, atol=1e-3)
+        covariance = np.cov(latents, rowvar=False)
+        assert np.allclose(covariance - np.diag(np.diag(covariance)), 0.0, atol=1e-2)
+
+
+def test_seed_preset_is_the_articles() -> None:
+    recipe = model.PRESETS["seed"]
+    assert recipe.build is model.seed_preset
+    assert (recipe.augment, recipe.noise, recipe.structure, recipe.whiten) == (False, 0, 0, False)
+
+
+def test_batches_restore_the_original_or_keep_the_augmented_image() -> None:
+    pixels = images_of(8, SMALL, seed=5)
+    restored = model.Recipe(model.conv_autoencoder, augment=True, noise=0.1, restore=True)
+    for inputs, target in model.batches(pixels, 8, restored, seed=0):
+        assert np.allclose(target.numpy(), pixels / 255.0)  # the clean original
+        assert not np.allclose(inputs.numpy(), pixels)  # what the encoder saw was changed
+    plain = model.Recipe(model.seed_preset)
+    for inputs, target in model.batches(pixels, 8, plain, seed=0):
+        assert np.array_equal(inputs.numpy(), pixels.astype(np.float32))
+        assert np.allclose(target.numpy(), pixels / 255.0)
