@@ -30,8 +30,23 @@ class Found:
     duplicate: bool
 
 
+NAME_MAX = 255  # bytes in a file name, on every Linux file system
+
+
 def results_path(image: Path) -> Path:
-    return image.with_name(image.name + SUFFIX)
+    """Where the results of `image` go: `<image file name>.neighbors.json` beside it.
+
+    When that name would pass 255 bytes (the image's name is over 240), the
+    results file is `<the name's first 230 bytes>~<8 hex digits of the name's
+    SHA-256>.neighbors.json` instead; its `query` names the image in full.
+    """
+    name = image.name + SUFFIX
+    if len(os.fsencode(name)) <= NAME_MAX:
+        return image.with_name(name)
+    raw = os.fsencode(image.name)
+    digest = hashlib.sha256(raw).hexdigest()[:8]
+    head = raw[:NAME_MAX - len(SUFFIX) - 10].decode("utf-8", "ignore")  # whole characters
+    return image.with_name(f"{head}~{digest}{SUFFIX}")
 
 
 def is_ours(name: str) -> bool:

@@ -7,6 +7,8 @@ say (a text file named `x.jpg` gets an error results file).
 """
 from __future__ import annotations
 
+import errno
+import logging
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,7 +19,9 @@ from pathlib import Path
 from PIL import Image
 
 from . import results
+from .errors import UnreadableImage
 
+log = logging.getLogger(__name__)
 # EPS is opened by running Ghostscript on the file: never for untrusted input.
 REFUSED_FORMATS = {"EPS"}
 
@@ -37,7 +41,39 @@ def image_extensions() -> frozenset[str]:
 
 
 def wanted(relative: str, exclude: tuple[str, ...] = ()) -> bool:
-    """Whether a path (relative to the watched folder) names a candidate image."""
+    """Whether a path (relative to the watched folder) names a candidate image.
+
+    A name that is not UTF-8 is not (the library and the results files hold
+    UTF-8 text): `misnamed` tells such an image apart, so that it is logged.
+    """
+    return utf8(relative) and looks_wanted(relative, exclude)
+
+
+def misnamed(relative: str, exclude: tuple[str, ...] = ()) -> bool:
+    """Whether a path would be a candidate image but for a name that is not UTF-8."""
+    return not utf8(relative) and looks_wanted(relative, exclude)
+
+
+def utf8(relative: str) -> bool:
+    """Whether a path decoded from the file system was valid UTF-8.
+
+    Python decodes other bytes (say Latin-1 from an old share) to lone
+    surrogates, which SQLite and a UTF-8 JSON file cannot hold.
+    """
+    try:
+        relative.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def shown(relative: str) -> str:
+    """A path as a log line shows it: bytes that are not UTF-8 as \\xNN, a line break as \\n."""
+    text = relative.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def looks_wanted(relative: str, exclude: tuple[str, ...]) -> bool:
     parts = relative.split("/")
     name = parts[-1]
     if any(part.startswith(".") for part in parts) or results.is_ours(name):
@@ -55,11 +91,16 @@ def walk(root: Path, exclude: tuple[str, ...] = ()) -> Iterator[Candidate]:
         for name in sorted(files):
             relative = (base / name).relative_to(root).as_posix()
             if not wanted(relative, exclude):
+                if misnamed(relative, exclude):
+                    log.warning("%s: the file name is not UTF-8; not read (rename the file)",
+                                shown(relative))
                 continue
             try:
                 stat = (base / name).stat()
-            except OSError:
-                continue  # gone, or a broken link: nothing to answer
+            except OSError as error:
+                if error.errno != errno.ELOOP:
+                    continue  # gone, or a broken link: nothing to answer (yet)
+                stat = (base / name).lstat()  # a loop of links: answered with an error
             yield Candidate(relative, stat.st_size, stat.st_mtime_ns)
 
 
@@ -78,3 +119,23 @@ def inside(root: Path, path: Path) -> bool:
         return path.resolve().is_relative_to(root.resolve())
     except (OSError, RuntimeError):  # a link loop
         return False
+
+
+def link_problem(root: Path, path: Path) -> UnreadableImage | None:
+    """Why a path of `root` must not be read through its links, or None.
+
+    A link that leads out of `root` is never followed ("outside"); a loop of
+    links leads to no file ("unreadable"). A missing target is the reader's
+    to report.
+    """
+    try:
+        resolved = Path(os.path.realpath(path, strict=True))
+    except FileNotFoundError:
+        return None
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            return UnreadableImage("unreadable", "a loop of symbolic links: it leads to no file")
+        return UnreadableImage("unreadable", f"cannot follow the path: {error.strerror}")
+    if not resolved.is_relative_to(os.path.realpath(root)):
+        return UnreadableImage("outside", "a link that leads outside the watched folder")
+    return None

@@ -9,6 +9,7 @@ prevents.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import stat
@@ -77,6 +78,10 @@ class Arrivals:
     def note(self, root: str, absolute: str, complete: bool = False) -> None:
         relative = self.relative(root, absolute)
         if relative is None or not scan.wanted(relative, self.exclude):
+            if relative is not None and scan.misnamed(relative, self.exclude) \
+                    and os.path.lexists(absolute):
+                log.warning("%s: the file name is not UTF-8; not read (rename the file)",
+                            scan.shown(relative))
             return
         with self.changed:
             first = not self.pending
@@ -155,10 +160,19 @@ def folder_identity(folder: Path) -> tuple[int, int] | None:
 
 
 def stat_of(path: Path) -> Stat:
+    """(size, mtime_ns) of a file; None when it is gone or a link to nothing.
+
+    A loop of links is there (its own stat, so that it is reported), not gone.
+    """
     try:
         status = os.stat(path)
-    except OSError:
-        return None
+    except OSError as error:
+        if error.errno != errno.ELOOP:
+            return None
+        try:
+            status = os.lstat(path)
+        except OSError:
+            return None
     return (status.st_size, status.st_mtime_ns)
 
 
