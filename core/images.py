@@ -8,7 +8,9 @@ still covers the output, so a 12-megapixel photo never decodes in full.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
+import os
 import re
 import stat
 import warnings
@@ -45,17 +47,28 @@ class Decoded:
 
 
 def read(path: Path) -> bytes:
-    """The file's bytes, or UnreadableImage saying why not."""
+    """The file's bytes, or UnreadableImage saying why not.
+
+    Only a regular file is read, and that is checked on the open file too:
+    a file swapped for a FIFO between a look and the read must not block.
+    """
     try:
         # stat, not is_file(): is_file() says False for a missing file too.
         if not stat.S_ISREG(path.stat().st_mode):
             raise UnreadableImage("not_a_file", "not a regular file")
-        data = path.read_bytes()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        with open(fd, "rb") as image:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise UnreadableImage("not_a_file", "not a regular file")
+            data = image.read()
     except PermissionError:
         raise UnreadableImage("unreadable", "no permission to read the file") from None
     except FileNotFoundError:
         raise UnreadableImage("vanished", "the file disappeared before it could be read") from None
     except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise UnreadableImage("unreadable", "a loop of symbolic links: it leads to no file") \
+                from None
         raise UnreadableImage("unreadable", f"cannot read the file: {error.strerror}") from None
     if not data:
         raise UnreadableImage("empty", "the file is empty")

@@ -10,6 +10,7 @@ import errno
 import hashlib
 import json
 import os
+import stat
 import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -19,6 +20,7 @@ from typing import Any
 SCHEMA = "lookalike.neighbors/1"
 SUFFIX = ".neighbors.json"
 TEMP_PREFIX = ".lookalike-"
+MAX_RESULTS_BYTES = 1 << 20  # ours are a few kB: a bigger file is not ours
 
 
 @dataclass(frozen=True)
@@ -152,7 +154,8 @@ def write_partial(path: Path, document: dict[str, Any]) -> str:
     try:  # a fixed name: one writer per state directory, and a leftover is ours to replace
         fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
     except OSError as error:
-        if error.errno != errno.ENAMETOOLONG:
+        # Too long a name, or something planted at it (a link is never followed): a new one.
+        if error.errno not in (errno.ENAMETOOLONG, errno.ELOOP, errno.EISDIR):
             raise
         fd, partial = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=".tmp", dir=path.parent)
         os.fchmod(fd, 0o644)
@@ -180,11 +183,22 @@ def sync_filesystem(folder: Path) -> None:
 
 
 def remove(image: Path) -> bool:
-    """Delete the results file of `image` if it is ours; True if one was removed."""
+    """Delete the results file of `image` if it is ours; True if one was removed.
+
+    Ours is a regular file (not a link, not a FIFO: opening one would block)
+    holding our schema; anything else there is somebody else's and stays.
+    """
     path = results_path(image)
     try:
-        with open(path, encoding="utf-8") as existing:
-            if json.load(existing).get("schema") != SCHEMA:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        with open(fd, "rb") as existing:
+            status = os.fstat(fd)
+            if not stat.S_ISREG(status.st_mode) or status.st_size > MAX_RESULTS_BYTES:
+                return False
+            if json.loads(existing.read()).get("schema") != SCHEMA:
                 return False
     except (OSError, ValueError, AttributeError):
         return False
