@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -141,14 +141,21 @@ class Worker:
         """Read, encode and store `candidates` in batches; return the stored row ids."""
         progress = Progress("ingest", len(candidates))
         size, stored = self.config.batch_size, []
-        for start in range(0, len(candidates), size):
+        starts = range(0, len(candidates), size)
+        reading = self.read_batch(candidates[:size])
+        for start in starts:
+            batch = [future.result() for future in reading]
             if self.interrupted():
                 log.info("ingest interrupted: %d left for the next start", len(candidates) - start)
                 break
-            batch = list(self.pool.map(self.read, candidates[start:start + size]))
+            # The next batch decodes in the pool while this one is encoded and stored.
+            reading = self.read_batch(candidates[start + size:start + 2 * size])
             stored += self.store(batch, known, tally)
             progress.update(start + len(batch))
         return stored
+
+    def read_batch(self, candidates: Sequence[scan.Candidate]) -> list[Future[Read]]:
+        return [self.pool.submit(self.read, candidate) for candidate in candidates]
 
     def read(self, candidate: scan.Candidate) -> Read:
         path = self.config.inbox / candidate.path
