@@ -34,6 +34,7 @@ class IndexSettings:
     search_k: int
     rebuild_interval_s: float
     rebuild_share: float
+    exact_below: int
 
 
 @dataclass(frozen=True)
@@ -152,7 +153,8 @@ def build(settings: dict[str, Any], base: Path, source: Path) -> Config:
         model=folder(settings["model"]) if settings["model"] else DEFAULT_MODEL,
         image=ImageSettings(image["size"], image["color"], image["max_pixels"]),
         index=IndexSettings(index["metric"], index["trees"], index["search_k"],
-                            float(index["rebuild_interval_s"]), float(index["rebuild_share"])),
+                            float(index["rebuild_interval_s"]), float(index["rebuild_share"]),
+                            index["exact_below"]),
         neighbors=settings["search"]["neighbors"],
         settle_s=float(settings["watch"]["settle_s"]),
         rescan_interval_s=float(settings["watch"]["rescan_interval_s"]),

@@ -1,8 +1,11 @@
-"""Build an Annoy index of the library into new files and swap it in atomically.
+"""Build an index of the library into new files and swap it in atomically.
 
 An index built at library generation G lives in `index/<G>.ann` (Annoy,
 memory-mapped by readers) and `index/<G>.ids.npy` (Annoy item -> library row
-id). `index/current.json` names the index in use; it is replaced by rename,
+id). Below `exact_below` vectors the index is the plain matrix instead,
+`index/<G>.vectors.npy`, searched exactly: at that size an exact scan of
+many queries at once is faster than Annoy, and it never misses.
+`index/current.json` names the index in use; it is replaced by rename,
 so a reader sees the old index or the new one, never half of one. The
 previous index's files are kept one round so that a reader that has just
 read the old pointer can still open them.
@@ -38,15 +41,17 @@ class IndexInfo:
     model_id: str | None
     built_at: str
     seconds: float
+    kind: str = "annoy"  # or "exact": the vectors themselves, searched exactly
 
 
 @dataclass
 class BuiltIndex:
-    """A loaded index: Annoy (memory-mapped) and its item -> row id map."""
+    """A loaded index: Annoy (memory-mapped) or the vectors, and the item -> row id map."""
 
     info: IndexInfo
-    annoy: AnnoyIndex | None  # None when the library had no vectors
+    annoy: AnnoyIndex | None  # None when the library had no vectors, or for an exact index
     row_ids: np.ndarray
+    vectors: np.ndarray | None = None  # an exact index's vectors
 
 
 def folder(state_dir: Path) -> Path:
@@ -54,21 +59,27 @@ def folder(state_dir: Path) -> Path:
 
 
 def build(library: Library, state_dir: Path, *, metric: str, trees: int,
-          model_id: str | None) -> IndexInfo:
+          model_id: str | None, exact_below: int = 0) -> IndexInfo:
     """Index the usable images of `library` that `model_id` encoded, as of now, and make
-    that the current index (vectors of two models cannot be compared)."""
+    that the current index (vectors of two models cannot be compared).
+
+    Fewer than `exact_below` vectors make an exact index (the matrix itself).
+    """
     started = time.monotonic()
     generation = library.generation
     row_ids, vectors = library.vectors(up_to=generation, model_id=model_id)
     home = folder(state_dir)
     home.mkdir(parents=True, exist_ok=True)
     dim = int(vectors.shape[1]) if len(vectors) else 0
-    if len(vectors):
+    kind = "exact" if len(vectors) < exact_below else "annoy"
+    if kind == "exact":
+        write_durably(home / f"{generation}.vectors.npy", vectors)
+    elif len(vectors):
         write_annoy(home / f"{generation}.ann", vectors, metric, trees)
     write_durably(home / f"{generation}.ids.npy", row_ids)
     info = IndexInfo(generation, len(row_ids), dim, metric, trees, model_id,
                      datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-                     round(time.monotonic() - started, 3))
+                     round(time.monotonic() - started, 3), kind)
     try:
         previous = current_info(state_dir)
     except StateError:  # a damaged pointer: this build replaces it (what `rebuild` is for)
@@ -78,8 +89,8 @@ def build(library: Library, state_dir: Path, *, metric: str, trees: int,
     if previous is not None:
         remove_older_than(home, previous.generation)
     library.forget_deleted(up_to=generation)
-    log.info("index built: %d items at generation %d in %.1f s",
-             info.items, generation, info.seconds)
+    log.info("index built: %d items (%s) at generation %d in %.1f s",
+             info.items, kind, generation, info.seconds)
     return info
 
 
@@ -145,14 +156,20 @@ def load(state_dir: Path) -> BuiltIndex | None:
     home = folder(state_dir)
     try:
         row_ids = np.load(home / f"{info.generation}.ids.npy")
-        annoy = None
-        if info.items:
+        annoy, vectors = None, None
+        if info.kind == "exact":
+            vectors = np.load(home / f"{info.generation}.vectors.npy")
+            held = len(vectors)
+        elif info.items:
             annoy = AnnoyIndex(info.dim, info.metric)  # type: ignore[arg-type]
             annoy.load(str(home / f"{info.generation}.ann"))
+            held = annoy.get_n_items()
+        else:
+            held = 0
     except (OSError, ValueError) as error:
         raise StateError(f"index at generation {info.generation} is damaged ({error}); "
                          "run `lookalike rebuild`") from None
-    if annoy is not None and annoy.get_n_items() != len(row_ids):
-        raise StateError(f"index at generation {info.generation} holds {annoy.get_n_items()} "
+    if held != len(row_ids):
+        raise StateError(f"index at generation {info.generation} holds {held} "
                          f"items but maps {len(row_ids)}; run `lookalike rebuild`")
-    return BuiltIndex(info, annoy, row_ids)
+    return BuiltIndex(info, annoy, row_ids, vectors)

@@ -1,19 +1,23 @@
-"""Neighbours of a latent vector: the built index plus what came after it.
+"""Neighbours of latent vectors: the built index plus what came after it.
 
 Annoy cannot take items after a build, so a `Searcher` joins two sources:
-the last built index (approximate, memory-mapped) and an exact scan of the
-rows changed since that build. Index items whose rows changed or were
-deleted since the build are stale and skipped, as is the query itself.
+the last built index and an exact scan of the rows changed since that
+build. Index items whose rows changed or were deleted since the build are
+stale and skipped, as is the query itself. A small library's index is a
+plain matrix (`index.build`'s `exact_below`): it is searched exactly too,
+many queries at a time, which at that size beats Annoy and never misses.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from .index import BuiltIndex
 from .store import Library
+
+SCORES_AT_ONCE = 1 << 20  # queries x rows per block of the exact scan (4 MB: stays in cache)
 
 
 @dataclass(frozen=True)
@@ -22,14 +26,98 @@ class Neighbor:
     distance: float
 
 
+class Flat:
+    """Vectors searched exactly: every distance, computed many queries at a time."""
+
+    def __init__(self, ids: np.ndarray, vectors: np.ndarray, metric: str) -> None:
+        if metric not in ("angular", "euclidean"):
+            raise ValueError(f"unknown metric {metric!r}")
+        self.ids = ids
+        self.vectors = vectors.astype(np.float32, copy=False)
+        self.metric = metric
+        if metric == "angular":  # Annoy's angular distance is Euclidean between unit vectors
+            self.rows = self.vectors / np.maximum(norms(self.vectors), 1e-30)[:, None]
+        else:
+            self.rows = self.vectors
+            self.squares = np.einsum("ij,ij->i", self.rows, self.rows)
+        self.order = np.argsort(ids, kind="stable")
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def nearest(self, queries: np.ndarray, k: int, exclude: Sequence[int | None],
+                stale: set[int] | None = None) -> list[list[Neighbor]]:
+        """The k nearest rows to each query, never its `exclude` nor a `stale` row."""
+        if not len(self.ids) or not k:
+            return [[] for _ in queries]
+        queries = self.prepare(queries)
+        skipped = np.isin(self.ids, np.fromiter(stale, np.int64)) if stale else None
+        found: list[list[Neighbor]] = []
+        step = max(1, SCORES_AT_ONCE // len(self.ids))
+        for start in range(0, len(queries), step):
+            block = queries[start:start + step]
+            scores = self.scores(block)
+            if skipped is not None:
+                scores[:, skipped] = np.inf
+            self.mask_own(scores, exclude[start:start + step])
+            found += self.take(block, scores, k)
+        return found
+
+    def prepare(self, queries: np.ndarray) -> np.ndarray:
+        queries = np.asarray(queries, np.float32)
+        if self.metric == "angular":
+            return queries / np.maximum(norms(queries), 1e-30)[:, None]
+        return queries
+
+    def scores(self, queries: np.ndarray) -> np.ndarray:
+        """A score per (query, row) that orders rows as their distance does (lower: nearer).
+
+        The distances themselves are computed only for the rows kept: over a
+        whole block, the square root alone would cost as much as the product.
+        """
+        scores = queries @ self.rows.T
+        scores *= -2.0
+        if self.metric == "euclidean":
+            scores += self.squares  # |x|^2 - 2 q.x: the distance squared, less |q|^2
+        return scores
+
+    def distances(self, queries: np.ndarray, columns: np.ndarray) -> np.ndarray:
+        """Distances, as Annoy reports them, from each prepared query to its rows at `columns`."""
+        rows = self.rows[columns]  # (queries, columns, dim)
+        if self.metric == "angular":  # sqrt(2 - 2 cos): a zero vector is sqrt(2) from all
+            squared = 2.0 - 2.0 * np.einsum("qcd,qd->qc", rows, queries)
+        else:
+            difference = rows - queries[:, None, :]
+            squared = np.einsum("qcd,qcd->qc", difference, difference)
+        return np.sqrt(np.clip(squared, 0.0, None))
+
+    def mask_own(self, scores: np.ndarray, exclude: Sequence[int | None]) -> None:
+        """Set each query's own row (its `exclude`) to infinity."""
+        wanted = np.array([-1 if row is None else row for row in exclude], np.int64)
+        sorted_ids = self.ids[self.order]
+        at = np.minimum(np.searchsorted(sorted_ids, wanted), len(sorted_ids) - 1)
+        hit = sorted_ids[at] == wanted
+        scores[np.flatnonzero(hit), self.order[at[hit]]] = np.inf
+
+    def take(self, queries: np.ndarray, scores: np.ndarray, k: int) -> list[list[Neighbor]]:
+        take = min(k, scores.shape[1])
+        nearest = np.argpartition(scores, take - 1, axis=1)[:, :take]
+        kept = np.isfinite(np.take_along_axis(scores, nearest, axis=1))
+        distances = self.distances(queries, nearest)
+        return [[Neighbor(int(self.ids[c]), float(d))
+                 for c, d, ok in zip(columns, row, keep, strict=True) if ok]
+                for columns, row, keep in zip(nearest, distances, kept, strict=True)]
+
+
 class Searcher:
     """Search over `index` (may be None) and the rows changed since it was built."""
 
     def __init__(self, index: BuiltIndex | None, fresh_ids: np.ndarray, fresh: np.ndarray,
                  stale: set[int], metric: str, search_k: int = -1) -> None:
         self.index = index
-        self.fresh_ids = fresh_ids
-        self.fresh = fresh.astype(np.float32, copy=False)
+        self.fresh = Flat(fresh_ids, fresh, metric)
+        self.flat = None if index is None or index.vectors is None else \
+            Flat(index.row_ids, index.vectors, metric)
         self.stale = stale
         self.metric = metric
         self.search_k = search_k
@@ -49,17 +137,17 @@ class Searcher:
         if not touched:
             return
         self.stale |= touched
-        keep = ~np.isin(self.fresh_ids, np.fromiter(touched, np.int64))
+        keep = ~np.isin(self.fresh.ids, np.fromiter(touched, np.int64))
         ids = np.fromiter(changed, np.int64, len(changed))
-        parts = [self.fresh[keep]] if len(self.fresh_ids) else []
+        parts = [self.fresh.vectors[keep]] if len(self.fresh) else []
         parts += [np.stack(list(changed.values())).astype(np.float32)] if changed else []
-        self.fresh_ids = np.concatenate([self.fresh_ids[keep], ids])
-        self.fresh = np.concatenate(parts) if parts else self.fresh[:0]
+        vectors = np.concatenate(parts) if parts else self.fresh.vectors[:0]
+        self.fresh = Flat(np.concatenate([self.fresh.ids[keep], ids]), vectors, self.metric)
 
     @property
     def pending(self) -> int:
         """Rows searched exactly because the index does not hold them yet."""
-        return len(self.fresh_ids)
+        return len(self.fresh)
 
     @property
     def items(self) -> int:
@@ -67,22 +155,27 @@ class Searcher:
 
     def neighbors(self, vector: np.ndarray, k: int, exclude: int | None = None) -> list[Neighbor]:
         """The k nearest rows to `vector`, nearest first, never `exclude`."""
-        found = self.from_index(vector, k, exclude) + self.from_fresh(vector, k, exclude)
-        found.sort(key=lambda n: (n.distance, n.row_id))
-        return found[:k]
+        return self.neighbors_many(np.asarray(vector)[None], k, [exclude])[0]
 
-    def from_fresh(self, vector: np.ndarray, k: int, exclude: int | None) -> list[Neighbor]:
-        if not len(self.fresh_ids):
+    def neighbors_many(self, vectors: np.ndarray, k: int,
+                       exclude: Sequence[int | None]) -> list[list[Neighbor]]:
+        """The k nearest rows to each of `vectors`, nearest first, never its `exclude`."""
+        if not len(vectors):
             return []
-        distances = distance(self.fresh, vector, self.metric)
-        if exclude is not None:
-            distances = np.where(self.fresh_ids == exclude, np.inf, distances)
-        take = min(k, len(distances))
-        nearest = np.argpartition(distances, take - 1)[:take]
-        return [Neighbor(int(self.fresh_ids[i]), float(distances[i]))
-                for i in nearest if np.isfinite(distances[i])]
+        if self.flat is not None:
+            indexed = self.flat.nearest(vectors, k, exclude, self.stale)
+        else:
+            indexed = [self.from_annoy(vector, k, own)
+                       for vector, own in zip(vectors, exclude, strict=True)]
+        fresh = self.fresh.nearest(vectors, k, exclude)
+        found = []
+        for old, new in zip(indexed, fresh, strict=True):
+            both = old + new
+            both.sort(key=lambda n: (n.distance, n.row_id))
+            found.append(both[:k])
+        return found
 
-    def from_index(self, vector: np.ndarray, k: int, exclude: int | None) -> list[Neighbor]:
+    def from_annoy(self, vector: np.ndarray, k: int, exclude: int | None) -> list[Neighbor]:
         if self.index is None or self.index.annoy is None:
             return []
         total = self.index.info.items
@@ -99,13 +192,11 @@ class Searcher:
             want = min(total, want * 2)
 
 
+def norms(matrix: np.ndarray) -> np.ndarray:
+    return np.sqrt(np.einsum("ij,ij->i", matrix, matrix))
+
+
 def distance(matrix: np.ndarray, vector: np.ndarray, metric: str) -> np.ndarray:
     """Distances from each row of `matrix` to `vector`, as Annoy reports them."""
-    if metric == "angular":
-        # Annoy's angular distance: sqrt(2 - 2 cos), i.e. Euclidean between unit vectors.
-        norms = np.linalg.norm(matrix, axis=1) * max(float(np.linalg.norm(vector)), 1e-30)
-        cosine = (matrix @ vector) / np.maximum(norms, 1e-30)
-        return np.sqrt(np.clip(2.0 - 2.0 * cosine, 0.0, None))
-    if metric == "euclidean":
-        return np.linalg.norm(matrix - vector, axis=1)
-    raise ValueError(f"unknown metric {metric!r}")
+    flat = Flat(np.arange(len(matrix), dtype=np.int64), matrix, metric)
+    return flat.distances(flat.prepare(np.asarray(vector)[None]), flat.ids[None])[0]

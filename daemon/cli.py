@@ -287,8 +287,10 @@ def rebuild(args: argparse.Namespace) -> int:
     config = load_config(args)
     with StateLock(config.state_dir), open_library(config) as library:
         info = index.build(library, config.state_dir, metric=config.index.metric,
-                           trees=config.index.trees, model_id=model_id(config.model))
-    print(f"index generation {info.generation}: {info.items} items in {info.seconds} s")
+                           trees=config.index.trees, model_id=model_id(config.model),
+                           exact_below=config.index.exact_below)
+    print(f"index generation {info.generation}: {info.items} items ({info.kind}) "
+          f"in {info.seconds} s")
     return 0
 
 

@@ -214,9 +214,10 @@ class Worker:
         return index.load(self.config.state_dir)
 
     def rebuild(self, library: Library | None = None) -> index.IndexInfo:
+        settings = self.config.index
         return index.build(library or self.library, self.config.state_dir,
-                           metric=self.config.index.metric, trees=self.config.index.trees,
-                           model_id=self.encoder.model_id)
+                           metric=settings.metric, trees=settings.trees,
+                           model_id=self.encoder.model_id, exact_below=settings.exact_below)
 
     def searcher(self, built: index.BuiltIndex | None) -> Searcher:
         return Searcher.open(self.library, built, self.config.index.metric,
@@ -233,12 +234,13 @@ class Worker:
         named = set(changes.removed) | set(changes.replaced)  # a new row is in no results yet
         affected = set(self.library.naming(named)) if named else set()
         width = REVERSE_CANDIDATES * self.config.neighbors
-        for row_id, vector in self.library.vectors_of(changes.stored).items():
-            near = searcher.neighbors(vector, width, exclude=row_id)
-            radii = self.library.radii(n.row_id for n in near)
-            affected.update(n.row_id for n in near
-                            if n.row_id in radii and (radii[n.row_id] is None
-                                                      or n.distance < radii[n.row_id]))
+        vectors = self.library.vectors_of(changes.stored)
+        found = searcher.neighbors_many(np.array(list(vectors.values())), width, list(vectors))
+        near = [n for each in found for n in each]
+        radii = self.library.radii({n.row_id for n in near})
+        affected.update(n.row_id for n in near
+                        if n.row_id in radii and (radii[n.row_id] is None
+                                                  or n.distance < radii[n.row_id]))
         return affected - set(changes.stored) - set(changes.removed)
 
     def answer(self, searcher: Searcher, row_ids: Iterable[int], tally: Tally,
@@ -249,8 +251,9 @@ class Worker:
         for start in range(0, len(wanted), ANSWER_CHUNK):
             chunk = self.library.fetch(wanted[start:start + ANSWER_CHUNK])
             vectors = self.library.vectors_of(chunk)
-            found = {row: searcher.neighbors(vector, self.config.neighbors, exclude=row)
-                     for row, vector in vectors.items()}
+            found = dict(zip(vectors, searcher.neighbors_many(
+                np.array(list(vectors.values())), self.config.neighbors, list(vectors)),
+                strict=True))
             known = names if names is not None else self.library.describe(
                 {n.row_id for near in found.values() for n in near})
             due = [answer for answer in (

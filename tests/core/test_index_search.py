@@ -51,8 +51,16 @@ def fill(library: Library, vectors: np.ndarray, prefix: str = "") -> dict[int, n
 
 
 def build(library: Library, state: Path, metric: str = "angular",
-          trees: int = 20) -> index.IndexInfo:
-    return index.build(library, state, metric=metric, trees=trees, model_id=MODEL)
+          trees: int = 20, kind: str = "annoy") -> index.IndexInfo:
+    exact_below = 10**9 if kind == "exact" else 0
+    return index.build(library, state, metric=metric, trees=trees, model_id=MODEL,
+                       exact_below=exact_below)
+
+
+@pytest.fixture(params=["annoy", "exact"])
+def kind(request: pytest.FixtureRequest) -> str:
+    """Both kinds of index: Annoy, and the plain matrix of a small library."""
+    return str(request.param)
 
 
 def searcher(library: Library, state: Path, metric: str = "angular",
@@ -164,9 +172,9 @@ def test_a_reader_of_the_old_index_keeps_working_after_a_swap(library: Library,
 
 # -- searching ------------------------------------------------------------------
 @pytest.mark.parametrize("metric", ["angular", "euclidean"])
-def test_search_equals_brute_force(library: Library, state: Path, metric: str) -> None:
+def test_search_equals_brute_force(library: Library, state: Path, metric: str, kind: str) -> None:
     rows = fill(library, clustered(400))
-    build(library, state, metric=metric)
+    build(library, state, metric=metric, kind=kind)
     found = searcher(library, state, metric)
     assert found.pending == 0 and found.items == 400
     for seed in range(5):
@@ -191,9 +199,9 @@ def test_default_settings_find_nearly_all_true_neighbours(library: Library,
     assert hits >= 0.95 * 200
 
 
-def test_fresh_rows_are_found_without_a_rebuild(library: Library, state: Path) -> None:
+def test_fresh_rows_are_found_without_a_rebuild(library: Library, state: Path, kind: str) -> None:
     rows = fill(library, clustered(200))
-    build(library, state)
+    build(library, state, kind=kind)
     query = clustered(1, seed=9)[0]
     library.apply([entry("twin.jpg", query * 2.5), entry("far.jpg", -query)])
     twin = library.records()["twin.jpg"].id
@@ -208,9 +216,9 @@ def test_fresh_rows_are_found_without_a_rebuild(library: Library, state: Path) -
 
 
 def test_deleted_or_changed_rows_never_come_from_the_stale_index(library: Library,
-                                                                state: Path) -> None:
+                                                                state: Path, kind: str) -> None:
     rows = fill(library, clustered(200))
-    build(library, state)
+    build(library, state, kind=kind)
     query = clustered(1, seed=11)[0]
     nearest = [row for row, _ in brute_force(rows, query, 6)]
     by_id = {r.id: r.path for r in library.records().values()}
@@ -231,9 +239,9 @@ def test_deleted_or_changed_rows_never_come_from_the_stale_index(library: Librar
     assert len(got) == 198
 
 
-def test_many_stale_items_widen_the_index_search(library: Library, state: Path) -> None:
+def test_many_stale_items_widen_the_index_search(library: Library, state: Path, kind: str) -> None:
     rows = fill(library, clustered(300))
-    build(library, state)
+    build(library, state, kind=kind)
     query = clustered(1, seed=12)[0]
     nearest = [row for row, _ in brute_force(rows, query, 60)]
     by_id = {r.id: r.path for r in library.records().values()}
@@ -244,9 +252,9 @@ def test_many_stale_items_widen_the_index_search(library: Library, state: Path) 
     assert [n.row_id for n in got] == nearest[50:60]
 
 
-def test_the_query_row_itself_is_excluded(library: Library, state: Path) -> None:
+def test_the_query_row_itself_is_excluded(library: Library, state: Path, kind: str) -> None:
     rows = fill(library, clustered(150))
-    build(library, state)
+    build(library, state, kind=kind)
     library.apply([entry("late.jpg", clustered(1, seed=3)[0])])
     late = library.records()["late.jpg"].id
     rows[late] = clustered(1, seed=3)[0]
@@ -259,9 +267,9 @@ def test_the_query_row_itself_is_excluded(library: Library, state: Path) -> None
     assert found.neighbors(rows[late], 1)[0] == Neighbor(late, pytest.approx(0.0, abs=1e-3))
 
 
-def test_fewer_items_than_k(library: Library, state: Path) -> None:
+def test_fewer_items_than_k(library: Library, state: Path, kind: str) -> None:
     rows = fill(library, clustered(5))
-    build(library, state)
+    build(library, state, kind=kind)
     library.apply([entry("late.jpg", clustered(1, seed=1)[0])])
     got = searcher(library, state).neighbors(clustered(1, seed=2)[0], 50, exclude=min(rows))
     assert len(got) == 5 and min(rows) not in [n.row_id for n in got]
@@ -383,3 +391,53 @@ def test_a_build_repairs_a_missing_ann(library: Library, state: Path) -> None:
     assert rebuilt.generation == info.generation
     loaded = index.load(state)
     assert loaded is not None and loaded.annoy is not None and loaded.annoy.get_n_items() == 10
+
+
+# -- the exact index of a small library, and many queries at once ----------------
+def test_a_library_below_exact_below_gets_the_matrix_itself(library: Library,
+                                                             state: Path) -> None:
+    rows = fill(library, clustered(99))
+    info = index.build(library, state, metric="angular", trees=20, model_id=MODEL,
+                       exact_below=100)
+    assert info.kind == "exact" and info.items == 99
+    assert not list(index.folder(state).glob("*.ann"))
+    loaded = index.load(state)
+    assert loaded is not None and loaded.annoy is None and loaded.vectors is not None
+    assert np.array_equal(loaded.vectors, np.stack([rows[int(r)] for r in loaded.row_ids]))
+    fill(library, clustered(1, seed=1), prefix="more")
+    info = index.build(library, state, metric="angular", trees=20, model_id=MODEL,
+                       exact_below=100)
+    assert info.kind == "annoy" and info.items == 100
+    loaded = index.load(state)
+    assert loaded is not None and loaded.vectors is None and loaded.annoy is not None
+
+
+def test_an_exact_index_whose_vectors_went_missing_is_damaged(library: Library,
+                                                               state: Path) -> None:
+    fill(library, clustered(20))
+    info = build(library, state, kind="exact")
+    (index.folder(state) / f"{info.generation}.vectors.npy").unlink()
+    with pytest.raises(StateError, match="damaged"):
+        index.load(state)
+
+
+@pytest.mark.parametrize("metric", ["angular", "euclidean"])
+def test_many_queries_at_once_equal_one_at_a_time(library: Library, state: Path, metric: str,
+                                                  kind: str,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    rows = fill(library, clustered(300))
+    build(library, state, metric=metric, kind=kind)
+    library.apply([entry("late.jpg", clustered(1, seed=8)[0])])
+    found = searcher(library, state, metric)
+    own = sorted(rows)[:40]
+    queries = np.stack([rows[row] for row in own])
+    monkeypatch.setattr("lookalike.core.search.SCORES_AT_ONCE", 7 * 301)  # blocks of 7
+    many = found.neighbors_many(queries, 12, own)
+    single = [found.neighbors(query, 12, exclude=row)
+              for query, row in zip(queries, own, strict=True)]
+    for together, alone in zip(many, single, strict=True):  # BLAS may round differently
+        assert [n.row_id for n in together] == [n.row_id for n in alone]
+        assert np.allclose([n.distance for n in together], [n.distance for n in alone],
+                           atol=1e-5)
+    assert all(row not in [n.row_id for n in near] for row, near in zip(own, many, strict=True))
+    assert found.neighbors_many(queries[:0], 12, []) == []
