@@ -238,7 +238,7 @@ def test_a_model_with_code_in_it_is_refused_in_one_line(tmp_path: Path,
     model = keras.Sequential([
         keras.Input((56, 56, 1)), keras.layers.Flatten(),
         # Python bytecode in the file; loaded unsafely it would create the marker
-        keras.layers.Lambda(lambda x, marker=str(planted): (open(marker, "w").close(), x)[1]),
+        keras.layers.Lambda(lambda x, marker=str(planted): (open(marker, "w").write(""), x)[1]),
         keras.layers.Dense(8)])
     path = tmp_path / "lambda.keras"
     model.save(path)
