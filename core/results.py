@@ -81,6 +81,11 @@ def error(query: str, code: str, message: str) -> dict[str, Any]:
     }
 
 
+# Encoders made once: json.dumps with options builds a new encoder per call.
+_as_json = json.JSONEncoder(ensure_ascii=False).encode
+_canonical = json.JSONEncoder(sort_keys=True).encode
+
+
 def render(document: dict[str, Any]) -> str:
     """The JSON text of a results file: a key per line, a neighbour per line.
 
@@ -90,17 +95,17 @@ def render(document: dict[str, Any]) -> str:
     fields = []
     for key, value in document.items():
         if key == "neighbors" and isinstance(value, list) and value:
-            rows = ",\n".join("    " + json.dumps(n, ensure_ascii=False) for n in value)
+            rows = ",\n".join("    " + _as_json(n) for n in value)
             fields.append(f'  "neighbors": [\n{rows}\n  ]')
         else:
-            fields.append(f"  {json.dumps(key)}: {json.dumps(value, ensure_ascii=False)}")
+            fields.append(f"  {_as_json(key)}: {_as_json(value)}")
     return "{\n" + ",\n".join(fields) + "\n}\n"
 
 
 def fingerprint(document: dict[str, Any]) -> str:
     """What makes two results for one image the same (not when they were written)."""
     lasting = {key: value for key, value in document.items() if key not in ("written_at", "index")}
-    return hashlib.sha256(json.dumps(lasting, sort_keys=True).encode()).hexdigest()[:32]
+    return hashlib.sha256(_canonical(lasting).encode()).hexdigest()[:32]
 
 
 def now() -> str:
