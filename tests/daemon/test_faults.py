@@ -1,0 +1,502 @@
+"""Faults the real service must come through with nothing lost.
+
+- SIGKILL at random moments, cycle after cycle, while images arrive, change
+  and leave (a burst, results writes, index rebuilds and swaps and library
+  transactions are all under way): after the last restart every image has a
+  correct results file (its exact 12 nearest in the library), none is
+  half-written or names a deleted image, the library matches the files and
+  passes `PRAGMA integrity_check`, and the index loads.
+  `LOOKALIKE_KILL_CYCLES=50` runs more cycles than CI's few.
+- The state directory's disk full (a small tmpfs; skipped where mounting is
+  not allowed): reported, nothing kept is lost, and the service resumes when
+  there is space again.
+- An inotify queue overflow, for real: the service is stopped (SIGSTOP)
+  while more events than the kernel queues (fs.inotify.max_queued_events)
+  happen, then continued; the rescan that the overflow triggers must find
+  the images, edits and deletions whose events were dropped.
+- A damaged or missing index file; a damaged model file.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import random
+import shutil
+import signal
+import sqlite3
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from test_service import (  # the helpers of the service tests (tests/daemon is on sys.path)
+    LOOKALIKE,
+    SUFFIX,
+    NotifySocket,
+    Run,
+    Start,
+    launcher,
+    problems_of,
+    read_results,
+    temporaries,
+)
+from test_service import start as start  # a fixture: the real process, killed after
+
+pytestmark = pytest.mark.slow
+
+K = 12
+ANSWER_S = 90.0
+SETTINGS: dict[str, Any] = {
+    "watch": {"settle_s": 0.5, "rescan_interval_s": 0},
+    "index": {"trees": 10, "rebuild_interval_s": 1},
+}
+KILL_CYCLES = int(os.environ.get("LOOKALIKE_KILL_CYCLES", "3"))
+
+
+# -- what a correct inbox looks like -----------------------------------------------------------
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def on_disk(inbox: Path) -> list[str]:
+    return sorted(p.relative_to(inbox).as_posix() for p in inbox.rglob("*.png"))
+
+
+def library_of(state_dir: Path) -> dict[str, tuple[str | None, np.ndarray | None]]:
+    """Live rows of the library, read-only: path -> (sha256, latent)."""
+    database = sqlite3.connect(f"file:{state_dir / 'library.sqlite'}?mode=ro", uri=True)
+    try:
+        rows = database.execute("SELECT path, sha256, latent FROM images WHERE deleted = 0")
+        return {path: (sha, None if latent is None else np.frombuffer(latent, np.float32))
+                for path, sha, latent in rows}
+    finally:
+        database.close()
+
+
+def integrity(state_dir: Path) -> str:
+    database = sqlite3.connect(f"file:{state_dir / 'library.sqlite'}?mode=ro", uri=True)
+    try:
+        return str(database.execute("PRAGMA integrity_check").fetchone()[0])
+    finally:
+        database.close()
+
+
+def exact_neighbors(rows: dict[str, tuple[str | None, np.ndarray | None]]
+                    ) -> dict[str, list[tuple[float, str]]]:
+    """For each usable image: every other usable image by angular distance, nearest first."""
+    usable = {path: latent for path, (_, latent) in rows.items() if latent is not None}
+    paths = sorted(usable)
+    matrix = np.stack([usable[p] for p in paths]).astype(np.float64)
+    unit = matrix / np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
+    distance = np.sqrt(np.clip(2.0 - 2.0 * unit @ unit.T, 0.0, None))
+    found = {}
+    for n, path in enumerate(paths):
+        order = np.argsort(distance[n], kind="stable")
+        found[path] = [(float(distance[n, m]), paths[m]) for m in order if m != n]
+    return found
+
+
+def wrong_results(inbox: Path, state_dir: Path) -> list[str]:
+    """What is wrong with the inbox's results against the library and the files (empty: all right).
+
+    Every image has a parseable results file; an ok one names its 12 exact
+    nearest (up to ties); no results file is left for an image that is gone;
+    the library holds each file's current bytes.
+    """
+    images = on_disk(inbox)
+    problems: list[str] = []
+    rows = library_of(state_dir)
+    for image in images:
+        row = rows.get(image)
+        if row is None:
+            problems.append(f"{image}: not in the library")
+        elif row[0] != sha256(inbox / image):
+            problems.append(f"{image}: the library holds other bytes than the file's")
+    for extra in sorted(set(rows) - set(images)):
+        problems.append(f"{extra}: in the library, not on disk")
+    orphans = [p.name for p in inbox.rglob("*" + SUFFIX) if not p.with_name(
+        p.name[:-len(SUFFIX)]).exists()]
+    problems += [f"{orphan}: results of an image that is gone" for orphan in orphans]
+    if problems:
+        return problems
+    exact = exact_neighbors(rows)
+    for image in images:
+        try:
+            document = read_results(inbox / image)
+        except ValueError as error:
+            problems.append(f"{image}: results do not parse: {error}")
+            continue
+        problems += problems_of(document, image, inbox, K)
+        if problems or document is None:
+            continue
+        nearest = exact[image][:K]
+        radius = nearest[-1][0]
+        expected = {path for _, path in nearest}
+        named = {n["path"]: n["distance"] for n in document["neighbors"]}
+        # a neighbour that is not among the exact 12 must be tied with the 12th
+        wrong = [path for path in set(named) - expected
+                 if abs(named[path] - radius) > 1e-4]
+        if wrong:
+            problems.append(f"{image}: names {sorted(wrong)}, not among its {K} nearest")
+        if len(problems) > 10:
+            break
+    return problems
+
+
+class Correct:
+    """A predicate for Run.wait: true once `wrong_results` finds nothing."""
+
+    def __init__(self, inbox: Path, state_dir: Path) -> None:
+        self.inbox, self.state_dir = inbox, state_dir
+        self.problems: list[str] = []
+
+    def __call__(self) -> bool:
+        try:
+            self.problems = wrong_results(self.inbox, self.state_dir)
+        except (OSError, ValueError, sqlite3.Error) as error:  # mid-write: look again
+            self.problems = [f"cannot look yet: {error}"]
+        return not self.problems
+
+
+def wait_correct(run: Run, inbox: Path, timeout: float = ANSWER_S) -> None:
+    correct = Correct(inbox, run.state_dir)
+    try:
+        run.wait(correct, timeout, "correct results for every image")
+    except AssertionError as failure:
+        raise AssertionError(f"{failure}\nstill wrong: {correct.problems[:10]}") from None
+
+
+def index_loads(state_dir: Path) -> str | None:
+    """None when the current index loads; else why not."""
+    from lookalike.core import index
+
+    try:
+        index.load(state_dir)
+    except Exception as error:  # noqa: BLE001 - any failure is the finding
+        return f"{type(error).__name__}: {error}"
+    return None
+
+
+# -- 1. SIGKILL at random moments --------------------------------------------------------------
+@dataclass
+class Killed:
+    cycles: int
+    kills_while_busy: int
+    problems: list[str]
+    leftovers: list[str]
+    integrity: str
+    index_problem: str | None
+    exit_code: int
+    log: str
+
+
+@pytest.fixture(scope="module")
+def killed(tmp_path_factory: pytest.TempPathFactory, config_in: Callable[..., Path],
+           digit_files: list[tuple[Path, int]]) -> Iterator[Killed]:
+    root = tmp_path_factory.mktemp("killed")
+    config = config_in(root, **SETTINGS)
+    inbox = root / "inbox"
+    pool = [path for path, _ in digit_files]
+    for n, source in enumerate(pool[:60]):
+        shutil.copy(source, inbox / f"{n:04d}.png")
+    fresh = iter(range(60, len(pool)))
+    chance = random.Random(6)
+    busy = 0
+    with launcher(root) as launch:
+        for _ in range(KILL_CYCLES):
+            run = launch(config)
+            run.ready()
+            present = on_disk(inbox)
+            # new images (some in a sub-folder), edits and deletions, then a kill at a random moment
+            for _ in range(chance.randint(10, 40)):
+                n = next(fresh)
+                folder = inbox / ("later" if n % 3 == 0 else "")
+                folder.mkdir(exist_ok=True)
+                shutil.copy(pool[n], folder / f"{n:04d}.png")
+            for image in chance.sample(present, 4):
+                shutil.copyfile(pool[next(fresh)], inbox / image)  # edited in place
+            for image in chance.sample(present, 3):
+                with contextlib.suppress(FileNotFoundError):
+                    (inbox / image).unlink()
+            time.sleep(chance.uniform(0.05, 2.0))
+            report = run.status() or {}
+            busy += bool(report.get("queue") or report.get("rebuilding")
+                         or report.get("pending_index"))
+            run.process.send_signal(signal.SIGKILL)
+            run.process.wait(10)
+        final = launch(config)
+        final.ready()
+        try:
+            wait_correct(final, inbox)
+        except AssertionError:
+            pass  # the tests say what is wrong
+        problems = wrong_results(inbox, final.state_dir)
+        leftovers = temporaries(inbox)
+        code = final.terminate(30)
+        yield Killed(KILL_CYCLES, busy, problems, leftovers, integrity(final.state_dir),
+                     index_loads(final.state_dir), code, final.text())
+
+
+def test_after_sigkills_every_image_has_correct_results(killed: Killed) -> None:
+    assert killed.problems == [], killed.log[-3000:]
+
+
+def test_after_sigkills_no_temporary_file_is_left(killed: Killed) -> None:
+    assert killed.leftovers == []
+
+
+def test_after_sigkills_the_library_and_the_index_are_sound(killed: Killed) -> None:
+    assert killed.integrity == "ok"
+    assert killed.index_problem is None
+    assert killed.exit_code == 0
+    assert "Traceback" not in killed.log
+
+
+def test_the_kills_came_while_there_was_work(killed: Killed) -> None:
+    assert killed.kills_while_busy >= 1, "every kill hit an idle service: it proves little"
+
+
+# -- 2. the state directory's disk full --------------------------------------------------------
+@contextlib.contextmanager
+def small_disk(folder: Path, size: str = "4m") -> Iterator[Path]:
+    """A tmpfs of `size` mounted at `folder`; skip the test where that is not allowed."""
+    folder.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs",
+                              str(folder)], capture_output=True, text=True, check=False)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here ({mounted.stderr.strip()}): "
+                    "the disk-full test needs root or CAP_SYS_ADMIN")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def fill_up(folder: Path) -> Path:
+    """Write a ballast file until the file system holding `folder` is full."""
+    ballast = folder / "ballast"
+    fd = os.open(ballast, os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        for block in (1 << 16, 512, 1):
+            with contextlib.suppress(OSError):
+                while True:
+                    os.write(fd, b"\0" * block)
+    finally:
+        os.close(fd)
+    return ballast
+
+
+@dataclass
+class Full:
+    before: dict[str, bytes]  # results files when the disk filled, by image
+    after_full: dict[str, bytes]  # the same files while it was full
+    integrity_while_full: str
+    alive_while_full: bool
+    reported: list[str]
+    statuses: list[str]  # what systemd was told while the disk was full
+    resumed: bool
+    problems: list[str]
+    exit_code: int
+    log: str
+
+
+@pytest.fixture(scope="module")
+def full(tmp_path_factory: pytest.TempPathFactory, config_in: Callable[..., Path],
+         digit_files: list[tuple[Path, int]]) -> Iterator[Full]:
+    root = tmp_path_factory.mktemp("full")
+    inbox = root / "inbox"
+    config = config_in(root, **SETTINGS)
+    pool = [path for path, _ in digit_files]
+    for n, source in enumerate(pool[:40]):
+        shutil.copy(source, inbox / f"{n:04d}.png")
+    notify_home = Path(tempfile.mkdtemp(prefix="lk-"))  # a socket path fits in 108 bytes
+    with small_disk(root / "state") as state, launcher(root) as launch, \
+            contextlib.closing(NotifySocket(notify_home / "notify")) as systemd:
+        run = launch(config, NOTIFY_SOCKET=str(notify_home / "notify"))
+        run.ready()
+        wait_correct(run, inbox)
+        before = {image: (inbox / (image + SUFFIX)).read_bytes() for image in on_disk(inbox)}
+        ballast = fill_up(state)
+        for n in range(40, 60):
+            shutil.copy(pool[n], inbox / f"{n:04d}.png")
+        time.sleep(4)  # what the service does with the new images on a full disk
+        alive = run.process.poll() is None
+        after_full = {image: (inbox / (image + SUFFIX)).read_bytes() for image in before}
+        integrity_while_full = integrity(state)
+        reported = [line for line in run.text().splitlines()
+                    if ("full" in line.lower() or "no space" in line.lower())
+                    and ("ERROR" in line or "WARNING" in line)]
+        statuses = [line for line in systemd.lines() if line.startswith("STATUS=")]
+        ballast.unlink()
+        resumed = True
+        try:
+            wait_correct(run, inbox, timeout=10)
+        except AssertionError:
+            resumed = False
+        problems = wrong_results(inbox, state)
+        code = run.terminate(30)
+        yield Full(before, after_full, integrity_while_full, alive, reported, statuses,
+                   resumed, problems, code, run.text())
+    shutil.rmtree(notify_home, ignore_errors=True)
+
+
+def test_a_full_state_disk_keeps_what_the_service_had(full: Full) -> None:
+    assert full.alive_while_full
+    assert full.integrity_while_full == "ok"
+    assert full.after_full == full.before  # no results file damaged or lost
+    assert full.exit_code == 0
+
+
+def test_a_full_state_disk_is_reported(full: Full) -> None:
+    assert full.reported, full.log[-3000:]
+
+
+@pytest.mark.xfail(strict=True, reason="Service.handle fails the whole batch on SQLITE_FULL "
+                   "and the batch is dropped, so the images that came while the disk was full "
+                   "wait for the next periodic rescan; the fix: when a turn fails, rescan once "
+                   "the next store succeeds (e.g. set last_rescan so one is due), and log "
+                   "sqlite3.OperationalError 'database or disk is full' as one line")
+def test_a_full_state_disk_resumes_when_there_is_space(full: Full) -> None:
+    assert full.resumed, full.problems[:10]
+    assert "Traceback" not in full.log
+
+
+@pytest.mark.xfail(strict=True, reason="service.json lives on the full disk, and the STATUS "
+                   "line sent to systemd says nothing of it; the fix: Service.status_line adds "
+                   "'state disk full' while a store or index write fails with ENOSPC/SQLITE_FULL")
+def test_a_full_state_disk_shows_in_the_systemd_status(full: Full) -> None:
+    assert [line for line in full.statuses if "full" in line or "space" in line], full.statuses
+
+
+# -- 3. an inotify queue overflow --------------------------------------------------------------
+def flood(folder: Path, events: int) -> None:
+    """Make at least `events` inotify events in `folder` with a file that is no image."""
+    path = folder / "flood.txt"
+    for _ in range(events // 3 + 1):  # create, close after writing, delete
+        with open(path, "wb") as out:
+            out.write(b"x")
+        path.unlink()
+
+
+def test_an_inotify_overflow_is_followed_by_a_rescan_that_finds_everything(
+        tmp_path: Path, config_in: Callable[..., Path], start: Start,
+        digit_files: list[tuple[Path, int]]) -> None:
+    config = config_in(tmp_path, **SETTINGS)
+    inbox = tmp_path / "inbox"
+    pool = [path for path, _ in digit_files]
+    for n, source in enumerate(pool[:30]):
+        shutil.copy(source, inbox / f"{n:04d}.png")
+    run = start(config)
+    run.ready()
+    wait_correct(run, inbox)
+    queued = int(Path("/proc/sys/fs/inotify/max_queued_events").read_text())
+    run.process.send_signal(signal.SIGSTOP)
+    try:
+        flood(inbox, queued * 2)  # the kernel queue overflows; what follows is dropped
+        for n in range(30, 38):
+            shutil.copy(pool[n], inbox / f"{n:04d}.png")
+        (inbox / "0001.png").unlink()
+        (inbox / "0002.png").unlink()
+        shutil.copyfile(pool[38], inbox / "0003.png")
+    finally:
+        run.process.send_signal(signal.SIGCONT)
+    run.wait(lambda: "the kernel dropped file events" in run.text(), 30,
+             "the service to hear of the overflow")
+    wait_correct(run, inbox)
+    assert not (inbox / ("0001.png" + SUFFIX)).exists()
+    assert run.terminate() == 0
+
+
+# -- 4. a damaged or missing index, a damaged model --------------------------------------------
+@pytest.fixture(scope="module")
+def indexed_once(tmp_path_factory: pytest.TempPathFactory, config_in: Callable[..., Path],
+                 digit_files: list[tuple[Path, int]]) -> Path:
+    """A folder with a config, 40 answered images and a built index; the service stopped."""
+    root = tmp_path_factory.mktemp("indexed")
+    config = config_in(root, **SETTINGS)
+    inbox = root / "inbox"
+    for n, (source, _) in enumerate(digit_files[:40]):
+        shutil.copy(source, inbox / f"{n:04d}.png")
+    with launcher(root) as launch:
+        run = launch(config)
+        run.ready()
+        wait_correct(run, inbox)
+        run.wait(lambda: (run.status() or {}).get("last_rebuild"), ANSWER_S, "an index")
+        assert run.terminate() == 0
+    for log in root.glob("run-*.log"):
+        log.unlink()
+    return root
+
+
+@pytest.fixture
+def indexed(indexed_once: Path, tmp_path: Path) -> tuple[Path, Path]:
+    """A copy of `indexed_once` to damage; (config, inbox)."""
+    root = tmp_path / "copy"
+    shutil.copytree(indexed_once, root, symlinks=True)
+    return root / "config.yaml", root / "inbox"
+
+
+def index_files(state_dir: Path) -> list[Path]:
+    return [p for p in (state_dir / "index").iterdir() if p.name != "current.json"]
+
+
+@pytest.mark.parametrize("damage", ["truncated", "missing"])
+@pytest.mark.xfail(strict=True, reason="Service.start lets index.load's StateError end the "
+                   "service ('run `lookalike rebuild`'); the index is derived data, so the fix: "
+                   "in Service.start, on StateError log it and rebuild the index (as "
+                   "`lookalike rebuild` does), then go on")
+def test_a_damaged_index_is_logged_and_rebuilt(indexed: tuple[Path, Path], start: Start,
+                                               damage: str,
+                                               digit_files: list[tuple[Path, int]]) -> None:
+    config, inbox = indexed
+    state_dir = config.parent / "state"
+    for path in index_files(state_dir):
+        if damage == "missing":
+            path.unlink()
+        else:
+            path.write_bytes(path.read_bytes()[:max(1, path.stat().st_size // 2)])
+    run = start(config)
+    run.ready(timeout=60)
+    shutil.copy(digit_files[40][0], inbox / "new.png")
+    wait_correct(run, inbox)
+    log = run.text()
+    assert "Traceback" not in log
+    assert [line for line in log.splitlines() if "index" in line and "ERROR" in line]
+    assert index_loads(state_dir) is None
+    assert run.terminate() == 0
+
+
+@pytest.fixture(scope="module")
+def damaged_model(tmp_path_factory: pytest.TempPathFactory, config_in: Callable[..., Path],
+                  encoder_path: Path) -> subprocess.CompletedProcess[str]:
+    """`lookalike run` on a copy of the encoder cut short."""
+    folder = tmp_path_factory.mktemp("damaged-model")
+    damaged = folder / "damaged.keras"
+    data = encoder_path.read_bytes()
+    damaged.write_bytes(data[:len(data) // 2])
+    config = config_in(folder, model=str(damaged))
+    return subprocess.run([str(LOOKALIKE), "run", "-c", str(config)], cwd=folder,
+                          capture_output=True, text=True, timeout=120, check=False,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+
+
+def test_a_damaged_model_file_is_one_error_line_and_a_failure_exit(
+        damaged_model: subprocess.CompletedProcess[str]) -> None:
+    ours = [line for line in damaged_model.stderr.splitlines() if "damaged.keras" in line]
+    assert damaged_model.returncode != 0
+    assert "Traceback" not in damaged_model.stderr
+    assert len(ours) == 1 and ours[0].startswith("lookalike: "), damaged_model.stderr
+
+
+@pytest.mark.xfail(strict=True, reason="core/model.py passes on Keras's message for a damaged "
+                   "zip, 'File not found: filepath=...', for a file that is there; the fix: in "
+                   "model.load, say 'not a .keras file, or a damaged one' when the file exists")
+def test_a_damaged_model_file_is_not_called_missing(
+        damaged_model: subprocess.CompletedProcess[str]) -> None:
+    assert "not found" not in damaged_model.stderr.lower(), damaged_model.stderr
