@@ -85,8 +85,25 @@ def recipe_of(spec: str, known: dict[str, models.Recipe]) -> models.Recipe:
     recipe = known[name]
     for option in filter(None, options.split(",")):
         key, _, value = option.partition("=")
-        recipe = replace(recipe, **{key: float(value)})
+        kind = type(getattr(recipe, key))
+        recipe = replace(recipe, **{key: kind(float(value))})
     return recipe
+
+
+def finishing_steps(name: str, recipe: models.Recipe) -> list[tuple[str, models.Recipe]]:
+    """(label, recipe) to measure from one training: the learned latent alone, whitened, and
+    beside the palette and edges, as far as `recipe` goes; the first is the one to train."""
+    bare = replace(recipe, whiten=False, palette=0, edges=0)
+    if bare == recipe:
+        return [(name, recipe)]
+    base, _, options = name.partition("|")
+    if base.endswith("+white") and not (recipe.palette or recipe.edges):  # "X+white": X too
+        plain = base.removesuffix("+white") + (f"|{options}" if options else "")
+        return [(plain, bare), (name, recipe)]
+    steps = [(f"{name} [learned]", bare)]
+    if recipe.whiten:
+        steps.append((f"{name} [learned+white]", replace(bare, whiten=True)))
+    return steps + [(name, recipe)]
 
 
 def measure(vectors: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
@@ -154,32 +171,32 @@ def main() -> int:
                                 **measure(flat, eval_labels)})
                     continue
                 recipe = recipe_of(name, known)
-                both = name.partition("|")[0].endswith("+white") and recipe.whiten
-                trained = models.train(train_x, shape, preset=replace(recipe, whiten=False)
-                                       if both else recipe, latent_dim=args.latent,
-                                       epochs=args.epochs, patience=args.patience,
-                                       batch_size=args.batch_size,
+                steps = finishing_steps(name, recipe)
+                trained = models.train(train_x, shape, preset=steps[0][1],
+                                       latent_dim=args.latent, epochs=args.epochs,
+                                       patience=args.patience, batch_size=args.batch_size,
                                        seed=args.seed, verbose=2)
                 card = trained.card
                 common = {"corpus": corpus, "color": color, "epochs": args.epochs,
                           "batch_size": args.batch_size,
                           "epochs_run": card["epochs_run"], "best_epoch": card["best_epoch"],
-                          "seconds": card["seconds"], "train_images": len(train_x),
+                          "train_images": len(train_x),
                           "held_out_loss": card["held_out_loss"]}
-                plain = name.replace("+white", "") if both else name
-                encoders = [(plain, trained.encoder)]
-                if both:
+                for label, step in steps:
                     started = time.monotonic()
-                    encoders.append((name, models.with_whitening(trained.encoder, train_x)))
-                    whitening_seconds = time.monotonic() - started
-                for label, encoder in encoders:
+                    encoder = models.finish(trained.encoder, train_x, step, args.seed)
+                    seconds = card["seconds"] + time.monotonic() - started
                     path = keep / f"{corpus}-{color}-{label.replace('|', '-')}.keras"
+                    path = path.with_name(path.name.replace(" ", "").replace("[", "").replace(
+                        "]", ""))
                     models.save(models.Training(encoder, card), path)
                     loaded = models.load(path)  # as the service loads it: safe mode
-                    seconds = card["seconds"] + (whitening_seconds if label == name and both
-                                                 else 0.0)
+                    started = time.monotonic()
+                    vectors = loaded.encode(eval_x)
                     record({**common, "recipe": label, "seconds": round(seconds, 1),
-                            "model": str(path), **measure(loaded.encode(eval_x), eval_labels)})
+                            "encode_seconds": round(time.monotonic() - started, 2),
+                            "latent_dim": loaded.latent_dim, "model": str(path),
+                            **measure(vectors, eval_labels)})
 
     print()
     print("| corpus | recipe | colour | epochs run | P@12 | mAP | Annoy P@12 | recall@12 "

@@ -135,6 +135,13 @@ class Recipe:
     two augmentations of one image and pushes apart those of other images,
     at `temperature`. `whiten` appends a fixed PCA-whitening layer fitted on
     the training images' latents.
+
+    Two fixed branches, fitted on the training images but not trained, can
+    stand beside the learned latent (see `with_appearance`): `palette`
+    colours (a k-means palette of the training pixels) counted per image, and
+    `edges` directions of the brightness gradient summed over a 4x4 grid of
+    cells. Each part is weighed (`palette_weight`, `edges_weight`, the
+    learned latent 1) and concatenated.
     """
 
     build: Builder
@@ -146,20 +153,27 @@ class Recipe:
     temperature: float = 0.2
     whiten: bool = False
     learning_rate: float = 1e-3
+    palette: int = 0
+    palette_weight: float = 2.0
+    edges: int = 0
+    edges_weight: float = 1.0
 
     def describe(self) -> dict[str, Any]:
         """The training options, for the model card."""
         return {"augment": self.augment, "noise": self.noise, "restore": self.restore,
                 "structure": self.structure, "contrast": self.contrast,
                 "temperature": self.temperature, "whiten": self.whiten,
-                "learning_rate": self.learning_rate}
+                "learning_rate": self.learning_rate, "palette": self.palette,
+                "palette_weight": self.palette_weight, "edges": self.edges,
+                "edges_weight": self.edges_weight}
 
 
 PRESETS: dict[str, Recipe] = {
     # The seed article's recipe, as the article runs it.
     "seed": Recipe(seed_preset),
     # The default: measured against `seed` in BENCHMARKS.md ("Quality").
-    "lookalike": Recipe(conv_autoencoder, augment=True, noise=0.05, structure=1.0, whiten=True),
+    "lookalike": Recipe(conv_autoencoder, augment=2.0, contrast=1.0, whiten=True, palette=512,
+                        edges=16),
 }
 DEFAULT_PRESET = "lookalike"
 
@@ -208,8 +222,7 @@ def train(pixels: np.ndarray, shape: Shape, *, preset: str | Recipe = "seed",
                           shuffle=False)  # batches() shuffles, seeded
     losses, held_losses = history.history["loss"], history.history["val_loss"]
     best = int(np.argmin(held_losses))
-    if recipe.whiten:
-        encoder = with_whitening(encoder, pixels)
+    encoder = finish(encoder, pixels, recipe, seed)
     return Training(encoder, {
         "schema": model_card.SCHEMA,
         "preset": name,
@@ -357,6 +370,159 @@ def with_whitening(encoder: keras.Model, pixels: np.ndarray) -> keras.Model:
     whitened = keras.Model(encoder.inputs[0], layer(encoder.outputs[0]), name="encoder")
     layer.set_weights([kernel, bias])
     return whitened
+
+
+def finish(encoder: keras.Model, pixels: np.ndarray, recipe: Recipe,
+           seed: int = 0) -> keras.Model:
+    """The trained `encoder` with the fixed layers `recipe` adds, fitted on `pixels`."""
+    if recipe.whiten:
+        encoder = with_whitening(encoder, pixels)
+    if recipe.palette or recipe.edges:
+        encoder = with_appearance(encoder, pixels, recipe, seed)
+    return encoder
+
+
+def with_appearance(encoder: keras.Model, pixels: np.ndarray, recipe: Recipe,
+                    seed: int = 0) -> keras.Model:
+    """`encoder`'s latent beside a palette histogram and a grid of edge directions.
+
+    All three parts are fixed functions of the image once fitted on `pixels`
+    (n, size, size, channels) uint8, built from Keras layers only:
+    - the learned latent, scaled to unit length;
+    - the palette histogram: each pixel is quantised (16 levels per channel)
+      and counted under the nearest of `recipe.palette` colours, a k-means
+      palette of the training pixels; the square roots of the shares (the
+      Hellinger embedding: exact colours shared count, however few pixels
+      they cover), less their mean on `pixels`, times `palette_weight`;
+    - the edges: the gradient of the brightness in `recipe.edges` directions,
+      rectified and averaged over a 4x4 grid of cells, square-rooted,
+      PCA-whitened on `pixels`, scaled to unit length, times `edges_weight`.
+    Images whose labels differ mostly by palette and drawing style (icons,
+    emoji, photographs) are told apart by the first two; the learned latent
+    keeps the shapes apart (digits).
+    """
+    layers = keras.layers
+    size, channels = int(encoder.input_shape[1]), int(encoder.input_shape[3])
+    image = encoder.inputs[0]
+    parts = [layers.UnitNormalization(name="latent_unit")(encoder.outputs[0])]
+    unit = layers.Rescaling(1.0 / 255, name="unit_range")(image)
+    fitted: list[tuple[keras.Model, Callable[[np.ndarray], None]]] = []
+    if recipe.palette:
+        levels = 16 if channels == 3 else 256
+        bins = levels ** channels
+        colours = min(recipe.palette, bins)
+        quantised = layers.Discretization(
+            bin_boundaries=[i / levels for i in range(1, levels)], name="quantise")(unit)
+        quantised = layers.Rescaling(1.0, name="as_float")(quantised)  # int -> float
+        joint = layers.Conv2D(1, 1, use_bias=False, trainable=False, name="colour_bin")
+        counts = layers.CategoryEncoding(bins, output_mode="count", name="colour_count")(
+            layers.Reshape((size * size,), name="colour_bins")(joint(quantised)))
+        merge = layers.Dense(colours, use_bias=False, trainable=False, name="palette")
+        shares = layers.Rescaling(1.0 / (size * size), name="palette_share")(merge(counts))
+        roots = square_root(shares, colours, 1.0 / (size * size), "palette_root")
+        centre = layers.Dense(colours, trainable=False, name="palette_centre")
+        parts.append(centre(roots))
+        joint_kernel = np.array([levels ** (channels - 1 - c) for c in range(channels)],
+                                np.float32).reshape(1, 1, channels, 1)
+        joint.set_weights([joint_kernel])
+        bin_counts = keras.Model(image, counts).predict(pixels.astype(np.float32),
+                                                        batch_size=256, verbose=0)
+        centres = (np.stack(np.unravel_index(np.arange(bins), (levels,) * channels), 1)
+                   + 0.5) / levels
+        nearest = palette_of(centres, bin_counts.sum(0), colours, seed)
+        merge.set_weights([np.eye(colours, dtype=np.float32)[nearest]])
+
+        def fit_centre(roots_seen: np.ndarray) -> None:
+            weight = recipe.palette_weight
+            centre.set_weights([weight * np.eye(colours, dtype=np.float32),
+                                (-weight * roots_seen.mean(0)).astype(np.float32)])
+        fitted.append((keras.Model(image, roots), fit_centre))
+    if recipe.edges:
+        directions = recipe.edges
+        gradient = layers.Conv2D(directions, 3, padding="valid", use_bias=False,
+                                 trainable=False, name="gradient")
+        inner = size - 2
+        cell = -(-inner // 4)
+        stride = max(1, (inner - cell) // 3)
+        pooled = layers.AveragePooling2D(cell, strides=stride, name="cells")(
+            layers.ReLU(name="gradient_rectify")(gradient(unit)))
+        flat = layers.Flatten(name="cells_flat")(pooled)
+        width = int(flat.shape[-1])
+        roots = square_root(flat, width, 1e-4, "edges_root")
+        whiten = layers.Dense(width, trainable=False, name="edges_whiten")
+        parts.append(layers.Rescaling(recipe.edges_weight, name="edges_weight")(
+            layers.UnitNormalization(name="edges_unit")(whiten(roots))))
+        kernel = np.zeros((3, 3, channels, directions), np.float32)
+        for k in range(directions):
+            angle = 2 * np.pi * k / directions
+            # Central differences of the channels' mean, along x (columns) and y (rows).
+            kernel[1, 2, :, k] += 0.5 * np.cos(angle) / channels
+            kernel[1, 0, :, k] -= 0.5 * np.cos(angle) / channels
+            kernel[2, 1, :, k] += 0.5 * np.sin(angle) / channels
+            kernel[0, 1, :, k] -= 0.5 * np.sin(angle) / channels
+        gradient.set_weights([kernel])
+
+        def fit_whitening(roots_seen: np.ndarray) -> None:
+            whiten.set_weights(list(whitening(roots_seen.astype(np.float64))))
+        fitted.append((keras.Model(image, roots), fit_whitening))
+    for part, fit in fitted:
+        fit(part.predict(pixels.astype(np.float32), batch_size=256, verbose=0))
+    joined = layers.Concatenate(name="appearance")(parts)
+    return keras.Model(image, joined, name="encoder")
+
+
+def square_root(values: Any, width: int, smallest: float, name: str) -> Any:
+    """sqrt of `values` (batch, width) >= 0, piecewise linear (Keras has no sqrt layer).
+
+    Knots at 0 and at `smallest` times powers of sqrt(2) up to 1 and beyond:
+    within 3% of the square root from `smallest` up, exact at every knot.
+    """
+    layers = keras.layers
+    knots = [0.0] + list(smallest * np.sqrt(2.0) ** np.arange(
+        int(np.ceil(2 * np.log2(2.0 / smallest))) + 1))
+    knots_arr = np.array(knots)
+    slopes = np.diff(np.sqrt(knots_arr)) / np.diff(knots_arr)
+    steps = np.diff(slopes, prepend=0.0)  # each ReLU adds its change of slope
+    hinge = layers.Dense(len(steps), name=f"{name}_hinge", trainable=False)
+    mix = layers.Dense(1, use_bias=False, name=f"{name}_mix", trainable=False)
+    column = layers.Reshape((width, 1), name=f"{name}_column")(values)
+    hinged = layers.ReLU(name=f"{name}_relu")(hinge(column))
+    out = layers.Reshape((width,), name=f"{name}_row")(mix(hinged))
+    hinge.set_weights([np.ones((1, len(steps)), np.float32),
+                       (-knots_arr[:-1]).astype(np.float32)])
+    mix.set_weights([steps.reshape(-1, 1).astype(np.float32)])
+    return out
+
+
+def palette_of(colours: np.ndarray, weights: np.ndarray, size: int, seed: int,
+               rounds: int = 30) -> np.ndarray:
+    """For each of `colours` (m, channels) the index of its nearest palette colour.
+
+    The palette is `size` colours fitted by weighted k-means (k-means++ seeding)
+    on the colours seen (`weights` > 0, e.g. how many training pixels fell on
+    each); colours never seen go to the nearest palette colour too.
+    """
+    rng = np.random.default_rng(seed)
+    seen = np.flatnonzero(weights > 0)
+    points, mass = colours[seen], weights[seen].astype(np.float64)
+    chosen = [int(rng.choice(len(points), p=mass / mass.sum()))]
+    distance = ((points - points[chosen[0]]) ** 2).sum(1)
+    while len(chosen) < min(size, len(points)):
+        chance = mass * distance
+        if chance.sum() <= 0:
+            break
+        chosen.append(int(rng.choice(len(points), p=chance / chance.sum())))
+        distance = np.minimum(distance, ((points - points[chosen[-1]]) ** 2).sum(1))
+    palette = points[chosen]
+    for _ in range(rounds):
+        owner = ((points[:, None] - palette[None]) ** 2).sum(-1).argmin(1)
+        totals = np.bincount(owner, mass, len(palette))
+        for axis in range(points.shape[1]):
+            sums = np.bincount(owner, mass * points[:, axis], len(palette))
+            palette[:, axis] = np.where(totals > 0, sums / np.maximum(totals, 1e-12),
+                                        palette[:, axis])
+    # Fewer colours seen than asked: the rest of the palette stays empty.
+    return np.asarray(((colours[:, None] - palette[None]) ** 2).sum(-1).argmin(1))
 
 
 def save(training: Training, path: Path, extra: dict[str, Any] | None = None) -> str:

@@ -101,7 +101,9 @@ def parser() -> argparse.ArgumentParser:
     train_parser.add_argument("--preset", default="lookalike",
                               help="training recipe: lookalike (the default, measured in "
                                    "BENCHMARKS.md) or seed (the article's)")
-    train_parser.add_argument("--color", choices=("rgb", "grayscale"), default="grayscale")
+    train_parser.add_argument("--color", choices=("rgb", "grayscale"), default="rgb",
+                              help="colour mode of the encoder's input (default: rgb; the "
+                                   "default recipe counts colours)")
     train_parser.add_argument("--size", type=positive, default=56, help="input side in pixels")
     train_parser.add_argument("--latent", type=positive, default=128, help="latent vector size")
     train_parser.add_argument("--epochs", type=positive, default=30)

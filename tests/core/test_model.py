@@ -230,31 +230,79 @@ def test_save_refuses_a_non_keras_name(tmp_path: Path) -> None:
 
 
 # -- the default preset -----------------------------------------------------------
+TINTED = Shape(16, "rgb")
+
+
+def tinted(count: int, seed: int) -> np.ndarray:
+    """Blobs in a random colour each: something for the palette to count."""
+    rng = np.random.default_rng(seed)
+    colours = rng.uniform(0.2, 1.0, (count, 1, 1, 3))
+    return (images_of(count, TINTED, seed) * colours).astype(np.uint8)
+
+
 def test_default_preset_trains_saves_and_loads_in_safe_mode(tmp_path: Path) -> None:
-    pixels = images_of(40, SMALL, seed=4)
-    trained = model.train(pixels, SMALL, preset=model.DEFAULT_PRESET, latent_dim=8, epochs=1,
+    pixels = tinted(40, seed=4)
+    recipe = model.PRESETS[model.DEFAULT_PRESET]
+    trained = model.train(pixels, TINTED, preset=model.DEFAULT_PRESET, latent_dim=8, epochs=1,
                           batch_size=16, verbose=0)
     info = trained.card
     assert info["preset"] == model.DEFAULT_PRESET == "lookalike"
-    assert info["epochs_run"] == 1 and info["latent_dim"] == 8
-    assert info["recipe"] == model.PRESETS["lookalike"].describe()
+    assert info["recipe"] == recipe.describe()
+    # The learned latent, the palette (at most the colours seen), 4x4 cells of edges.
+    assert info["epochs_run"] == 1 and 8 + 16 * 16 < info["latent_dim"] <= 8 + 512 + 16 * 16
     path = tmp_path / "lookalike.keras"
     model.save(trained, path)
 
     loaded = model.load(path)  # safe mode: built-in layers only, no code in the file
-    assert (loaded.shape, loaded.latent_dim) == (SMALL, 8)
+    assert (loaded.shape, loaded.latent_dim) == (TINTED, info["latent_dim"])
+    names = {layer.name for layer in loaded.model.layers}
+    assert {"whiten", "palette", "edges_whiten", "appearance"} <= names
     kinds = {type(layer).__name__ for layer in loaded.model.layers}
     assert not any(kind.startswith(("Random", "GaussianNoise", "Lambda")) for kind in kinds)
     latents = loaded.encode(pixels)
+    assert np.isfinite(latents).all()
     assert np.array_equal(latents, loaded.encode(pixels))  # augmentation stayed in training
     assert np.allclose(latents, trained.encoder(pixels.astype(np.float32), training=False),
                        atol=1e-4)
-    if model.PRESETS["lookalike"].whiten:
-        # The whitening layer was fitted on these images: centred, decorrelated latents.
-        assert loaded.model.layers[-1].name == "whiten"
-        assert np.allclose(latents.mean(0), 0.0, atol=1e-3)
-        covariance = np.cov(latents, rowvar=False)
-        assert np.allclose(covariance - np.diag(np.diag(covariance)), 0.0, atol=1e-2)
+    # The learned part is whitened on the training images, then put on the unit sphere.
+    learned = keras.Model(loaded.model.inputs, loaded.model.get_layer("whiten").output)
+    whitened = learned.predict(pixels.astype(np.float32), verbose=0)
+    assert np.allclose(whitened.mean(0), 0.0, atol=1e-3)
+    covariance = np.cov(whitened, rowvar=False)
+    assert np.allclose(covariance - np.diag(np.diag(covariance)), 0.0, atol=1e-2)
+    assert np.allclose(np.linalg.norm(latents[:, :8], axis=1), 1.0, atol=1e-5)
+
+
+def test_the_palette_tells_colours_apart_and_ignores_where_they_are() -> None:
+    red, blue = np.zeros((2, 16, 16, 3), np.uint8), np.zeros((2, 16, 16, 3), np.uint8)
+    red[0, :8, :, 0] = red[1, 8:, :, 0] = 250  # red on black, top half or bottom half
+    blue[0, :8, :, 2] = blue[1, 8:, :, 2] = 250
+    pixels = np.concatenate([red, blue])
+    learned = keras.Sequential([keras.Input((16, 16, 3)), keras.layers.Flatten(),
+                                keras.layers.Dense(4, name="latent")])
+    encoder = model.with_appearance(learned, pixels, model.Recipe(model.seed_preset, palette=8))
+    colour = keras.Model(encoder.inputs, encoder.get_layer("palette_centre").output)
+    parts = colour.predict(pixels.astype(np.float32), verbose=0)
+    assert np.allclose(parts[0], parts[1], atol=1e-5) and np.allclose(parts[2], parts[3], atol=1e-5)
+    assert not np.allclose(parts[0], parts[2], atol=0.1)
+    # Half red, half black: the square roots of the shares, less their mean.
+    shares = keras.Model(encoder.inputs, encoder.get_layer("palette_share").output)
+    assert np.allclose(np.sort(shares.predict(pixels[:1].astype(np.float32), verbose=0)[0])[-2:],
+                       [0.5, 0.5])
+
+
+def test_square_root_layers_follow_the_square_root() -> None:
+    values = keras.Input((5,))
+    root = keras.Model(values, model.square_root(values, 5, 1e-4, "root"))
+    x = np.array([[0.0, 1e-4, 0.003, 0.25, 1.0]], np.float32)
+    assert np.allclose(root.predict(x, verbose=0), np.sqrt(x), rtol=0.03, atol=1e-6)
+
+
+def test_palette_of_finds_the_clusters() -> None:
+    colours = np.array([[0.0, 0, 0], [0.05, 0, 0], [1, 1, 1], [0.95, 1, 1], [0.5, 0.5, 0.5]])
+    weights = np.array([10, 10, 10, 10, 0])
+    nearest = model.palette_of(colours, weights, 2, seed=0)
+    assert nearest[0] == nearest[1] != nearest[2] == nearest[3]
 
 
 def test_seed_preset_is_the_articles() -> None:
