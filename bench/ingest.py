@@ -65,6 +65,7 @@ def lookalike(folder: Path, encoder: object) -> float:
         started = time.perf_counter()
         with Library(config.state_dir / "library.sqlite") as library:
             worker = Worker(config, library, encoder)  # type: ignore[arg-type]
+            worker.take_scratch()
             tally = Tally()
             worker.reconcile(tally)
             worker.answer_library(worker.searcher(worker.rebuild_if_stale()), tally)

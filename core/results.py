@@ -119,26 +119,42 @@ def write(path: Path, document: dict[str, Any]) -> None:
         raise failure
 
 
-def write_many(documents: list[tuple[Path, dict[str, Any]]]) -> list[OSError | None]:
+def write_many(documents: list[tuple[Path, dict[str, Any]]],
+               scratch: Path | None = None) -> list[OSError | None]:
     """Write each (path, document) atomically, with one sync for them all.
 
-    Every document goes to a temporary file beside its path; one syncfs per
-    file system makes them all durable (an fsync per file costs about a
-    millisecond each); then each is renamed into place. Returns, per
-    document, None or the error that stopped it.
+    Every document goes to a temporary file: in `scratch` (a folder of the
+    state directory) when that is on the same file system as its path, else
+    beside its path. One syncfs per file system makes them all durable (an
+    fsync per file costs about a millisecond each); then each is renamed
+    into place. A temporary in `scratch` spares the watched folder the
+    create, write and close events of every results file: the watcher then
+    hears one rename, a fifth of the work. Returns, per document, None or
+    the error that stopped it.
     """
+    devices: dict[Path, int] = {}
+
+    def device(folder: Path) -> int:
+        if folder not in devices:
+            devices[folder] = os.stat(folder).st_dev
+        return devices[folder]
+
     partials: list[str | None] = []
     failures: list[OSError | None] = []
-    for path, document in documents:
+    for number, (path, document) in enumerate(documents):
         try:
-            partials.append(write_partial(path, document))
+            if scratch is not None and device(scratch) == device(path.parent):
+                partials.append(write_scratch(
+                    scratch / f"{TEMP_PREFIX}{os.getpid()}.{number}.tmp", render(document)))
+            else:
+                partials.append(write_partial(path, document))
             failures.append(None)
         except OSError as error:
             partials.append(None)
             failures.append(error)
     written = [(partial, path) for partial, (path, _) in zip(partials, documents, strict=True)
                if partial is not None]
-    by_device = {os.stat(folder).st_dev: folder for folder in {path.parent for _, path in written}}
+    by_device = {device(folder): folder for folder in {path.parent for _, path in written}}
     for folder in by_device.values():  # syncfs flushes a whole file system
         sync_filesystem(folder)
     for index, (partial, (path, _)) in enumerate(zip(partials, documents, strict=True)):
@@ -150,6 +166,14 @@ def write_many(documents: list[tuple[Path, dict[str, Any]]]) -> list[OSError | N
             Path(partial).unlink(missing_ok=True)
             failures[index] = error
     return failures
+
+
+def write_scratch(partial: Path, text: str) -> str:
+    """`text` in a temporary file of the state directory (ours alone); its name."""
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        out.write(text)
+    return str(partial)
 
 
 def write_partial(path: Path, document: dict[str, Any]) -> str:

@@ -28,6 +28,7 @@ def run(config: Config, load_encoder: Callable[[Config], Encoder]) -> int:
             if folder is not None and folder.is_dir():
                 remove_leftovers(folder)
         worker = Worker(config, library, load_encoder(config))
+        worker.take_scratch()
         try:
             tally = Tally()
             worker.reconcile(tally)

@@ -94,6 +94,7 @@ class Service:
         self.check_folders()
         for folder in self.arrivals.roots.values():
             remove_leftovers(folder)
+        self.worker.take_scratch()
         if "inbox" not in self.missing:
             self.rescan()
         self.last_rebuild = self.last_rescan = self.last_status = self.progress_at = self.clock()

@@ -101,6 +101,16 @@ class Worker:
         self.encoder = encoder
         self.pool = ThreadPoolExecutor(config.decode_threads, thread_name_prefix="decode")
         self.interrupted: Callable[[], bool] = lambda: False  # checked between batches
+        self.scratch: Path | None = None  # temporaries of results files: `take_scratch`
+
+    def take_scratch(self) -> None:
+        """Keep temporary results files in the state directory (only its lock holder may).
+
+        Leftovers of a crash are deleted first: they are ours, by name.
+        """
+        self.scratch = self.config.state_dir / "partial"
+        self.scratch.mkdir(exist_ok=True)
+        remove_leftovers(self.scratch)
 
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
@@ -266,7 +276,8 @@ class Worker:
 
     def write_answers(self, due: list[tuple[Path, dict[str, object], Answer]]) -> list[Answer]:
         """Write the results files of `due` together; the answers that reached the disk."""
-        failures = results.write_many([(target, document) for target, document, _ in due])
+        failures = results.write_many([(target, document) for target, document, _ in due],
+                                      self.scratch)
         return [answer for (target, _, answer), failure in zip(due, failures, strict=True)
                 if not self.failed(target, failure)]
 
@@ -322,7 +333,7 @@ class Worker:
             self.library.set_meta("queries_generation", generation)
         documents = [(results.results_path(folder / relative),
                       self.query(folder / relative, relative, searcher)) for relative in paths]
-        failures = results.write_many(documents)
+        failures = results.write_many(documents, self.scratch)
         for (target, document), failure in zip(documents, failures, strict=True):
             tally.errors += document["status"] == "error"
             tally.answered += not self.failed(target, failure)

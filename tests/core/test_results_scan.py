@@ -5,6 +5,7 @@ import json
 import os
 import re
 import stat
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -261,3 +262,51 @@ def test_inside_a_root_reached_through_a_link(tmp_path: Path) -> None:
     (tmp_path / "alias").symlink_to(real, target_is_directory=True)
     assert scan.inside(tmp_path / "alias", tmp_path / "alias" / "a.jpg")
     assert scan.inside(tmp_path / "alias", real / "a.jpg")
+
+
+def test_write_many_keeps_its_temporaries_in_the_scratch_folder(tmp_path: Path) -> None:
+    scratch, folder = tmp_path / "state" / "partial", tmp_path / "inbox"
+    scratch.mkdir(parents=True)
+    folder.mkdir()
+    documents = [(folder / f"{n}.png.neighbors.json", results.error(f"{n}.png", "empty", "e"))
+                 for n in range(3)]
+    created: list[str] = []
+    real_open = os.open
+
+    def spy(path: str | os.PathLike[str], *args: object, **kwargs: object) -> int:
+        created.append(str(path))
+        return real_open(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(os, "open", spy)
+        assert results.write_many(documents, scratch) == [None, None, None]
+    temporaries = [path for path in created if path.endswith(".tmp")]
+    assert len(temporaries) == 3 and all(Path(p).parent == scratch for p in temporaries)
+    assert sorted(p.name for p in folder.iterdir()) == sorted(p.name for p, _ in documents)
+    assert list(scratch.iterdir()) == []
+    for path, document in documents:
+        assert json.loads(path.read_text())["error"] == document["error"]
+
+
+def test_write_many_writes_beside_the_file_when_the_scratch_is_on_another_disk(
+        tmp_path: Path) -> None:
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or shm.stat().st_dev == tmp_path.stat().st_dev:
+        pytest.skip("needs /dev/shm on a file system of its own")
+    folder = tmp_path / "inbox"
+    folder.mkdir()
+    target = folder / "a.png.neighbors.json"
+    created: list[str] = []
+    real_open = os.open
+
+    def spy(path: str | os.PathLike[str], *args: object, **kwargs: object) -> int:
+        created.append(str(path))
+        return real_open(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    with tempfile.TemporaryDirectory(dir=shm) as scratch, pytest.MonkeyPatch.context() as patch:
+        patch.setattr(os, "open", spy)
+        assert results.write_many([(target, results.error("a.png", "empty", "e"))],
+                                  Path(scratch)) == [None]
+        assert list(Path(scratch).iterdir()) == []
+    assert [Path(p).parent for p in created if p.endswith(".tmp")] == [folder]
+    assert json.loads(target.read_text())["status"] == "error"
