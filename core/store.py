@@ -219,6 +219,13 @@ class Library:
              for a in answers))
         self.db.execute("COMMIT")
 
+    def unanswer(self, ids: Iterable[int]) -> None:
+        """Mark rows whose results file is out of date, until `mark_answered` says otherwise."""
+        self.db.execute("BEGIN IMMEDIATE")
+        self.db.executemany("UPDATE images SET answered = NULL WHERE id = ?",
+                            ((row,) for row in ids))
+        self.db.execute("COMMIT")
+
     def radii(self, ids: Iterable[int]) -> dict[int, float | None]:
         """The k-th neighbour distance last written for each answered row id."""
         return {row: radius for row, radius in self.select(

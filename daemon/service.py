@@ -49,6 +49,8 @@ log = logging.getLogger(__name__)
 STATUS_EVERY_S = 2.0
 PROGRESS_EVERY_S = 5.0
 SWEEP_CHUNK = 64  # results checked per idle turn: small, so an arrival waits little
+TOUCHED_CHUNK = 256  # other images' results rewritten per idle turn
+TOUCHED_AT_MOST = 8192  # rewritten even during a burst past this many
 # Settings that a reload cannot change: they shape what is already running.
 RESTART_KEYS = ("inbox", "query_dir", "state_dir", "model", "image", "decode_threads")
 
@@ -68,6 +70,7 @@ class Service:
         self.rebuild_error: str | None = None
         self.missing: set[str] = set()
         self.sweep: list[int] = []  # row ids whose results to check when idle
+        self.touched: set[int] = set()  # row ids whose results a change made out of date
         self.swept = 0
         self.swept_generation = -1
 
@@ -123,6 +126,7 @@ class Service:
         self.watcher.stop()
         if self.rebuilding is not None:
             self.rebuilding.join()
+        self.answer_touched(len(self.touched))
         self.worker.close()
         self.write_status(state="stopped")
         self.library.close()
@@ -152,6 +156,10 @@ class Service:
         batch = self.arrivals.ready(self.config.batch_size)
         if batch:
             self.handle(batch)
+            if len(self.touched) >= TOUCHED_AT_MOST:
+                self.answer_touched()
+        elif self.touched:
+            self.answer_touched()
         elif self.reencoding and "inbox" not in self.missing:
             self.reencode_batch()
         elif self.sweep:
@@ -175,7 +183,7 @@ class Service:
         if watchdog is not None and now - self.pinged >= watchdog / 4:
             self.notifier.watchdog()
             self.pinged = now
-        if not batch and not self.reencoding and not self.sweep:
+        if not batch and not self.reencoding and not self.sweep and not self.touched:
             self.arrivals.wait(0.2 if len(self.arrivals) else 1.0)
 
     def report_progress(self, now: float, busy: bool) -> None:
@@ -230,9 +238,13 @@ class Service:
             vectors = self.library.vectors_of(changes.stored)
             unusable = [row for row in changes.stored if row not in vectors]
             self.searcher.refresh(vectors, changes.removed + unusable)
+        # New images are answered now; the other results they change, when no
+        # arrival waits: in a burst, each is then rewritten once, not per batch.
         affected = self.worker.affected(self.searcher, changes)
-        self.worker.answer(self.searcher, changes.stored + sorted(affected), self.tally)
-        log.debug("%d stored, %d removed, %d other results rewritten",
+        self.library.unanswer(affected)  # so that a restart rewrites them too
+        self.touched |= affected
+        self.worker.answer(self.searcher, changes.stored, self.tally)
+        log.debug("%d stored, %d removed, %d other results to rewrite",
                   len(changes.stored), len(changes.removed), len(affected))
 
     def rescan(self) -> None:
@@ -358,6 +370,11 @@ class Service:
         self.swept = 0
         log.debug("checking %d results files against index generation %s",
                   len(self.sweep), self.index_generation())
+
+    def answer_touched(self, chunk: int = TOUCHED_CHUNK) -> None:
+        rows = sorted(self.touched)[:chunk]
+        self.touched.difference_update(rows)
+        self.worker.answer(self.searcher, rows, self.tally)
 
     def sweep_batch(self) -> None:
         rows, self.sweep = self.sweep[:SWEEP_CHUNK], self.sweep[SWEEP_CHUNK:]

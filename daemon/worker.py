@@ -302,10 +302,10 @@ class Worker:
 
     def answer_missing(self, searcher: Searcher, tally: Tally,
                        records: Iterable[Record] | None = None) -> None:
-        """Answer the images of the library that have no results file."""
+        """Answer the images of the library whose results file is missing or out of date."""
         records = self.library.records().values() if records is None else records
-        missing = [r.id for r in records
-                   if not results.results_path(self.config.inbox / r.path).exists()]
+        missing = [r.id for r in records if r.answered is None
+                   or not results.results_path(self.config.inbox / r.path).exists()]
         self.answer(searcher, missing, tally)
 
     def answer_library(self, searcher: Searcher, tally: Tally) -> None:

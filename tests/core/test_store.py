@@ -231,6 +231,19 @@ def test_mark_answered(library: Library) -> None:
     assert library.naming([rows["c.jpg"]]) == []
 
 
+def test_unanswer_marks_results_out_of_date_until_answered_again(library: Library) -> None:
+    library.apply([image("a.jpg", 1), image("b.jpg", 2)])
+    rows = {path: r.id for path, r in library.records().items()}
+    library.mark_answered([Answer(rows["a.jpg"], "1" * 32, [rows["b.jpg"]], 0.25),
+                           Answer(rows["b.jpg"], "2" * 32, [rows["a.jpg"]], 0.25)])
+    library.unanswer([rows["a.jpg"]])
+    records = library.records()
+    assert records["a.jpg"].answered is None and records["b.jpg"].answered == "2" * 32
+    assert library.radii(rows.values()) == {rows["b.jpg"]: 0.25}  # not a candidate meanwhile
+    library.mark_answered([Answer(rows["a.jpg"], "3" * 32, [rows["b.jpg"]], 0.5)])
+    assert library.records()["a.jpg"].answered == "3" * 32
+
+
 def test_many_ids_are_looked_up_in_chunks(library: Library) -> None:
     library.apply([image(f"{n:04d}.jpg", n) for n in range(1_200)])
     rows = [r.id for r in library.records().values()]

@@ -25,6 +25,7 @@ import pytest
 import yaml
 
 from lookalike.core.card import model_id
+from lookalike.core.store import Library as StoredLibrary
 
 SUFFIX = ".neighbors.json"
 SCHEMA = "lookalike.neighbors/1"
@@ -434,3 +435,20 @@ def test_a_vanished_inbox_forgets_nothing(edited: Edited, tmp_path: Path, encode
     assert not unmounted.exists()  # not created over the mount point
     status = lookalike("status", "--json", "-c", config)
     assert json.loads(status.stdout)["library"]["images"] == 62
+
+
+def test_results_marked_out_of_date_are_rewritten_by_the_next_run(
+        make_config: Callable[..., Path], inbox_of: Callable[[Path, int], list[str]],
+        lookalike: Callable[..., subprocess.CompletedProcess[str]], tmp_path: Path) -> None:
+    """What the service marks before rewriting other images' results survives a crash."""
+    config = make_config()
+    names = inbox_of(tmp_path / "inbox", 30)
+    run_once(lookalike, config)
+    stale, fresh = (tmp_path / "inbox" / (name + SUFFIX) for name in names[:2])
+    stale.write_text('{"schema": "lookalike.neighbors/1", "status": "ok"}\n')  # as if old
+    before = fresh.stat().st_mtime_ns
+    with StoredLibrary(tmp_path / "state" / "library.sqlite") as stored:
+        stored.unanswer([stored.records()[names[0]].id])
+    assert run_once(lookalike, config).summary["written"] == 1
+    assert json.loads(stale.read_text())["neighbors"]
+    assert fresh.stat().st_mtime_ns == before
