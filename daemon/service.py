@@ -100,6 +100,9 @@ class Service:
         self.worker.take_scratch()
         if "inbox" not in self.missing:
             self.rescan()
+        # A stop (or a kill) since the last check may have left results out of date.
+        self.swept_generation = int(self.library.meta("checked_generation") or -1)
+        self.start_sweep()
         self.last_rebuild = self.last_rescan = self.last_status = self.progress_at = self.clock()
         self.pinged = -float("inf")
         self.progress_count = 0
@@ -356,11 +359,13 @@ class Service:
 
     # -- keeping every results file true ---------------------------------------------
     def start_sweep(self) -> None:
-        """After a background rebuild, check every results file against the new index, when idle.
+        """Check every results file against the library when idle, once per generation.
 
-        The bounded reverse-neighbour update after each arrival misses an
-        image whose k nearest include a new one that is not among the new
-        one's nearest (nearness is not symmetric); the sweep finds those.
+        After a background rebuild: the bounded reverse-neighbour update
+        after each arrival misses an image whose k nearest include a new one
+        that is not among the new one's nearest (nearness is not symmetric).
+        At start-up, unless the last check saw this generation: a kill
+        between a library commit and the results it changes leaves them old.
         """
         generation = self.library.generation
         if self.reencoding or generation == self.swept_generation:
@@ -381,7 +386,10 @@ class Service:
         before = self.tally.answered
         self.worker.answer(self.searcher, rows, self.tally)
         self.swept += self.tally.answered - before
-        if not self.sweep and self.swept:
+        if self.sweep:
+            return
+        self.library.set_meta("checked_generation", str(self.swept_generation))
+        if self.swept:
             log.info("results check done: %d results files were out of date and rewritten",
                      self.swept)
 
