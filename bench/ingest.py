@@ -1,22 +1,28 @@
 #!/usr/bin/env python3
 """Bulk ingest: lookalike against the seed article's pipeline, same images, encoder, run.
 
-    python bench/ingest.py SOURCE_DIR [--count 2000] [--large 40]
+    python bench/ingest.py SOURCE_DIR [--count 2000] [--large 40] [--json FILE]
 
-Makes two corpora from the images under SOURCE_DIR (e.g. the corpus of
+Makes three corpora from the images under SOURCE_DIR (e.g. the corpus of
 scripts/build_corpus.py): (a) `--count` 256x256 JPEGs, as the article's
-KaoKore faces; (b) `--large` 4000x3000 JPEGs (12 megapixels, upscaled).
+KaoKore faces; (b) `--large` 4000x3000 JPEGs (12 megapixels, upscaled);
+(c) `--count` images of 256 to 1024 pixels, a third each PNG, WebP and JPEG.
 For each, in this one process and with the same default encoder:
-- article: per image tf.io.read_file -> tf.image.decode_jpeg -> tf.image.resize
-  to 56x56, stack, encoder.predict, Annoy build (10 trees): it writes nothing;
+- article: per image tf.io.read_file -> tf.image.decode_jpeg (decode_image
+  for the mixed folder) -> tf.image.resize to 56x56, stack, encoder.predict,
+  Annoy build (10 trees): it writes nothing;
 - lookalike: the `run --once` pipeline on a fresh state (scan, decode in
-  threads with JPEG draft mode, encode in batches, SQLite, Annoy, a results
-  file per image).
-Prints images per second for each and the ratio.
+  threads with JPEG draft mode, encode in batches, SQLite, index, a results
+  file per image);
+- the limits behind it: decoding alone (lookalike's decoder, in its two
+  threads), encoding alone (batches of 256) and writing the results files
+  alone (as lookalike writes them, one sync per batch).
+Prints images per second for each and the ratio; --json writes the rows.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import tempfile
 import time
@@ -28,12 +34,17 @@ from PIL import Image
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
-def make_corpus(sources: list[Path], out: Path, count: int, size: tuple[int, int]) -> None:
+def make_corpus(sources: list[Path], out: Path, count: int, size: tuple[int, int] | None,
+                formats: tuple[str, ...] = ("jpg",)) -> None:
+    """`count` images from `sources`; size None: 256 to 1024 pixels a side, at random."""
     out.mkdir(parents=True)
+    rng = np.random.default_rng(0)
     for n in range(count):
+        side = size or (int(rng.integers(256, 1025)), int(rng.integers(256, 1025)))
+        kind = formats[n % len(formats)]
         with Image.open(sources[n % len(sources)]) as image:
-            image.convert("RGB").resize(size, Image.Resampling.BILINEAR).save(
-                out / f"{n:06d}.jpg", quality=90)
+            image.convert("RGB").resize(side, Image.Resampling.BILINEAR).save(
+                out / f"{n:06d}.{kind}", quality=90)
 
 
 def article(folder: Path, encoder: object) -> float:
@@ -42,15 +53,50 @@ def article(folder: Path, encoder: object) -> float:
 
     started = time.perf_counter()
     tensors = []
-    for path in sorted(folder.glob("*.jpg")):
+    for path in sorted(p for p in folder.iterdir() if not p.name.endswith(".json")):
         data = tf.io.read_file(str(path))
-        tensors.append(tf.image.resize(tf.image.decode_jpeg(data, channels=3), (56, 56)))
+        if path.suffix == ".jpg":
+            pixels = tf.image.decode_jpeg(data, channels=3)
+        else:  # the article reads JPEG only; decode_image is its nearest kin
+            pixels = tf.io.decode_image(data, channels=3, expand_animations=False)
+        tensors.append(tf.image.resize(pixels, (56, 56)))
     latents = encoder.model.predict(tf.stack(tensors), verbose=0)  # type: ignore[attr-defined]
     index = AnnoyIndex(latents.shape[1], "angular")
     for item, vector in enumerate(latents):
         index.add_item(item, vector)
     index.build(10)
     return time.perf_counter() - started
+
+
+def limits(folder: Path, encoder: object) -> dict[str, float]:
+    """Images per second of decoding alone, encoding alone and results writing alone."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from lookalike.core import images, results
+
+    files = sorted(p for p in folder.iterdir() if not p.name.endswith(".json"))
+    started = time.perf_counter()
+    with ThreadPoolExecutor(2) as pool:
+        shape = encoder.shape  # type: ignore[attr-defined]
+        pixels = list(pool.map(lambda p: images.load(p, shape).pixels, files))
+    decode = time.perf_counter() - started
+    batch = np.stack(pixels)
+    started = time.perf_counter()
+    for start in range(0, len(batch), 256):
+        encoder.encode(batch[start:start + 256])  # type: ignore[attr-defined]
+    encode = time.perf_counter() - started
+    with tempfile.TemporaryDirectory(dir=folder.parent) as scratch:
+        found = [results.Found(f"{n:06d}.jpg", 0.5, False) for n in range(12)]
+        documents = [(folder / f"{p.name}.neighbors.json",
+                      results.ok(p.name, "m", "angular", found, 1, len(files), 0)) for p in files]
+        started = time.perf_counter()
+        for start in range(0, len(documents), 1024):
+            results.write_many(documents[start:start + 1024], Path(scratch))
+        write = time.perf_counter() - started
+    for target, _ in documents:
+        target.unlink()
+    return {"decode": len(files) / decode, "encode": len(files) / encode,
+            "write": len(files) / write}
 
 
 def lookalike(folder: Path, encoder: object) -> float:
@@ -81,28 +127,39 @@ def main() -> None:
     parser.add_argument("source", type=Path)
     parser.add_argument("--count", type=int, default=2000)
     parser.add_argument("--large", type=int, default=40)
+    parser.add_argument("--json", type=Path, default=None, help="write the rows here")
     args = parser.parse_args()
     from lookalike.core import model
     from lookalike.core.config import DEFAULT_MODEL
 
     encoder = model.load(DEFAULT_MODEL)
-    encoder.encode(np.zeros((1, 56, 56, 3), np.uint8))  # trace once, outside the timings
+    side, channels = encoder.shape.size, encoder.shape.channels
+    encoder.encode(np.zeros((1, side, side, channels), np.uint8))  # trace once, outside timings
     sources = sorted(p for p in args.source.rglob("*") if p.suffix.lower() in (".png", ".jpg"))
-    rows = []
+    corpora: list[tuple[str, int, tuple[int, int] | None, tuple[str, ...]]] = [
+        ("256x256 JPEG", args.count, (256, 256), ("jpg",)),
+        ("12 MP JPEG", args.large, (4000, 3000), ("jpg",)),
+        ("mixed PNG, WebP, JPEG", args.count, None, ("png", "webp", "jpg"))]
+    rows: list[dict[str, object]] = []
     with tempfile.TemporaryDirectory() as home:
-        for name, count, size in (("256x256 JPEG", args.count, (256, 256)),
-                                  ("12 MP JPEG", args.large, (4000, 3000))):
-            folder = Path(home) / name.split()[0]
-            make_corpus(sources, folder, count, size)
-            theirs = article(folder, encoder)
-            ours = lookalike(folder, encoder)
-            rows.append((name, count, count / theirs, count / ours, theirs / ours))
-            print(f"{name}: article {count / theirs:.0f}/s, lookalike {count / ours:.0f}/s",
-                  flush=True)
-    print("\n| corpus | images | article images/s | lookalike images/s | lookalike ÷ article |")
-    print("| --- | --- | --- | --- | --- |")
-    for name, count, theirs, ours, ratio in rows:
-        print(f"| {name} | {count} | {theirs:.0f} | {ours:.0f} | {ratio:.2f} |")
+        for name, count, size, formats in corpora:
+            folder = Path(home) / f"corpus{len(rows)}"
+            make_corpus(sources, folder, count, size, formats)
+            theirs = count / article(folder, encoder)
+            ours = count / lookalike(folder, encoder)
+            row = {"corpus": name, "images": count, "article": round(theirs),
+                   "lookalike": round(ours), "ratio": round(ours / theirs, 2),
+                   **{key: round(value) for key, value in limits(folder, encoder).items()}}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    print("\n| corpus | images | article images/s | lookalike images/s | lookalike ÷ article "
+          "| decode alone | encode alone | results writing alone |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for r in rows:
+        print(f"| {r['corpus']} | {r['images']} | {r['article']} | {r['lookalike']} | "
+              f"{r['ratio']:.2f} | {r['decode']} | {r['encode']} | {r['write']} |")
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1) + "\n")
 
 
 if __name__ == "__main__":
