@@ -74,12 +74,15 @@ class Arrivals:
     folders: set[tuple[str, str]] = field(default_factory=set)
     changed: threading.Condition = field(default_factory=threading.Condition)
     news: bool = False  # something was noted since the last `wait`
+    misnamed: set[tuple[str, str]] = field(default_factory=set)  # warned of: once each
 
     def note(self, root: str, absolute: str, complete: bool = False) -> None:
         relative = self.relative(root, absolute)
         if relative is None or not scan.wanted(relative, self.exclude):
             if relative is not None and scan.misnamed(relative, self.exclude) \
-                    and os.path.lexists(absolute):
+                    and (root, relative) not in self.misnamed and os.path.lexists(absolute):
+                if len(self.misnamed) < 10_000:  # a bound, for a folder full of them
+                    self.misnamed.add((root, relative))
                 log.warning("%s: the file name is not UTF-8; not read (rename the file)",
                             scan.shown(relative))
             return

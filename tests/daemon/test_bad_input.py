@@ -262,6 +262,8 @@ def fed(tmp_path_factory: pytest.TempPathFactory, config_in: Callable[..., Path]
     inbox, outside = root / "inbox", root / "outside"
     outside.mkdir()
     library = fill(inbox, digit_files[:30])
+    with open(os.fsencode(inbox) + b"/old" + LATIN1_NAME, "wb") as there_at_start:
+        there_at_start.write(digit_files[32][0].read_bytes())  # for the start-up scan
     shutil.copy(digit_files[30][0], outside / "secret.png")
     opens = Opens()
     observer = Observer()
@@ -404,7 +406,9 @@ def test_a_name_that_is_not_utf8_is_logged_and_stops_nothing_else(fed: Fed) -> N
     """
     assert fed.documents[os.fsdecode(LATIN1_NAME)] is None
     assert os.fsdecode(LATIN1_NAME) not in fed.rows
-    assert "caf\\xe9.png: the file name is not UTF-8; not read (rename the file)" in fed.log
+    assert " caf\\xe9.png: the file name is not UTF-8; not read (rename the file)" in fed.log
+    # one there at start-up: before the fix, the service could not start
+    assert " oldcaf\\xe9.png: the file name is not UTF-8; not read (rename the file)" in fed.log
 
 
 def test_a_folder_named_like_an_image_is_a_folder(fed: Fed) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import threading
 from collections.abc import Callable, Iterator
@@ -153,9 +154,13 @@ def attacked(tmp_path_factory: pytest.TempPathFactory, config_in: Callable[..., 
             run.wait(lambda: not (inbox / (moved + SUFFIX)).exists(), ANSWER_S,
                      "the moved image's results file to go")
             # a FIFO where a results file was, then its image deleted: removing it must not block
-            os.unlink(inbox / (images[0] + SUFFIX))
-            os.mkfifo(inbox / (images[0] + SUFFIX))
-            os.unlink(inbox / images[0])
+            run.process.send_signal(signal.SIGSTOP)  # so that no rewrite replaces the FIFO first
+            try:
+                os.unlink(inbox / (images[0] + SUFFIX))
+                os.mkfifo(inbox / (images[0] + SUFFIX))
+                os.unlink(inbox / images[0])
+            finally:
+                run.process.send_signal(signal.SIGCONT)
             shutil.copy(digit_files[30][0], inbox / "after.png")
             alive = True
             try:
@@ -166,7 +171,7 @@ def attacked(tmp_path_factory: pytest.TempPathFactory, config_in: Callable[..., 
                                                                        "b.png")}
             documents["query-link.png"] = safe_results(queries / "query-link.png")
             listing = sorted(os.listdir(inbox))
-            (inbox / (images[0] + SUFFIX)).unlink()  # the FIFO, so that a stop cannot block
+            (inbox / (images[0] + SUFFIX)).unlink(missing_ok=True)  # the FIFO: a stop cannot block
             code = run.terminate(30)
     finally:
         observer.stop()
