@@ -8,10 +8,13 @@ watchdog ping. Signal handlers only set flags; the loop acts on them.
 """
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import logging
 import os
 import signal
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -48,6 +51,7 @@ log = logging.getLogger(__name__)
 
 STATUS_EVERY_S = 2.0
 PROGRESS_EVERY_S = 5.0
+RETRY_S = 10  # seconds between attempts while turns fail
 SWEEP_CHUNK = 64  # results checked per idle turn: small, so an arrival waits little
 TOUCHED_CHUNK = 256  # other images' results rewritten per idle turn
 TOUCHED_AT_MOST = 8192  # rewritten even during a burst past this many
@@ -71,6 +75,8 @@ class Service:
         self.missing: set[str] = set()
         self.sweep: list[int] = []  # row ids whose results to check when idle
         self.touched: set[int] = set()  # row ids whose results a change made out of date
+        self.fault: str | None = None  # what makes turns fail (a full disk...), until one works
+        self.retry_at = 0.0
         self.swept = 0
         self.swept_generation = -1
 
@@ -93,7 +99,7 @@ class Service:
         if self.reencoding:
             self.start_reencoding()
         else:
-            self.searcher = self.worker.searcher(index.load(config.state_dir))
+            self.searcher = self.worker.searcher(self.worker.load_index())
         self.check_folders()
         for folder in self.arrivals.roots.values():
             remove_leftovers(folder)
@@ -115,13 +121,43 @@ class Service:
     def run_forever(self) -> None:
         while not self.stop_requested:
             try:
-                self.loop(self.clock())
-            except LookalikeError as error:
-                log.error("%s", error)
+                if self.fault is None:
+                    self.loop(self.clock())
+                else:
+                    self.retry(self.clock())
+            except Exception as error:  # a bug must not end a service that runs for months
+                self.failed(error)
                 time.sleep(1)
-            except Exception:  # a bug must not end a service that runs for months
-                log.exception("unexpected error; going on")
-                time.sleep(1)
+
+    def failed(self, error: Exception) -> None:
+        """A turn failed: say so once, and retry from a rescan until a turn succeeds.
+
+        The batch of the failed turn is dropped from the queue; the rescan
+        after recovery finds its images again.
+        """
+        full = disk_full(error)
+        fault = f"the state directory's disk is full ({error})" if full else str(error)
+        if fault != self.fault:
+            if full or isinstance(error, LookalikeError):
+                log.error("%s; retrying every %d s", fault, RETRY_S)
+            else:
+                log.exception("unexpected error; retrying every %d s", RETRY_S)
+            self.fault = fault
+            with contextlib.suppress(Exception):  # the library may be what fails
+                self.notifier.status(self.status_line())
+                self.write_status()
+        self.retry_at = self.clock() + RETRY_S
+
+    def retry(self, now: float) -> None:
+        """While a fault lasts: keep systemd's watchdog fed; now and then, rescan."""
+        self.keep_alive(now)
+        if now < self.retry_at:
+            self.arrivals.wait(1.0)
+            return
+        self.rescan()  # raises again while the fault lasts
+        log.info("recovered from: %s", self.fault)
+        self.fault = None
+        self.last_rescan = now
 
     def shutdown(self) -> None:
         self.notifier.stopping()
@@ -182,12 +218,15 @@ class Service:
             self.notifier.status(self.status_line())
             self.write_status()
             self.last_status = now
+        self.keep_alive(now)
+        if not batch and not self.reencoding and not self.sweep and not self.touched:
+            self.arrivals.wait(0.2 if len(self.arrivals) else 1.0)
+
+    def keep_alive(self, now: float) -> None:
         watchdog = self.notifier.watchdog_s
         if watchdog is not None and now - self.pinged >= watchdog / 4:
             self.notifier.watchdog()
             self.pinged = now
-        if not batch and not self.reencoding and not self.sweep and not self.touched:
-            self.arrivals.wait(0.2 if len(self.arrivals) else 1.0)
 
     def report_progress(self, now: float, busy: bool) -> None:
         """During a burst, one log line every few seconds: answered so far, waiting, rate."""
@@ -417,8 +456,9 @@ class Service:
     def status_line(self) -> str:
         counts = self.library.counts()
         missing = f", missing: {', '.join(sorted(self.missing))}" if self.missing else ""
+        fault = f"; FAILING: {self.fault}" if self.fault else ""
         return (f"{counts['images']} images, {len(self.arrivals)} queued, "
-                f"{self.searcher.pending} pending index{missing}")
+                f"{self.searcher.pending} pending index{missing}{fault}")
 
     def write_status(self, state: str = "running") -> None:
         """Leave `service.json` in the state directory for `lookalike status`."""
@@ -435,6 +475,7 @@ class Service:
                 "generation": built.generation, "items": built.items,
                 "built_at": built.built_at, "seconds": built.seconds},
             "rebuild_error": self.rebuild_error,
+            "fault": self.fault,
             "folders": {root: ("missing" if root in self.missing else "watched")
                         for root in self.arrivals.roots},
             "totals": self.tally.__dict__,
@@ -445,6 +486,12 @@ class Service:
             os.replace(path.with_name(path.name + ".partial"), path)
         except OSError as error:
             log.warning("cannot write the status file: %s", error)
+
+
+def disk_full(error: Exception) -> bool:
+    if isinstance(error, sqlite3.OperationalError):
+        return "full" in str(error)  # SQLITE_FULL: "database or disk is full"
+    return isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 def status_path(state_dir: Path) -> Path:

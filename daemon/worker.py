@@ -24,7 +24,7 @@ import numpy as np
 
 from lookalike.core import images, index, results, scan
 from lookalike.core.config import Config
-from lookalike.core.errors import UnreadableImage
+from lookalike.core.errors import StateError, UnreadableImage
 from lookalike.core.search import Neighbor, Searcher
 from lookalike.core.store import Answer, Entry, Library, Record
 
@@ -218,9 +218,21 @@ class Worker:
 
     # -- the index ---------------------------------------------------------
     def rebuild_if_stale(self) -> index.BuiltIndex | None:
-        current = index.current_info(self.config.state_dir)
+        try:
+            current = index.current_info(self.config.state_dir)
+        except StateError:
+            current = None  # a damaged pointer: the rebuild replaces it
         if current is None or current.generation != self.library.generation:
             self.rebuild()
+        return self.load_index()
+
+    def load_index(self) -> index.BuiltIndex | None:
+        """The current index; a damaged one is rebuilt (the library holds all it knows)."""
+        try:
+            return index.load(self.config.state_dir)
+        except StateError as error:
+            log.error("the index is damaged; rebuilding it (%s)", error)
+        self.rebuild()
         return index.load(self.config.state_dir)
 
     def rebuild(self, library: Library | None = None) -> index.IndexInfo:

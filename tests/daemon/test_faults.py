@@ -367,19 +367,11 @@ def test_a_full_state_disk_is_reported(full: Full) -> None:
     assert full.reported, full.log[-3000:]
 
 
-@pytest.mark.xfail(strict=True, reason="Service.handle fails the whole batch on SQLITE_FULL "
-                   "and the batch is dropped, so the images that came while the disk was full "
-                   "wait for the next periodic rescan; the fix: when a turn fails, rescan once "
-                   "the next store succeeds (e.g. set last_rescan so one is due), and log "
-                   "sqlite3.OperationalError 'database or disk is full' as one line")
 def test_a_full_state_disk_resumes_when_there_is_space(full: Full) -> None:
     assert full.resumed, full.problems[:10]
     assert "Traceback" not in full.log
 
 
-@pytest.mark.xfail(strict=True, reason="service.json lives on the full disk, and the STATUS "
-                   "line sent to systemd says nothing of it; the fix: Service.status_line adds "
-                   "'state disk full' while a store or index write fails with ENOSPC/SQLITE_FULL")
 def test_a_full_state_disk_shows_in_the_systemd_status(full: Full) -> None:
     assert [line for line in full.statuses if "full" in line or "space" in line], full.statuses
 
@@ -457,10 +449,6 @@ def index_files(state_dir: Path) -> list[Path]:
 
 
 @pytest.mark.parametrize("damage", ["truncated", "missing"])
-@pytest.mark.xfail(strict=True, reason="Service.start lets index.load's StateError end the "
-                   "service ('run `lookalike rebuild`'); the index is derived data, so the fix: "
-                   "in Service.start, on StateError log it and rebuild the index (as "
-                   "`lookalike rebuild` does), then go on")
 def test_a_damaged_index_is_logged_and_rebuilt(indexed: tuple[Path, Path], start: Start,
                                                damage: str,
                                                digit_files: list[tuple[Path, int]]) -> None:
