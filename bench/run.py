@@ -1,0 +1,144 @@
+#!/usr/bin/env python3
+"""Every performance figure of issue 5 in one run: a table, written into BENCHMARKS.md.
+
+    python bench/run.py [--corpus /tmp/corpus] [--quick]
+
+Runs, each in a process of its own and one after the other:
+- bench/ingest.py on the corpus (256x256 JPEG, 12 MP JPEG, mixed PNG/WebP/JPEG),
+  lookalike beside the article's pipeline, with the limits behind each;
+- bench/latency.py: the real service started empty, started on 10^4 images
+  ingested from scratch and restarted, and started on libraries of 10^3 to
+  10^6 images (seeded): start-up, latency, a burst of 1,000, idle memory;
+- bench/index_scale.py: the index alone at 10^4 to 10^6 vectors.
+Prints the tables with the targets beside them and replaces the section
+between the `bench/run.py` markers of BENCHMARKS.md. `--quick` runs small
+sizes (a check that it all works, minutes), and leaves BENCHMARKS.md alone.
+The corpus comes from `python scripts/build_corpus.py /tmp/corpus`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+BENCHMARKS = HERE.parent / "BENCHMARKS.md"
+BEGIN, END = "<!-- bench/run.py: begin -->", "<!-- bench/run.py: end -->"
+
+
+def figures(*argv: str) -> list[dict[str, Any]]:
+    """Run a benchmark script; the JSON objects it printed, one per line."""
+    started = time.perf_counter()
+    print(f"$ python {' '.join(argv)}", flush=True)
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    done = subprocess.run([sys.executable, *argv], cwd=HERE.parent, capture_output=True,
+                          text=True, env=env, check=False)
+    if done.returncode:
+        raise SystemExit(f"{argv[0]} failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    rows = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    print(f"  {time.perf_counter() - started:.0f} s: {rows}", flush=True)
+    return rows
+
+
+def ingest_table(rows: list[dict[str, Any]], command: str) -> list[str]:
+    targets = {"256x256 JPEG": 1.5, "12 MP JPEG": 4.0}
+    lines = [f"Bulk ingest, files on disk to results files written (`{command}`); the "
+             "limits are lookalike's own stages run alone on the same images, in images/s:", "",
+             "| corpus | images | article | lookalike | lookalike ÷ article | target | "
+             "decode alone (2 threads) | encode alone | results writing alone |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        target = targets.get(r["corpus"])
+        lines.append(f"| {r['corpus']} | {r['images']:,} | {r['article']:,} | "
+                     f"{r['lookalike']:,} | {r['ratio']:.2f} | "
+                     f"{f'≥ {target}' if target else '-'} | {r['decode']:,} | "
+                     f"{r['encode']:,} | {r['write']:,} |")
+    return lines
+
+
+def service_table(rows: list[dict[str, Any]]) -> list[str]:
+    lines = ["The real service (`python bench/latency.py ...`, arguments in the first "
+             "column): seconds from `lookalike run` to READY; latency from a file's close "
+             "to its results file, 100 drops; a burst of 1,000 images dropped at once; "
+             "resident memory once idle. Targets: p50 ≤ 100 ms and p99 ≤ 500 ms at 10^5; "
+             "idle memory ≤ 1.5 GB at 10^6; burst cost per image flat within 2x from 10^3 "
+             "to 10^6.", "",
+             "| arguments | images in the library | start to READY s | p50 ms | p95 ms | "
+             "p99 ms | burst images/s | burst ms per image | idle RSS MB | "
+             "restart to READY s | restarted idle RSS MB |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        library = r["library"] + r["seeded"]
+        lines.append(f"| `{r['arguments']}` | {library:,} | {r['start_to_ready_s']} | "
+                     f"{r['p50_ms']} | {r['p95_ms']} | {r['p99_ms']} | {r['burst_per_s']:,} | "
+                     f"{1000 / r['burst_per_s']:.2f} | {r['idle_rss_mb']:,} | "
+                     f"{r.get('restart_to_ready_s', '-')} | "
+                     f"{r.get('restarted_idle_rss_mb', '-')} |")
+    return lines
+
+
+def index_table(rows: list[dict[str, Any]]) -> list[str]:
+    lines = ["The index alone (`python bench/index_scale.py --one N`: 128-d clustered "
+             "vectors, 32 trees, search_k 4000, in a fresh process each; peak memory "
+             "includes the generated vectors). Targets at 10^6: build ≤ 120 s, query ≤ 2 ms "
+             "at recall@12 ≥ 0.95.", "",
+             "| vectors | build s | peak MB | query µs | recall@12 |",
+             "| --- | --- | --- | --- | --- |"]
+    lines += [f"| {r['vectors']:,} | {r['build_s']} | {r['peak_mb']:,} | {r['query_us']} | "
+              f"{r['recall']} |" for r in rows]
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--corpus", type=Path, default=Path("/tmp/corpus"))
+    parser.add_argument("--quick", action="store_true", help="small sizes; BENCHMARKS.md untouched")
+    args = parser.parse_args()
+    if not args.corpus.is_dir():
+        raise SystemExit(f"{args.corpus}: no corpus; make it with "
+                         f"`python scripts/build_corpus.py {args.corpus}`")
+    quick = args.quick
+    count, large = (300, 6) if quick else (2000, 40)
+    ingest_command = f"python bench/ingest.py {args.corpus} --count {count} --large {large}"
+    ingest = figures("bench/ingest.py", str(args.corpus), "--count", str(count),
+                     "--large", str(large), "--json", os.devnull)
+    runs = [["--library", "0"], ["--library", "1000" if quick else "10000"]]
+    runs += [["--library", "0", "--seeded", str(n)]
+             for n in ((1000, 3000) if quick else (1000, 10_000, 100_000, 1_000_000))]
+    service = []
+    for arguments in runs:
+        drops = ["--drops", "20", "--burst", "200"] if quick else []
+        row = figures("bench/latency.py", *arguments, *drops)[-1]
+        row["arguments"] = " ".join(arguments)
+        service.append(row)
+    sizes = (10_000, 30_000) if quick else (10_000, 100_000, 1_000_000)
+    index = [figures("bench/index_scale.py", "--one", str(n))[-1] for n in sizes]
+
+    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    section = [BEGIN, f"Measured {stamp} by `python bench/run.py` (about "
+               "25 minutes; the machine's two cores, shared).", "",
+               *ingest_table(ingest, ingest_command), "", *service_table(service), "",
+               *index_table(index), END]
+    text = "\n".join(section)
+    print(text)
+    if quick:
+        return
+    current = BENCHMARKS.read_text()
+    if BEGIN in current and END in current:
+        head, rest = current.split(BEGIN, 1)
+        updated = head + text + rest.split(END, 1)[1]
+    else:
+        updated = current.rstrip("\n") + "\n\n## Performance, all at once (`bench/run.py`)\n\n" \
+            + text + "\n"
+    BENCHMARKS.write_text(updated)
+    print(f"written into {BENCHMARKS}")
+
+
+if __name__ == "__main__":
+    main()
