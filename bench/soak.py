@@ -291,6 +291,9 @@ class Row:
     notes: list[str] = field(default_factory=list)
 
     def markdown(self) -> str:
+        if self.mode == "kill":  # a test run: no images or timings of its own
+            return (f"| {datetime.now(UTC):%Y-%m-%d %H:%M} | kill | `{self.command}` | — | "
+                    f"{self.errors} | — | — | — | — | {'; '.join(self.notes)} |")
         return (f"| {datetime.now(UTC):%Y-%m-%d %H:%M} | {self.mode} | `{self.command}` | "
                 f"{self.answered:,} | {self.errors} | {self.peak_mb:.0f} | "
                 f"{self.start_mb:.0f} → {self.end_mb:.0f} | {self.p50_ms:.0f} | "
