@@ -140,7 +140,8 @@ class Recipe:
     stand beside the learned latent (see `with_appearance`): `palette`
     colours (a k-means palette of the training pixels) counted per image, and
     `edges` directions of the brightness gradient summed over a 4x4 grid of
-    cells. Each part is weighed (`palette_weight`, `edges_weight`, the
+    cells. `jitter` adds colour jitter and contrast to the augmentation.
+    Each part is weighed (`palette_weight`, `edges_weight`, the
     learned latent 1) and concatenated.
     """
 
@@ -157,6 +158,7 @@ class Recipe:
     palette_weight: float = 2.0
     edges: int = 0
     edges_weight: float = 1.0
+    jitter: float = 0.0
 
     def describe(self) -> dict[str, Any]:
         """The training options, for the model card."""
@@ -165,15 +167,15 @@ class Recipe:
                 "temperature": self.temperature, "whiten": self.whiten,
                 "learning_rate": self.learning_rate, "palette": self.palette,
                 "palette_weight": self.palette_weight, "edges": self.edges,
-                "edges_weight": self.edges_weight}
+                "edges_weight": self.edges_weight, "jitter": self.jitter}
 
 
 PRESETS: dict[str, Recipe] = {
     # The seed article's recipe, as the article runs it.
     "seed": Recipe(seed_preset),
     # The default: measured against `seed` in BENCHMARKS.md ("Quality").
-    "lookalike": Recipe(conv_autoencoder, augment=2.0, contrast=1.0, whiten=True, palette=512,
-                        edges=16),
+    "lookalike": Recipe(conv_autoencoder, augment=2.0, contrast=1.0, jitter=1.0, whiten=True,
+                        palette=512, edges=16),
 }
 DEFAULT_PRESET = "lookalike"
 
@@ -292,6 +294,17 @@ def batches(pixels: np.ndarray, batch_size: int, recipe: Recipe, seed: int,
         layers.RandomZoom(0.1 * strength, fill_mode="nearest", seed=seed + 1),
         layers.RandomBrightness(0.1 * strength, value_range=(0.0, 255.0), seed=seed + 2),
     ], name="augment") if strength > 0 else None
+    if augment is not None and recipe.jitter > 0:
+        # Colour jitter (as SimCLR; no flips: they change digits): the palette branch
+        # counts colours, so the latent may ignore them.
+        if pixels.shape[-1] == 3:
+            augment.add(layers.RandomHue(min(1.0, 0.2 * recipe.jitter), value_range=(0, 255),
+                                         seed=seed + 4))
+            augment.add(layers.RandomSaturation(min(1.0, 0.4 * recipe.jitter),
+                                                value_range=(0, 255), seed=seed + 5))
+            augment.add(layers.RandomGrayscale(min(1.0, 0.2 * recipe.jitter), seed=seed + 6))
+        augment.add(layers.RandomContrast(min(1.0, 0.4 * recipe.jitter), value_range=(0, 255),
+                                          seed=seed + 7))
 
     def corrupt(x: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         """(what the encoder sees, the image before noise)."""

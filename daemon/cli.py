@@ -106,7 +106,8 @@ def parser() -> argparse.ArgumentParser:
                                    "default recipe counts colours)")
     train_parser.add_argument("--size", type=positive, default=56, help="input side in pixels")
     train_parser.add_argument("--latent", type=positive, default=128, help="latent vector size")
-    train_parser.add_argument("--epochs", type=positive, default=30)
+    train_parser.add_argument("--epochs", type=positive, default=20,
+                              help="at most this many epochs (default: 20)")
     train_parser.add_argument("--batch-size", type=positive, default=64)
     train_parser.add_argument("--patience", type=positive, default=5,
                               help="stop after this many epochs without a better held-out loss")
@@ -128,12 +129,23 @@ def default_config() -> Path:
     return Path(os.environ.get("LOOKALIKE_CONFIG", "config.yaml"))
 
 
+class OneLine(logging.Formatter):
+    """A log record is one line: a line break in it (a file name may hold one) is shown as \\n.
+
+    Else a file named "x\\nERROR lookalike: ..." could forge a log line. A
+    traceback, appended after the message, keeps its lines.
+    """
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 (logging's name)
+        return super().formatMessage(record).replace("\r", "\\r").replace("\n", "\\n")
+
+
 def setup_logging(level: int) -> None:
     # Under systemd the journal stamps each line; elsewhere we do.
     stamp = "" if os.environ.get("JOURNAL_STREAM") else "%(asctime)s "
-    logging.basicConfig(level=level, stream=sys.stderr,
-                        format=stamp + "%(levelname)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(OneLine(stamp + "%(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+    logging.basicConfig(level=level, handlers=[handler])
 
 
 def load_config(args: argparse.Namespace) -> Config:

@@ -321,3 +321,13 @@ def test_batches_restore_the_original_or_keep_the_augmented_image() -> None:
     for inputs, target in model.batches(pixels, 8, plain, seed=0):
         assert np.array_equal(inputs.numpy(), pixels.astype(np.float32))
         assert np.allclose(target.numpy(), pixels / 255.0)
+
+
+def test_jitter_changes_the_colours_the_encoder_sees() -> None:
+    pixels = tinted(8, seed=6)
+    jittered = model.Recipe(model.conv_autoencoder, augment=1.0, jitter=1.0, restore=True)
+    for inputs, target in model.batches(pixels, 8, jittered, seed=0):
+        assert inputs.shape == pixels.shape
+        assert np.allclose(target.numpy(), pixels / 255.0)
+        seen = inputs.numpy().reshape(8, -1, 3).mean(1)
+        assert not np.allclose(seen, pixels.reshape(8, -1, 3).mean(1), atol=2.0)
