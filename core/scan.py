@@ -113,14 +113,6 @@ def leftovers(root: Path) -> Iterator[Path]:
                 yield Path(folder) / name
 
 
-def inside(root: Path, path: Path) -> bool:
-    """Whether `path`, links resolved, stays within `root`."""
-    try:
-        return path.resolve().is_relative_to(root.resolve())
-    except (OSError, RuntimeError):  # a link loop
-        return False
-
-
 def link_problem(root: Path, path: Path) -> UnreadableImage | None:
     """Why a path of `root` must not be read through its links, or None.
 

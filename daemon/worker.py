@@ -170,8 +170,9 @@ class Worker:
     def read(self, candidate: scan.Candidate) -> Read:
         path = self.config.inbox / candidate.path
         try:
-            if not scan.inside(self.config.inbox, path):
-                raise UnreadableImage("outside", "a link that leads outside the watched folder")
+            problem = scan.link_problem(self.config.inbox, path)
+            if problem is not None:
+                raise problem
             return Read(candidate, images.load(path, self.encoder.shape), None)
         except UnreadableImage as problem:
             return Read(candidate, None, problem)
@@ -354,9 +355,11 @@ class Worker:
               exclude: int | None = None) -> dict[str, object]:
         """The results document for any image file (not added to the library)."""
         try:
-            if self.config.query_dir and path.is_relative_to(self.config.query_dir) \
-                    and not scan.inside(self.config.query_dir, path):
-                raise UnreadableImage("outside", "a link that leads outside the watched folder")
+            folder = self.config.query_dir
+            problem = scan.link_problem(folder, path) \
+                if folder and path.is_relative_to(folder) else None
+            if problem is not None:
+                raise problem
             decoded = images.load(path, self.encoder.shape)
         except UnreadableImage as problem:
             return results.error(name, problem.code, problem.message)

@@ -236,7 +236,12 @@ def test_walk_of_a_missing_folder_finds_nothing(tmp_path: Path) -> None:
     assert list(scan.walk(tmp_path / "unmounted")) == []
 
 
-def test_inside(tmp_path: Path) -> None:
+def code_of(root: Path, path: Path) -> str | None:
+    problem = scan.link_problem(root, path)
+    return None if problem is None else problem.code
+
+
+def test_link_problem(tmp_path: Path) -> None:
     root, outside = tmp_path / "root", tmp_path / "outside"
     touch(outside, "o.jpg")
     touch(root, "a.jpg", "sub/b.jpg")
@@ -246,22 +251,22 @@ def test_inside(tmp_path: Path) -> None:
     (root / "loop-a.jpg").symlink_to(root / "loop-b.jpg")
     (root / "loop-b.jpg").symlink_to(root / "loop-a.jpg")
     (root / "self.jpg").symlink_to(root / "self.jpg")
-    assert scan.inside(root, root / "a.jpg")
-    assert scan.inside(root, root / "sub" / "b.jpg")
-    assert scan.inside(root, root / "in-link.jpg")
-    assert not scan.inside(root, root / "out-link.jpg")
-    assert not scan.inside(root, root / "up.jpg")
-    assert not scan.inside(root, root / "sub" / ".." / ".." / "outside" / "o.jpg")
-    assert not scan.inside(root, root / "loop-a.jpg")
-    assert not scan.inside(root, root / "self.jpg")
+    (root / "dangling.jpg").symlink_to(root / "nothing.jpg")
+    for inside in ("a.jpg", "sub/b.jpg", "in-link.jpg", "dangling.jpg"):
+        assert code_of(root, root / inside) is None, inside
+    for out in ("out-link.jpg", "up.jpg", "sub/../../outside/o.jpg"):
+        assert code_of(root, root / out) == "outside", out
+    for loop in ("loop-a.jpg", "self.jpg"):
+        problem = scan.link_problem(root, root / loop)
+        assert problem is not None and problem.code == "unreadable" and "loop" in problem.message
 
 
-def test_inside_a_root_reached_through_a_link(tmp_path: Path) -> None:
+def test_link_problem_of_a_root_reached_through_a_link(tmp_path: Path) -> None:
     real = tmp_path / "real"
     touch(real, "a.jpg")
     (tmp_path / "alias").symlink_to(real, target_is_directory=True)
-    assert scan.inside(tmp_path / "alias", tmp_path / "alias" / "a.jpg")
-    assert scan.inside(tmp_path / "alias", real / "a.jpg")
+    assert code_of(tmp_path / "alias", tmp_path / "alias" / "a.jpg") is None
+    assert code_of(tmp_path / "alias", real / "a.jpg") is None
 
 
 def test_write_many_keeps_its_temporaries_in_the_scratch_folder(tmp_path: Path) -> None:

@@ -344,16 +344,12 @@ def test_a_symlink_loop_gets_an_error_results_file(fed: Fed) -> None:
     assert fed.rows["loop.jpg"]["error_code"] is not None
 
 
-@pytest.mark.xfail(strict=True, reason="Worker.read checks scan.inside, which says a loop is "
-                   "outside; the fix: raise scan.link_problem(inbox, path) when it is not None")
 def test_a_symlink_loop_is_reported_as_a_loop(fed: Fed) -> None:
     document = fed.documents["loop.jpg"]
     assert document is not None and document["error"]["code"] == "unreadable", document
     assert "loop" in document["error"]["message"]
 
 
-@pytest.mark.xfail(strict=True, reason="the worker logs file names as they are; the fix: a "
-                   "log Formatter in cli.setup_logging that escapes line breaks in messages")
 def test_an_unusable_name_cannot_forge_a_log_line(fed: Fed) -> None:
     assert not [line for line in fed.log.splitlines()
                 if line.startswith("ERROR lookalike: every image")]
