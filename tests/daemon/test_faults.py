@@ -346,7 +346,7 @@ def full(tmp_path_factory: pytest.TempPathFactory, config_in: Callable[..., Path
         ballast.unlink()
         resumed = True
         try:
-            wait_correct(run, inbox, timeout=10)
+            wait_correct(run, inbox, timeout=40)  # the service retries every 10 s
         except AssertionError:
             resumed = False
         problems = wrong_results(inbox, state)
