@@ -453,6 +453,9 @@ def main() -> None:
     args.minutes = defaults[1] if args.minutes is None else args.minutes
     args.interval = defaults[2] if args.interval is None else args.interval
     row = kill_cycles(args) if args.mode == "kill" else drive(args.mode, args)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO,
+                            capture_output=True, text=True, check=False).stdout.strip()
+    row.notes.append(f"commit {commit or '?'}")
     print(HEADER)
     print(row.markdown())
     RESULTS.parent.mkdir(exist_ok=True)
