@@ -209,25 +209,29 @@ def killed(tmp_path_factory: pytest.TempPathFactory, config_in: Callable[..., Pa
     chance = random.Random(6)
     busy = 0
     with launcher(root) as launch:
-        for _ in range(KILL_CYCLES):
+        for cycle in range(KILL_CYCLES):
             run = launch(config)
             run.ready()
             present = on_disk(inbox)
             # new images (some in a sub-folder), edits and deletions, then a kill at a random moment
+            added = []
             for _ in range(chance.randint(10, 40)):
                 n = next(fresh)
                 folder = inbox / ("later" if n % 3 == 0 else "")
                 folder.mkdir(exist_ok=True)
                 shutil.copy(pool[n], folder / f"{n:04d}.png")
+                added.append(folder / f"{n:04d}.png")
             for image in chance.sample(present, 4):
                 shutil.copyfile(pool[next(fresh)], inbox / image)  # edited in place
             for image in chance.sample(present, 3):
                 with contextlib.suppress(FileNotFoundError):
                     (inbox / image).unlink()
-            time.sleep(chance.uniform(0.05, 2.0))
-            report = run.status() or {}
-            busy += bool(report.get("queue") or report.get("rebuilding")
-                         or report.get("pending_index"))
+            if cycle == 0:  # once for certain mid-burst: as soon as the first new one is answered
+                run.wait(lambda added=added: any(Path(str(image) + SUFFIX).exists()  # type: ignore[misc]
+                                                 for image in added), ANSWER_S, "a first answer")
+            else:
+                time.sleep(chance.uniform(0.05, 2.0))
+            busy += any(not Path(str(image) + SUFFIX).exists() for image in added)
             run.process.send_signal(signal.SIGKILL)
             run.process.wait(10)
         final = launch(config)
