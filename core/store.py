@@ -236,10 +236,20 @@ class Library:
         wanted = np.fromiter(ids, np.int64)
         if not len(wanted):
             return []
-        rows = self.db.execute(
-            "SELECT id, named FROM images WHERE named IS NOT NULL AND deleted = 0")
-        return [row for row, named in rows
-                if np.isin(np.frombuffer(named, "<i8"), wanted).any()]
+        # One pass over every answered row, vectorised: a reverse table would
+        # cost random B-tree writes on every results file (measured: 25 -> 130
+        # us per results file from 10^4 to 3x10^5 rows); this costs a
+        # deletion about 1 s per million rows.
+        rows, blobs = [], []
+        for row, named in self.db.execute(
+                "SELECT id, named FROM images WHERE named IS NOT NULL AND deleted = 0"):
+            rows.append(row)
+            blobs.append(named)
+        if not rows:
+            return []
+        named = np.frombuffer(b"".join(blobs), "<i8")
+        owners = np.repeat(np.asarray(rows, np.int64), [len(blob) // 8 for blob in blobs])
+        return sorted(set(owners[np.isin(named, wanted)].tolist()))
 
     def lookup(self, paths: Iterable[str]) -> dict[str, Record]:
         """The live records of `paths` that the library holds."""

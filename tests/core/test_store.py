@@ -231,6 +231,17 @@ def test_mark_answered(library: Library) -> None:
     assert library.naming([rows["c.jpg"]]) == []
 
 
+def test_naming_follows_rewritten_results(library: Library) -> None:
+    library.apply([image("a.jpg", 1), image("b.jpg", 2), image("c.jpg", 3)])
+    rows = {path: r.id for path, r in library.records().items()}
+    a, b, c = rows["a.jpg"], rows["b.jpg"], rows["c.jpg"]
+    library.mark_answered([Answer(a, "1" * 32, [b, c], 0.5), Answer(b, "2" * 32, [a], 0.5),
+                           Answer(c, "4" * 32, [], None)])
+    assert library.naming([c]) == [a] and library.naming([a, c]) == [a, b]
+    library.mark_answered([Answer(a, "3" * 32, [b], 0.5)])  # rewritten: names c no more
+    assert library.naming([c]) == [] and library.naming([b]) == [a]
+
+
 def test_unanswer_marks_results_out_of_date_until_answered_again(library: Library) -> None:
     library.apply([image("a.jpg", 1), image("b.jpg", 2)])
     rows = {path: r.id for path, r in library.records().items()}
