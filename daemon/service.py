@@ -53,6 +53,8 @@ STATUS_EVERY_S = 2.0
 PROGRESS_EVERY_S = 5.0
 RETRY_S = 10  # seconds between attempts while turns fail
 SWEEP_CHUNK = 64  # results checked per idle turn: small, so an arrival waits little
+SWEEP_EVERY_S = 600  # at most one results check per this long after rebuilds (a large
+                     # library would otherwise be checked after every minute's rebuild)
 TOUCHED_CHUNK = 256  # other images' results rewritten per idle turn
 TOUCHED_AT_MOST = 8192  # rewritten even during a burst past this many
 # Settings that a reload cannot change: they shape what is already running.
@@ -79,6 +81,7 @@ class Service:
         self.retry_at = 0.0
         self.swept = 0
         self.swept_generation = -1
+        self.sweep_started = -float("inf")
 
     # -- life cycle ------------------------------------------------------------
     def start(self) -> None:
@@ -108,7 +111,6 @@ class Service:
             self.rescan()
         # A stop (or a kill) since the last check may have left results out of date.
         self.swept_generation = int(self.library.meta("checked_generation") or -1)
-        self.start_sweep()
         self.last_rebuild = self.last_rescan = self.last_status = self.progress_at = self.clock()
         self.pinged = -float("inf")
         self.progress_count = 0
@@ -203,6 +205,8 @@ class Service:
             self.reencode_batch()
         elif self.sweep:
             self.sweep_batch()
+        elif self.sweep_due(now):
+            self.start_sweep()
         self.report_progress(now, busy=bool(batch) or len(self.arrivals) > 0)
         interval = self.config.rescan_interval_s
         due = bool(interval) and now - self.last_rescan >= interval
@@ -360,7 +364,6 @@ class Service:
                 return
             self.rebuilding = None
             self.swap_index()
-            self.start_sweep()
             return
         built = self.index_generation()
         if built == self.library.generation:
@@ -397,19 +400,25 @@ class Service:
         self.searcher = self.worker.searcher(built)
 
     # -- keeping every results file true ---------------------------------------------
-    def start_sweep(self) -> None:
-        """Check every results file against the library when idle, once per generation.
+    def sweep_due(self, now: float) -> bool:
+        """Whether to check every results file now: idle, the index current, the check old.
 
-        After a background rebuild: the bounded reverse-neighbour update
-        after each arrival misses an image whose k nearest include a new one
-        that is not among the new one's nearest (nearness is not symmetric).
-        At start-up, unless the last check saw this generation: a kill
-        between a library commit and the results it changes leaves them old.
+        The bounded reverse-neighbour update after each arrival misses an
+        image whose k nearest include a new one that is not among the new
+        one's nearest (nearness is not symmetric); a kill between a library
+        commit and the results it changes leaves them old (the generation
+        last checked is kept in the library, so a restart checks too). At
+        most once per SWEEP_EVERY_S: a large library takes minutes.
         """
+        return (not self.reencoding and self.rebuilding is None
+                and self.swept_generation != self.library.generation
+                and self.index_generation() == self.library.generation
+                and now - self.sweep_started >= SWEEP_EVERY_S)
+
+    def start_sweep(self) -> None:
         generation = self.library.generation
-        if self.reencoding or generation == self.swept_generation:
-            return
         self.swept_generation = generation
+        self.sweep_started = self.clock()
         self.sweep = sorted(record.id for record in self.library.records().values())
         self.swept = 0
         log.debug("checking %d results files against index generation %s",
