@@ -280,7 +280,7 @@ def test_the_kills_came_while_there_was_work(killed: Killed) -> None:
 @contextlib.contextmanager
 def small_disk(folder: Path, size: str = "4m") -> Iterator[Path]:
     """A tmpfs of `size` mounted at `folder`; skip the test where that is not allowed."""
-    folder.mkdir()
+    folder.mkdir(exist_ok=True)
     mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs",
                               str(folder)], capture_output=True, text=True, check=False)
     if mounted.returncode != 0:
@@ -316,6 +316,8 @@ class Full:
     statuses: list[str]  # what systemd was told while the disk was full
     resumed: bool
     problems: list[str]
+    inbox_full_reported: list[str]  # then the inbox's disk full: what the log said
+    inbox_resumed: list[str]  # images still without results once there was space again
     exit_code: int
     log: str
 
@@ -327,11 +329,11 @@ def full(tmp_path_factory: pytest.TempPathFactory, config_in: Callable[..., Path
     inbox = root / "inbox"
     config = config_in(root, **SETTINGS)
     pool = [path for path, _ in digit_files]
-    for n, source in enumerate(pool[:40]):
-        shutil.copy(source, inbox / f"{n:04d}.png")
     notify_home = Path(tempfile.mkdtemp(prefix="lk-"))  # a socket path fits in 108 bytes
-    with small_disk(root / "state") as state, launcher(root) as launch, \
+    with small_disk(root / "state") as state, small_disk(inbox, "2m"), launcher(root) as launch, \
             contextlib.closing(NotifySocket(notify_home / "notify")) as systemd:
+        for n, source in enumerate(pool[:40]):
+            shutil.copy(source, inbox / f"{n:04d}.png")
         run = launch(config, NOTIFY_SOCKET=str(notify_home / "notify"))
         run.ready()
         wait_correct(run, inbox)
@@ -354,9 +356,29 @@ def full(tmp_path_factory: pytest.TempPathFactory, config_in: Callable[..., Path
         except AssertionError:
             resumed = False
         problems = wrong_results(inbox, state)
+        # then the inbox's disk full: images arrive (renamed in: that needs no space) whose
+        # results cannot be written
+        staging = inbox / ".staging"  # hidden: not watched
+        staging.mkdir()
+        late = [f"late{n:02d}.png" for n in range(10)]
+        for name, source in zip(late, pool[60:70], strict=True):
+            shutil.copy(source, staging / name)
+        logged = len(run.text().splitlines())
+        ballast = fill_up(inbox)
+        for name in late:
+            os.rename(staging / name, inbox / name)
+        time.sleep(3)
+        inbox_reported = [line for line in run.text().splitlines()[logged:]
+                          if "No space left" in line and "ERROR" in line]
+        ballast.unlink()
+        deadline = time.monotonic() + 20
+        waiting = late
+        while waiting and time.monotonic() < deadline:
+            waiting = [name for name in late if not (inbox / (name + SUFFIX)).exists()]
+            time.sleep(0.2)
         code = run.terminate(30)
         yield Full(before, after_full, integrity_while_full, alive, reported, statuses,
-                   resumed, problems, code, run.text())
+                   resumed, problems, inbox_reported, waiting, code, run.text())
     shutil.rmtree(notify_home, ignore_errors=True)
 
 
@@ -378,6 +400,18 @@ def test_a_full_state_disk_resumes_when_there_is_space(full: Full) -> None:
 
 def test_a_full_state_disk_shows_in_the_systemd_status(full: Full) -> None:
     assert [line for line in full.statuses if "full" in line or "space" in line], full.statuses
+
+
+def test_a_full_inbox_disk_is_reported(full: Full) -> None:
+    assert full.inbox_full_reported, full.log[-3000:]
+
+
+def test_a_full_inbox_disk_resumes_when_there_is_space(full: Full) -> None:
+    """The results check after the next index rebuild writes what could not be written.
+
+    (index.rebuild_interval_s is 1 s here; by default it is 60 s.)
+    """
+    assert full.inbox_resumed == []
 
 
 # -- 3. an inotify queue overflow --------------------------------------------------------------
