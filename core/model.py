@@ -140,9 +140,9 @@ class Recipe:
     stand beside the learned latent (see `with_appearance`): `palette`
     colours (a k-means palette of the training pixels) counted per image, and
     `edges` directions of the brightness gradient summed over a 4x4 grid of
-    cells. `jitter` adds colour jitter and contrast to the augmentation.
-    Each part is weighed (`palette_weight`, `edges_weight`, the
-    learned latent 1) and concatenated.
+    cells. Each part is weighed (`palette_weight`, `edges_weight`, the
+    learned latent 1) and concatenated. `jitter` adds colour jitter (hue,
+    saturation, grayscale) and contrast to the augmentation.
     """
 
     build: Builder
@@ -173,7 +173,8 @@ class Recipe:
 PRESETS: dict[str, Recipe] = {
     # The seed article's recipe, as the article runs it.
     "seed": Recipe(seed_preset),
-    # The default: measured against `seed` in BENCHMARKS.md ("Quality").
+    # The default, measured against `seed` on labels never seen in training in
+    # BENCHMARKS.md ("Retrieval quality"): each lever there has its figures.
     "lookalike": Recipe(conv_autoencoder, augment=2.0, contrast=1.0, jitter=1.0, whiten=True,
                         palette=512, edges=16),
 }
@@ -196,7 +197,8 @@ def train(pixels: np.ndarray, shape: Shape, *, preset: str | Recipe = "seed",
     `preset` names one of PRESETS (or is a Recipe). A seeded `held_out` share
     is kept apart for the validation loss (on clean, unaugmented images);
     training stops early when that loss stops improving and keeps the best
-    weights.
+    weights. The fixed layers the recipe asks for (whitening, palette, edges)
+    are then fitted on all of `pixels` (`finish`).
     """
     if isinstance(preset, Recipe):
         recipe, name = preset, "custom"
@@ -428,22 +430,25 @@ def with_appearance(encoder: keras.Model, pixels: np.ndarray, recipe: Recipe,
             bin_boundaries=[i / levels for i in range(1, levels)], name="quantise")(unit)
         quantised = layers.Rescaling(1.0, name="as_float")(quantised)  # int -> float
         joint = layers.Conv2D(1, 1, use_bias=False, trainable=False, name="colour_bin")
-        counts = layers.CategoryEncoding(bins, output_mode="count", name="colour_count")(
-            layers.Reshape((size * size,), name="colour_bins")(joint(quantised)))
-        merge = layers.Dense(colours, use_bias=False, trainable=False, name="palette")
-        shares = layers.Rescaling(1.0 / (size * size), name="palette_share")(merge(counts))
+        bin_of_pixel = layers.Reshape((size * size,), name="colour_bins")(joint(quantised))
+        # A lookup table from the quantised colour to its palette colour.
+        palette = layers.Embedding(bins, 1, trainable=False, name="palette")
+        counts = layers.CategoryEncoding(colours, output_mode="count", name="palette_count")(
+            layers.Reshape((size * size,), name="palette_of_pixel")(palette(bin_of_pixel)))
+        shares = layers.Rescaling(1.0 / (size * size), name="palette_share")(counts)
         roots = square_root(shares, colours, 1.0 / (size * size), "palette_root")
         centre = layers.Dense(colours, trainable=False, name="palette_centre")
         parts.append(centre(roots))
         joint_kernel = np.array([levels ** (channels - 1 - c) for c in range(channels)],
                                 np.float32).reshape(1, 1, channels, 1)
         joint.set_weights([joint_kernel])
-        bin_counts = keras.Model(image, counts).predict(pixels.astype(np.float32),
+        seen = keras.Model(image, bin_of_pixel).predict(pixels.astype(np.float32),
                                                         batch_size=256, verbose=0)
+        bin_counts = np.bincount(seen.astype(np.int64).ravel(), minlength=bins)
         centres = (np.stack(np.unravel_index(np.arange(bins), (levels,) * channels), 1)
                    + 0.5) / levels
-        nearest = palette_of(centres, bin_counts.sum(0), colours, seed)
-        merge.set_weights([np.eye(colours, dtype=np.float32)[nearest]])
+        nearest = palette_of(centres, bin_counts, colours, seed)
+        palette.set_weights([nearest.reshape(-1, 1).astype(np.float32)])
 
         def fit_centre(roots_seen: np.ndarray) -> None:
             weight = recipe.palette_weight
