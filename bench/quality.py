@@ -13,12 +13,14 @@ recipe and colour mode an encoder is trained on TRAIN exactly as
 stopping), saved, loaded back in safe mode, and measured on EVAL exactly as
 `lookalike eval` measures it (`evaluate.quality`): exact precision@12 and
 mAP, Annoy precision@12 and recall@12 at the default index settings and at
-the article's (10 trees, search_k -1). Recipes whose name ends in "+white"
-are measured twice from one training: without and with the whitening layer
-(fitted on the TRAIN latents), so that lever costs no second training.
+the article's (10 trees, search_k -1). One training is measured at each
+finishing step the recipe has (`finishing_steps`): the learned latent alone
+("[learned]"), whitened ("[learned+white]"), and the whole encoder with the
+palette and edges; a name ending in "+white" gives the rows NAME without
+"+white" and NAME. These levers cost no second training.
 
 Every result is appended to --results as one JSON line; a Markdown table of
-this run is printed at the end. Recipes are listed in RECIPES below; the
+this run is printed at the end. Recipes are listed in recipes() below; the
 named presets of `lookalike.core.model` are there under their own names.
 """
 from __future__ import annotations

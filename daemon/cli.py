@@ -105,7 +105,9 @@ def parser() -> argparse.ArgumentParser:
                               help="colour mode of the encoder's input (default: rgb; the "
                                    "default recipe counts colours)")
     train_parser.add_argument("--size", type=positive, default=56, help="input side in pixels")
-    train_parser.add_argument("--latent", type=positive, default=128, help="latent vector size")
+    train_parser.add_argument("--latent", type=positive, default=128,
+                              help="size of the learned latent (the default recipe adds a "
+                                   "palette histogram and edge directions beside it)")
     train_parser.add_argument("--epochs", type=positive, default=20,
                               help="at most this many epochs (default: 20)")
     train_parser.add_argument("--batch-size", type=positive, default=64)
