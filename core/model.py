@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import time
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -586,6 +587,8 @@ def load(path: Path, max_pixels: int = 150_000_000) -> Encoder:
         raise ModelError(f"{path}: the encoder must be a .keras file")
     if not path.is_file():
         raise ModelError(f"{path}: no such encoder file")
+    if not zipfile.is_zipfile(path):  # else Keras says "File not found" of a file that is there
+        raise ModelError(f"{path}: not a .keras file, or a damaged one")
     try:
         model = keras.saving.load_model(path, compile=False, safe_mode=True)
     except Exception as error:  # Keras raises many kinds for a bad file

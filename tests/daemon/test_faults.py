@@ -530,9 +530,6 @@ def test_a_damaged_model_file_is_one_error_line_and_a_failure_exit(
     assert len(ours) == 1 and ours[0].startswith("lookalike: "), damaged_model.stderr
 
 
-@pytest.mark.xfail(strict=True, reason="core/model.py passes on Keras's message for a damaged "
-                   "zip, 'File not found: filepath=...', for a file that is there; the fix: in "
-                   "model.load, say 'not a .keras file, or a damaged one' when the file exists")
 def test_a_damaged_model_file_is_not_called_missing(
         damaged_model: subprocess.CompletedProcess[str]) -> None:
     assert "not found" not in damaged_model.stderr.lower(), damaged_model.stderr
