@@ -153,12 +153,16 @@ def wait_idle(pid: int, timeout: float = 1800.0) -> None:
     raise TimeoutError(f"process {pid} never went idle")
 
 
-def rss_mb(pid: int) -> float:
-    """Resident memory of a process, from /proc."""
+def rss_mb(pid: int, kind: str = "VmRSS") -> float:
+    """Resident memory of a process, from /proc: all of it (VmRSS), or RssAnon / RssFile.
+
+    RssFile is mapped files (the index): the kernel may drop those pages
+    under memory pressure and read them again; RssAnon it cannot.
+    """
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(kind + ":"):
             return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no VmRSS for {pid}")
+    raise RuntimeError(f"no {kind} for {pid}")
 
 
 class Service:
@@ -239,6 +243,7 @@ def main() -> None:
             report["burst_per_s"] = round(args.burst / (finished - started))
             wait_idle(service.process.pid)  # after the rebuild and the results check
             report["idle_rss_mb"] = round(rss_mb(service.process.pid))
+            report["idle_anon_mb"] = round(rss_mb(service.process.pid, "RssAnon"))
             if not args.seeded:  # (seeded results files are placeholders: all would be redone)
                 service.stop()
                 service = Service(root)  # a restart with the whole library in place

@@ -70,14 +70,15 @@ def service_table(rows: list[dict[str, Any]]) -> list[str]:
              "idle memory ≤ 1.5 GB at 10^6; burst cost per image flat within 2x from 10^3 "
              "to 10^6.", "",
              "| arguments | images in the library | start to READY s | p50 ms | p95 ms | "
-             "p99 ms | burst images/s | burst ms per image | idle RSS MB | "
+             "p99 ms | burst images/s | burst ms per image | idle RSS MB (anonymous) | "
              "restart to READY s | restarted idle RSS MB |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         library = r["library"] + r["seeded"]
         lines.append(f"| `{r['arguments']}` | {library:,} | {r['start_to_ready_s']} | "
                      f"{r['p50_ms']} | {r['p95_ms']} | {r['p99_ms']} | {r['burst_per_s']:,} | "
-                     f"{1000 / r['burst_per_s']:.2f} | {r['idle_rss_mb']:,} | "
+                     f"{1000 / r['burst_per_s']:.2f} | {r['idle_rss_mb']:,} "
+                     f"({r.get('idle_anon_mb', '?')}) | "
                      f"{r.get('restart_to_ready_s', '-')} | "
                      f"{r.get('restarted_idle_rss_mb', '-')} |")
     return lines
