@@ -143,8 +143,17 @@ def test_missing_model(tmp_path: Path) -> None:
 @pytest.mark.parametrize("content", [b"", b"garbage" * 100, b"PK\x03\x04 not really a zip"])
 def test_garbage_file(tmp_path: Path, content: bytes) -> None:
     (tmp_path / "bad.keras").write_bytes(content)
-    with pytest.raises(ModelError, match="cannot load the encoder"):
+    with pytest.raises(ModelError, match="not a .keras file, or a damaged one"):
         model.load(tmp_path / "bad.keras")
+
+
+def test_a_zip_that_is_no_keras_model(tmp_path: Path) -> None:
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "other.keras", "w") as archive:
+        archive.writestr("notes.txt", "not a model")
+    with pytest.raises(ModelError, match="cannot load the encoder"):
+        model.load(tmp_path / "other.keras")
 
 
 def test_wrong_output_rank_is_refused(tmp_path: Path) -> None:
