@@ -3,7 +3,7 @@
 
     python bench/soak.py burst  [--count 10000]
     python bench/soak.py stream [--minutes 3] [--interval 0.02] [--library 1000]
-    python bench/soak.py soak   [--minutes 15] [--interval 0.05] [--library 1000]
+    python bench/soak.py soak   [--minutes 15] [--interval 0.05] [--library 1000] [--steady]
     python bench/soak.py kill   [--cycles 25]
 
 Each mode starts the real `lookalike run` (the shipped encoder unless
@@ -398,7 +398,9 @@ def act(mode: str, driver: Driver, args: argparse.Namespace, memory: Memory) -> 
         n += 1
         roll = chance.random() if mode == "soak" else 0.0
         candidates = driver.images()
-        if roll < 0.65 or not candidates:
+        if args.steady and roll < 0.80 and len(candidates) >= args.library:
+            driver.delete(chance.choice(candidates))  # as many go as come: a library of one size
+        elif roll < 0.65 or not candidates:
             driver.create(f"new{n:06d}.png")
         elif roll < 0.80:
             driver.edit(chance.choice(candidates))
@@ -446,6 +448,9 @@ def main() -> None:
     parser.add_argument("--cycles", type=int, default=25, help="kill: SIGKILL cycles")
     parser.add_argument("--model", default="", help="encoder .keras (default: the shipped one)")
     parser.add_argument("--settle-timeout", type=float, default=1800.0)
+    parser.add_argument("--steady", action="store_true",
+                        help="soak: delete an image for each new one past --library, so that "
+                             "memory is compared at one library size")
     args = parser.parse_args()
     defaults = {"burst": (0, 0, 0.0), "stream": (1000, 3, 0.02), "soak": (1000, 15, 0.05),
                 "kill": (0, 0, 0.0)}[args.mode]
