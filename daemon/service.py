@@ -53,8 +53,8 @@ STATUS_EVERY_S = 2.0
 PROGRESS_EVERY_S = 5.0
 RETRY_S = 10  # seconds between attempts while turns fail
 SWEEP_CHUNK = 64  # results checked per idle turn: small, so an arrival waits little
-SWEEP_EVERY_S = 600  # at most one results check per this long after rebuilds (a large
-                     # library would otherwise be checked after every minute's rebuild)
+SWEEP_EVERY_S = 600  # at most one check of every results file per this long: a large
+                     # library takes minutes, and changes come every minute
 TOUCHED_CHUNK = 256  # other images' results rewritten per idle turn
 TOUCHED_AT_MOST = 8192  # rewritten even during a burst past this many
 # Settings that a reload cannot change: they shape what is already running.
@@ -167,7 +167,8 @@ class Service:
         self.watcher.stop()
         if self.rebuilding is not None:
             self.rebuilding.join()
-        self.answer_touched(len(self.touched))
+        if self.fault is None:  # (else they stay marked in the library for the next start)
+            self.answer_touched(len(self.touched))
         self.worker.close()
         self.write_status(state="stopped")
         self.library.close()
