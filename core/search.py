@@ -157,6 +157,11 @@ class Searcher:
         """The k nearest rows to `vector`, nearest first, never `exclude`."""
         return self.neighbors_many(np.asarray(vector)[None], k, [exclude])[0]
 
+    def neighbors_of(self, rows: dict[int, np.ndarray], k: int) -> dict[int, list[Neighbor]]:
+        """The k nearest rows to each library row's vector, never the row itself."""
+        found = self.neighbors_many(np.array(list(rows.values())), k, list(rows))
+        return dict(zip(rows, found, strict=True))
+
     def neighbors_many(self, vectors: np.ndarray, k: int,
                        exclude: Sequence[int | None]) -> list[list[Neighbor]]:
         """The k nearest rows to each of `vectors`, nearest first, never its `exclude`."""

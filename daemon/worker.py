@@ -151,9 +151,8 @@ class Worker:
         """Read, encode and store `candidates` in batches; return the stored row ids."""
         progress = Progress("ingest", len(candidates))
         size, stored = self.config.batch_size, []
-        starts = range(0, len(candidates), size)
         reading = self.read_batch(candidates[:size])
-        for start in starts:
+        for start in range(0, len(candidates), size):
             batch = [future.result() for future in reading]
             if self.interrupted():
                 log.info("ingest interrupted: %d left for the next start", len(candidates) - start)
@@ -257,9 +256,8 @@ class Worker:
         named = set(changes.removed) | set(changes.replaced)  # a new row is in no results yet
         affected = set(self.library.naming(named)) if named else set()
         width = REVERSE_CANDIDATES * self.config.neighbors
-        vectors = self.library.vectors_of(changes.stored)
-        found = searcher.neighbors_many(np.array(list(vectors.values())), width, list(vectors))
-        near = [n for each in found for n in each]
+        found = searcher.neighbors_of(self.library.vectors_of(changes.stored), width)
+        near = [n for each in found.values() for n in each]
         radii = self.library.radii({n.row_id for n in near})
         affected.update(n.row_id for n in near
                         if n.row_id in radii and (radii[n.row_id] is None
@@ -273,10 +271,7 @@ class Worker:
         progress = Progress("results", len(wanted))
         for start in range(0, len(wanted), ANSWER_CHUNK):
             chunk = self.library.fetch(wanted[start:start + ANSWER_CHUNK])
-            vectors = self.library.vectors_of(chunk)
-            found = dict(zip(vectors, searcher.neighbors_many(
-                np.array(list(vectors.values())), self.config.neighbors, list(vectors)),
-                strict=True))
+            found = searcher.neighbors_of(self.library.vectors_of(chunk), self.config.neighbors)
             known = names if names is not None else self.library.describe(
                 {n.row_id for near in found.values() for n in near})
             due = [answer for answer in (
