@@ -170,24 +170,30 @@ def write_many(documents: list[tuple[Path, dict[str, Any]]],
 
 def write_scratch(partial: Path, text: str) -> str:
     """`text` in a temporary file of the state directory (ours alone); its name."""
-    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
-    with os.fdopen(fd, "w", encoding="utf-8") as out:
-        out.write(text)
-    return str(partial)
+    return fill(open_partial(str(partial)), str(partial), text)
 
 
 def write_partial(path: Path, document: dict[str, Any]) -> str:
     """`document` in a hidden temporary file beside `path` (not yet synced); its name."""
     partial = str(path.with_name(f"{TEMP_PREFIX}{path.name}.tmp"))
-    text = render(document)
+    text = render(document)  # before any file: a document that cannot be written leaves none
     try:  # a fixed name: one writer per state directory, and a leftover is ours to replace
-        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+        fd = open_partial(partial)
     except OSError as error:
         # Too long a name, or something planted at it (a link is never followed): a new one.
         if error.errno not in (errno.ENAMETOOLONG, errno.ELOOP, errno.EISDIR):
             raise
         fd, partial = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=".tmp", dir=path.parent)
         os.fchmod(fd, 0o644)
+    return fill(fd, partial, text)
+
+
+def open_partial(partial: str) -> int:
+    return os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+
+
+def fill(fd: int, partial: str, text: str) -> str:
+    """Write `text` to the open temporary `partial`; remove it if that fails."""
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as out:
             out.write(text)
