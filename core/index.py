@@ -5,6 +5,12 @@ memory-mapped by readers) and `index/<G>.ids.npy` (Annoy item -> library row
 id). Below `exact_below` vectors the index is the plain matrix instead,
 `index/<G>.vectors.npy`, searched exactly: at that size an exact scan of
 many queries at once is faster than Annoy, and it never misses.
+
+Vectors longer than `dims` are searched in two stages: Annoy holds them
+projected onto their `dims` main axes (`index/<G>.axes.npy`, PCA) and finds
+candidates; `index/<G>.vectors.npy` holds them in full, and the candidates
+are ranked again on those. Annoy's file, which the service maps into memory,
+shrinks by the same factor, and each node it visits costs that much less.
 `index/current.json` names the index in use; it is replaced by rename,
 so a reader sees the old index or the new one, never half of one. The
 previous index's files are kept one round so that a reader that has just
@@ -28,6 +34,8 @@ from .store import Library
 
 log = logging.getLogger(__name__)
 
+AXES_SAMPLE = 50_000  # vectors the projection is fitted on: plenty for 10^3 directions
+
 
 @dataclass(frozen=True)
 class IndexInfo:
@@ -42,6 +50,38 @@ class IndexInfo:
     built_at: str
     seconds: float
     kind: str = "annoy"  # or "exact": the vectors themselves, searched exactly
+    reduced: int = 0  # dimensions Annoy holds, projected; 0: the full vectors
+
+
+class Rows:
+    """An index's full vectors on disk, read a few rows at a time.
+
+    Read, not mapped: the rows a search ranks again stay in the kernel's
+    page cache, not in the service's resident memory.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.file = open(path, "rb")  # noqa: SIM115 - open as long as the index is in use
+        version = np.lib.format.read_magic(self.file)
+        read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                       else np.lib.format.read_array_header_2_0)
+        shape, fortran, dtype = read_header(self.file)
+        if fortran or dtype != np.dtype("<f4") or len(shape) != 2:
+            raise ValueError(f"{path.name}: not a matrix of float32")
+        self.start = self.file.tell()
+        self.count, self.dim = shape
+        self.width = self.dim * 4
+        if os.fstat(self.file.fileno()).st_size != self.start + self.count * self.width:
+            raise ValueError(f"{path.name}: truncated")
+
+    def __len__(self) -> int:
+        return int(self.count)
+
+    def take(self, items: np.ndarray) -> np.ndarray:
+        """The vectors of index `items`, in their order."""
+        fd, start, width = self.file.fileno(), self.start, self.width
+        raw = b"".join(os.pread(fd, width, start + int(item) * width) for item in items)
+        return np.frombuffer(raw, "<f4").reshape(len(items), self.dim)
 
 
 @dataclass
@@ -52,6 +92,15 @@ class BuiltIndex:
     annoy: AnnoyIndex | None  # None when the library had no vectors, or for an exact index
     row_ids: np.ndarray
     vectors: np.ndarray | None = None  # an exact index's vectors
+    axes: np.ndarray | None = None  # (dim, reduced): the projection Annoy's vectors went through
+    rows: Rows | None = None  # the full vectors, for ranking Annoy's candidates again
+
+    def project(self, vectors: np.ndarray) -> np.ndarray:
+        """Queries as Annoy holds its items: projected onto the axes (unit length first,
+        for the angular metric), or unchanged."""
+        if self.axes is None:
+            return vectors
+        return unit(vectors, self.info.metric) @ self.axes
 
 
 def folder(state_dir: Path) -> Path:
@@ -59,11 +108,12 @@ def folder(state_dir: Path) -> Path:
 
 
 def build(library: Library, state_dir: Path, *, metric: str, trees: int,
-          model_id: str | None, exact_below: int = 0) -> IndexInfo:
+          model_id: str | None, exact_below: int = 0, dims: int = 0) -> IndexInfo:
     """Index the usable images of `library` that `model_id` encoded, as of now, and make
     that the current index (vectors of two models cannot be compared).
 
     Fewer than `exact_below` vectors make an exact index (the matrix itself).
+    Longer vectors than `dims` (0: no limit) are searched in two stages.
     """
     started = time.monotonic()
     generation = library.generation
@@ -72,14 +122,20 @@ def build(library: Library, state_dir: Path, *, metric: str, trees: int,
     home.mkdir(parents=True, exist_ok=True)
     dim = int(vectors.shape[1]) if len(vectors) else 0
     kind = "exact" if len(vectors) < exact_below else "annoy"
-    if kind == "exact":
+    reduced = dims if kind == "annoy" and 0 < dims < dim else 0
+    if kind == "exact" or reduced:
         write_durably(home / f"{generation}.vectors.npy", vectors)
-    elif len(vectors):
-        write_annoy(home / f"{generation}.ann", vectors, metric, trees)
+    if reduced:
+        axes = main_axes(vectors, metric, reduced)
+        write_durably(home / f"{generation}.axes.npy", axes)
+        vectors = unit(vectors, metric) @ axes
+        del axes
+    if kind == "annoy" and len(vectors):
+        write_annoy(home / f"{generation}.ann", vectors, annoy_metric(metric, reduced), trees)
     write_durably(home / f"{generation}.ids.npy", row_ids)
     info = IndexInfo(generation, len(row_ids), dim, metric, trees, model_id,
                      datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-                     round(time.monotonic() - started, 3), kind)
+                     round(time.monotonic() - started, 3), kind, reduced)
     try:
         previous = current_info(state_dir)
     except StateError:  # a damaged pointer: this build replaces it (what `rebuild` is for)
@@ -92,6 +148,33 @@ def build(library: Library, state_dir: Path, *, metric: str, trees: int,
     log.info("index built: %d items (%s) at generation %d in %.1f s",
              info.items, kind, generation, info.seconds)
     return info
+
+
+def main_axes(vectors: np.ndarray, metric: str, dims: int) -> np.ndarray:
+    """The `dims` directions along which `vectors` (unit length, for the angular metric)
+    vary most, as a (dim, dims) matrix: projecting on them keeps the distances between
+    vectors as well as any `dims` directions can. Fitted on a sample of at most
+    AXES_SAMPLE vectors (the same sample each time: builds are repeatable)."""
+    sample = vectors
+    if len(vectors) > AXES_SAMPLE:
+        sample = vectors[np.random.default_rng(0).choice(len(vectors), AXES_SAMPLE, replace=False)]
+    sample = unit(sample, metric).astype(np.float64)
+    variances, directions = np.linalg.eigh(np.cov(sample, rowvar=False))
+    return np.ascontiguousarray(directions[:, ::-1][:, :dims], dtype=np.float32)
+
+
+def unit(vectors: np.ndarray, metric: str) -> np.ndarray:
+    """Vectors scaled to unit length for the angular metric (Annoy's angular distance
+    is the Euclidean distance between them), unchanged for the Euclidean one."""
+    if metric != "angular":
+        return vectors
+    lengths = np.sqrt(np.einsum("ij,ij->i", vectors, vectors))
+    return vectors / np.maximum(lengths, 1e-30)[:, None]
+
+
+def annoy_metric(metric: str, reduced: int) -> str:
+    # Projected unit vectors are no longer of unit length: compare them as they are.
+    return "euclidean" if reduced else metric
 
 
 def write_annoy(path: Path, vectors: np.ndarray, metric: str, trees: int) -> None:
@@ -156,20 +239,25 @@ def load(state_dir: Path) -> BuiltIndex | None:
     home = folder(state_dir)
     try:
         row_ids = np.load(home / f"{info.generation}.ids.npy")
-        annoy, vectors = None, None
+        annoy, vectors, axes, rows = None, None, None, None
+        held = 0
         if info.kind == "exact":
             vectors = np.load(home / f"{info.generation}.vectors.npy")
             held = len(vectors)
         elif info.items:
-            annoy = AnnoyIndex(info.dim, info.metric)  # type: ignore[arg-type]
+            annoy = AnnoyIndex(info.reduced or info.dim,
+                               annoy_metric(info.metric, info.reduced))  # type: ignore[arg-type]
             annoy.load(str(home / f"{info.generation}.ann"))
             held = annoy.get_n_items()
-        else:
-            held = 0
+        if info.reduced and info.items:
+            axes = np.load(home / f"{info.generation}.axes.npy")
+            rows = Rows(home / f"{info.generation}.vectors.npy")
+            if axes.shape != (info.dim, info.reduced) or len(rows) != held:
+                raise ValueError("its projection or its full vectors do not match it")
     except (OSError, ValueError) as error:
         raise StateError(f"index at generation {info.generation} is damaged ({error}); "
                          "run `lookalike rebuild`") from None
     if held != len(row_ids):
         raise StateError(f"index at generation {info.generation} holds {held} "
                          f"items but maps {len(row_ids)}; run `lookalike rebuild`")
-    return BuiltIndex(info, annoy, row_ids, vectors)
+    return BuiltIndex(info, annoy, row_ids, vectors, axes, rows)

@@ -6,6 +6,8 @@ build. Index items whose rows changed or were deleted since the build are
 stale and skipped, as is the query itself. A small library's index is a
 plain matrix (`index.build`'s `exact_below`): it is searched exactly too,
 many queries at a time, which at that size beats Annoy and never misses.
+When Annoy holds projected vectors, its `candidates` nearest are ranked
+again on the full vectors.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import numpy as np
 from .index import BuiltIndex
 from .store import Library
 
+DEFAULT_CANDIDATES = 384  # the schema's index.candidates
 SCORES_AT_ONCE = 1 << 20  # queries x rows per block of the exact scan (4 MB: stays in cache)
 
 
@@ -113,7 +116,8 @@ class Searcher:
     """Search over `index` (may be None) and the rows changed since it was built."""
 
     def __init__(self, index: BuiltIndex | None, fresh_ids: np.ndarray, fresh: np.ndarray,
-                 stale: set[int], metric: str, search_k: int = -1) -> None:
+                 stale: set[int], metric: str, search_k: int = -1,
+                 candidates: int = DEFAULT_CANDIDATES) -> None:
         self.index = index
         self.fresh = Flat(fresh_ids, fresh, metric)
         self.flat = None if index is None or index.vectors is None else \
@@ -121,15 +125,16 @@ class Searcher:
         self.stale = stale
         self.metric = metric
         self.search_k = search_k
+        self.candidates = candidates
 
     @classmethod
     def open(cls, library: Library, index: BuiltIndex | None, metric: str,
-             search_k: int = -1) -> Searcher:
+             search_k: int = -1, candidates: int = DEFAULT_CANDIDATES) -> Searcher:
         since = index.info.generation if index is not None else 0
         fresh_ids, fresh, stale = library.changed_since(since)
         if index is not None:
             metric = index.info.metric
-        return cls(index, fresh_ids, fresh, stale, metric, search_k)
+        return cls(index, fresh_ids, fresh, stale, metric, search_k, candidates)
 
     def refresh(self, changed: dict[int, np.ndarray], removed: Iterable[int] = ()) -> None:
         """Follow rows that changed after the build: search `changed` exactly, drop `removed`."""
@@ -169,6 +174,8 @@ class Searcher:
             return []
         if self.flat is not None:
             indexed = self.flat.nearest(vectors, k, exclude, self.stale)
+        elif self.index is not None and self.index.rows is not None:
+            indexed = self.ranked_again(vectors, k, exclude)
         else:
             indexed = [self.from_annoy(vector, k, own)
                        for vector, own in zip(vectors, exclude, strict=True)]
@@ -181,20 +188,45 @@ class Searcher:
         return found
 
     def from_annoy(self, vector: np.ndarray, k: int, exclude: int | None) -> list[Neighbor]:
-        if self.index is None or self.index.annoy is None:
+        items, distances = self.annoy_items(vector, k, exclude, k)
+        if self.index is None or not len(items):
             return []
+        return [Neighbor(int(row), float(d)) for row, d in
+                zip(self.index.row_ids[items], distances, strict=True)][:k]
+
+    def annoy_items(self, vector: np.ndarray, k: int, exclude: int | None,
+                    want: int) -> tuple[np.ndarray, list[float]]:
+        """Annoy's `want` nearest items to `vector` (or more, until k of them are neither
+        `exclude` nor stale), without those, and Annoy's distances to them."""
+        if self.index is None or self.index.annoy is None:
+            return np.zeros(0, np.int64), []
         total = self.index.info.items
         # Ask for enough to survive the skipped items; widen if too many were stale.
-        want = min(total, k + min(len(self.stale), k) + 1)
+        want = min(total, want + min(len(self.stale), k) + 1)
         while True:
-            items, distances = self.index.annoy.get_nns_by_vector(
+            found, distances = self.index.annoy.get_nns_by_vector(
                 vector.tolist(), want, search_k=self.search_k, include_distances=True)
-            rows = self.index.row_ids[items] if items else np.zeros(0, np.int64)
-            kept = [Neighbor(int(row), float(d)) for row, d in zip(rows, distances, strict=True)
-                    if int(row) != exclude and int(row) not in self.stale]
-            if len(kept) >= k or want >= total:
-                return kept[:k]
+            items = np.asarray(found, np.int64)
+            rows = self.index.row_ids[items]
+            keep = [int(row) != exclude and int(row) not in self.stale for row in rows]
+            if sum(keep) >= k or want >= total:
+                return items[keep], [d for d, ok in zip(distances, keep, strict=True) if ok]
             want = min(total, want * 2)
+
+    def ranked_again(self, vectors: np.ndarray, k: int,
+                     exclude: Sequence[int | None]) -> list[list[Neighbor]]:
+        """Annoy's candidates for each vector, ranked on the full vectors: the k nearest."""
+        assert self.index is not None and self.index.rows is not None
+        projected = self.index.project(np.asarray(vectors, np.float32))
+        found = []
+        for vector, query, own in zip(vectors, projected, exclude, strict=True):
+            items, _ = self.annoy_items(query, k, own, max(k, self.candidates))
+            items = np.sort(items)  # the file read in order
+            near = distance(self.index.rows.take(items), vector, self.metric)
+            nearest = np.argsort(near, kind="stable")[:k]
+            found.append([Neighbor(int(self.index.row_ids[item]), float(d))
+                          for item, d in zip(items[nearest], near[nearest], strict=True)])
+        return found
 
 
 def norms(matrix: np.ndarray) -> np.ndarray:
@@ -203,5 +235,11 @@ def norms(matrix: np.ndarray) -> np.ndarray:
 
 def distance(matrix: np.ndarray, vector: np.ndarray, metric: str) -> np.ndarray:
     """Distances from each row of `matrix` to `vector`, as Annoy reports them."""
-    flat = Flat(np.arange(len(matrix), dtype=np.int64), matrix, metric)
-    return flat.distances(flat.prepare(np.asarray(vector)[None]), flat.ids[None])[0]
+    if metric not in ("angular", "euclidean"):
+        raise ValueError(f"unknown metric {metric!r}")
+    # In float64: near 0, sqrt(2 - 2 cos) magnifies float32's rounding to 3e-4.
+    matrix, vector = np.asarray(matrix, np.float64), np.asarray(vector, np.float64)
+    if metric == "angular":  # sqrt(2 - 2 cos): a zero vector is sqrt(2) from all
+        cosines = matrix @ vector / np.maximum(norms(matrix) * np.linalg.norm(vector), 1e-30)
+        return np.sqrt(np.clip(2.0 - 2.0 * cosines, 0.0, None))
+    return np.sqrt(np.einsum("ij,ij->i", matrix - vector, matrix - vector))

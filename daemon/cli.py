@@ -304,7 +304,7 @@ def rebuild(args: argparse.Namespace) -> int:
     with StateLock(config.state_dir), open_library(config) as library:
         info = index.build(library, config.state_dir, metric=config.index.metric,
                            trees=config.index.trees, model_id=model_id(config.model),
-                           exact_below=config.index.exact_below)
+                           exact_below=config.index.exact_below, dims=config.index.dims)
     print(f"index generation {info.generation}: {info.items} items ({info.kind}) "
           f"in {info.seconds} s")
     return 0

@@ -287,10 +287,11 @@ class Service:
             self.searcher.refresh(vectors, changes.removed + unusable)
         # New images are answered now; the other results they change, when no
         # arrival waits: in a burst, each is then rewritten once, not per batch.
-        affected = self.worker.affected(self.searcher, changes)
+        nearby = self.worker.nearby(self.searcher, changes.stored)
+        affected = self.worker.affected(changes, nearby)
         self.library.unanswer(affected)  # so that a restart rewrites them too
         self.touched |= affected
-        self.worker.answer(self.searcher, changes.stored, self.tally)
+        self.worker.answer(self.searcher, changes.stored, self.tally, nearby=nearby)
         log.debug("%d stored, %d removed, %d other results to rewrite",
                   len(changes.stored), len(changes.removed), len(affected))
 
@@ -316,7 +317,7 @@ class Service:
         model_id = self.worker.encoder.model_id
         ids, vectors = self.library.vectors(model_id=model_id)
         self.searcher = Searcher(None, ids, vectors, set(), self.config.index.metric,
-                                 self.config.index.search_k)
+                                 self.config.index.search_k, self.config.index.candidates)
         self.reencode_progress = Progress("re-encoding", len(self.reencoding))
         self.reencode_total = len(self.reencoding)
 
@@ -459,6 +460,7 @@ class Service:
         self.config = self.worker.config = live
         self.arrivals.settle_s, self.arrivals.exclude = live.settle_s, live.exclude
         self.searcher.search_k = live.index.search_k
+        self.searcher.candidates = live.index.candidates
         logging.getLogger().setLevel(live.log_level.upper())
         log.info("config reloaded from %s", live.source)
 

@@ -239,25 +239,31 @@ class Worker:
         settings = self.config.index
         return index.build(library or self.library, self.config.state_dir,
                            metric=settings.metric, trees=settings.trees,
-                           model_id=self.encoder.model_id, exact_below=settings.exact_below)
+                           model_id=self.encoder.model_id, exact_below=settings.exact_below,
+                           dims=settings.dims)
 
     def searcher(self, built: index.BuiltIndex | None) -> Searcher:
-        return Searcher.open(self.library, built, self.config.index.metric,
-                             self.config.index.search_k)
+        settings = self.config.index
+        return Searcher.open(self.library, built, settings.metric, settings.search_k,
+                             settings.candidates)
 
     # -- results -----------------------------------------------------------
-    def affected(self, searcher: Searcher, changes: Changes) -> set[int]:
+    def nearby(self, searcher: Searcher, row_ids: Iterable[int]) -> dict[int, list[Neighbor]]:
+        """The nearest rows to each of `row_ids`, enough for both `affected` and `answer`:
+        one search per new image instead of two."""
+        width = REVERSE_CANDIDATES * self.config.neighbors
+        return searcher.neighbors_of(self.library.vectors_of(row_ids), width)
+
+    def affected(self, changes: Changes, nearby: dict[int, list[Neighbor]]) -> set[int]:
         """Answered images whose results `changes` may alter (not the changed ones themselves).
 
-        A new or moved image enters the results of those of its nearest
+        A new or moved image enters the results of those of its `nearby`
         images that it is closer to than their k-th neighbour; an image that
         left or changed leaves the results that named it.
         """
         named = set(changes.removed) | set(changes.replaced)  # a new row is in no results yet
         affected = set(self.library.naming(named)) if named else set()
-        width = REVERSE_CANDIDATES * self.config.neighbors
-        found = searcher.neighbors_of(self.library.vectors_of(changes.stored), width)
-        near = [n for each in found.values() for n in each]
+        near = [n for each in nearby.values() for n in each]
         radii = self.library.radii({n.row_id for n in near})
         affected.update(n.row_id for n in near
                         if n.row_id in radii and (radii[n.row_id] is None
@@ -265,13 +271,22 @@ class Worker:
         return affected - set(changes.stored) - set(changes.removed)
 
     def answer(self, searcher: Searcher, row_ids: Iterable[int], tally: Tally,
-               names: dict[int, tuple[str, str | None]] | None = None) -> None:
-        """Write the results file of each row whose results are missing or different."""
+               names: dict[int, tuple[str, str | None]] | None = None,
+               nearby: dict[int, list[Neighbor]] | None = None) -> None:
+        """Write the results file of each row whose results are missing or different.
+
+        `nearby` holds the rows' nearest neighbours when already searched (a
+        wider search's first k are exactly the k nearest).
+        """
         wanted = list(row_ids)
         progress = Progress("results", len(wanted))
+        k = self.config.neighbors
         for start in range(0, len(wanted), ANSWER_CHUNK):
             chunk = self.library.fetch(wanted[start:start + ANSWER_CHUNK])
-            found = searcher.neighbors_of(self.library.vectors_of(chunk), self.config.neighbors)
+            if nearby is None:
+                found = searcher.neighbors_of(self.library.vectors_of(chunk), k)
+            else:
+                found = {row: nearby[row][:k] for row in chunk if row in nearby}
             known = names if names is not None else self.library.describe(
                 {n.row_id for near in found.values() for n in near})
             due = [answer for answer in (

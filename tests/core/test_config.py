@@ -72,7 +72,8 @@ def test_defaults_are_applied(tmp_path: Path, model_file: Path) -> None:
     assert config.image == configuration.ImageSettings(size=None, color=None,
                                                        max_pixels=150_000_000)
     assert (config.index.metric, config.index.trees, config.index.search_k,
-            config.index.rebuild_interval_s) == ("angular", 32, 4000, 60.0)
+            config.index.rebuild_interval_s, config.index.dims, config.index.candidates
+                ) == ("angular", 32, 10000, 60.0, 128, 384)
     assert config.neighbors == 12
     assert config.index.rebuild_share == 0.1
     assert (config.settle_s, config.rescan_interval_s) == (2.0, 600.0)

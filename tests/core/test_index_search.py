@@ -53,19 +53,26 @@ def fill(library: Library, vectors: np.ndarray, prefix: str = "") -> dict[int, n
 def build(library: Library, state: Path, metric: str = "angular",
           trees: int = 20, kind: str = "annoy") -> index.IndexInfo:
     exact_below = 10**9 if kind == "exact" else 0
+    dims = DIM // 2 if kind == "two-stage" else 0
     return index.build(library, state, metric=metric, trees=trees, model_id=MODEL,
-                       exact_below=exact_below)
+                       exact_below=exact_below, dims=dims)
 
 
-@pytest.fixture(params=["annoy", "exact"])
+@pytest.fixture(params=["annoy", "exact", "two-stage"])
 def kind(request: pytest.FixtureRequest) -> str:
-    """Both kinds of index: Annoy, and the plain matrix of a small library."""
+    """Every kind of index: Annoy, the plain matrix of a small library, and Annoy on
+    projected vectors whose candidates are ranked again on the full ones."""
     return str(request.param)
+
+
+# Two-stage candidates: every item, so that a lossy projection still finds exactly
+# what brute force does; tests below take fewer.
+CANDIDATES = 10**6
 
 
 def searcher(library: Library, state: Path, metric: str = "angular",
              search_k: int = EXACT) -> Searcher:
-    return Searcher.open(library, index.load(state), metric, search_k)
+    return Searcher.open(library, index.load(state), metric, search_k, CANDIDATES)
 
 
 def brute_force(rows: dict[int, np.ndarray], query: np.ndarray, k: int, metric: str = "angular",
@@ -441,3 +448,113 @@ def test_many_queries_at_once_equal_one_at_a_time(library: Library, state: Path,
                            atol=1e-5)
     assert all(row not in [n.row_id for n in near] for row, near in zip(own, many, strict=True))
     assert found.neighbors_many(queries[:0], 12, []) == []
+
+
+# -- two-stage search -------------------------------------------------------------
+def in_subspace(count: int, rank: int, seed: int = 0) -> np.ndarray:
+    """Vectors of DIM numbers that vary along `rank` directions only."""
+    rng = np.random.default_rng(seed)
+    basis = np.linalg.qr(rng.standard_normal((DIM, rank)))[0].T
+    return (rng.standard_normal((count, rank)) @ basis).astype(np.float32)
+
+
+def test_two_stage_build_writes_projected_annoy_axes_and_full_vectors(library: Library,
+                                                                     state: Path) -> None:
+    rows = fill(library, clustered(300))
+    whole = build(library, state)
+    whole_size = (index.folder(state) / f"{whole.generation}.ann").stat().st_size
+    fill(library, clustered(1, seed=3), prefix="one-more")
+    info = build(library, state, kind="two-stage")
+    assert (info.kind, info.dim, info.reduced) == ("annoy", DIM, DIM // 2)
+    home = index.folder(state)
+    assert (home / f"{info.generation}.axes.npy").exists()
+    assert (home / f"{info.generation}.ann").stat().st_size < whole_size
+    loaded = index.load(state)
+    assert loaded is not None and loaded.annoy is not None and loaded.rows is not None
+    assert loaded.annoy.f == DIM // 2 and loaded.axes is not None
+    assert loaded.axes.shape == (DIM, DIM // 2)
+    items = np.array([0, 5, 299])
+    for item, vector in zip(items, loaded.rows.take(items), strict=True):
+        assert np.array_equal(vector, rows[int(loaded.row_ids[item])])
+
+
+def test_full_vectors_are_read_not_mapped(library: Library, state: Path) -> None:
+    """Candidates' full vectors come from the page cache, not the service's memory."""
+    fill(library, clustered(200))
+    info = build(library, state, kind="two-stage")
+    search = searcher(library, state)  # held: its Annoy file stays mapped
+    assert len(search.neighbors(clustered(1, seed=9)[0], 12)) == 12
+    maps = Path("/proc/self/maps").read_text()
+    assert str(index.folder(state) / f"{info.generation}.ann") in maps
+    assert str(index.folder(state) / f"{info.generation}.vectors.npy") not in maps
+
+
+def test_vectors_no_longer_than_dims_are_indexed_whole(library: Library, state: Path) -> None:
+    fill(library, clustered(50))
+    info = index.build(library, state, metric="angular", trees=10, model_id=MODEL, dims=DIM)
+    assert info.reduced == 0
+    assert not list(index.folder(state).glob("*.axes.npy"))
+    assert not list(index.folder(state).glob("*.vectors.npy"))
+
+
+@pytest.mark.parametrize("metric", ["angular", "euclidean"])
+def test_main_axes_keep_every_distance_of_vectors_that_vary_along_that_few(metric: str) -> None:
+    vectors = in_subspace(500, rank=4) + (1.0 if metric == "angular" else 0.0)
+    rank = 5 if metric == "angular" else 4  # unit vectors of an offset subspace span one more
+    axes = index.main_axes(vectors, metric, rank)
+    full = index.unit(vectors, metric)
+    projected = full @ axes
+    for a, b in [(0, 1), (2, 499), (10, 400)]:
+        assert np.linalg.norm(projected[a] - projected[b]) == pytest.approx(
+            np.linalg.norm(full[a] - full[b]), abs=1e-4)
+
+
+@pytest.mark.parametrize("metric", ["angular", "euclidean"])
+def test_two_stage_with_a_lossless_projection_equals_brute_force(library: Library, state: Path,
+                                                                 metric: str) -> None:
+    rows = fill(library, in_subspace(400, rank=4) + 1.0)
+    index.build(library, state, metric=metric, trees=20, model_id=MODEL, dims=5)
+    found = Searcher.open(library, index.load(state), metric, EXACT, candidates=12)
+    for seed in range(5):
+        query = in_subspace(1, rank=4, seed=0)[0] * (1 + seed / 10) + 1.0
+        want = brute_force(rows, query, 12, metric)
+        got = found.neighbors(query, 12)
+        assert [n.row_id for n in got] == [row for row, _ in want]
+        assert np.allclose([n.distance for n in got], [d for _, d in want], atol=1e-4)
+
+
+@pytest.mark.parametrize("part", ["axes.npy", "vectors.npy"])
+def test_a_two_stage_index_missing_a_part_is_damaged(library: Library, state: Path,
+                                                     part: str) -> None:
+    fill(library, clustered(30))
+    info = build(library, state, kind="two-stage")
+    (index.folder(state) / f"{info.generation}.{part}").unlink()
+    with pytest.raises(StateError, match="damaged"):
+        index.load(state)
+
+
+def test_truncated_full_vectors_are_damaged(library: Library, state: Path) -> None:
+    fill(library, clustered(30))
+    info = build(library, state, kind="two-stage")
+    path = index.folder(state) / f"{info.generation}.vectors.npy"
+    path.write_bytes(path.read_bytes()[:-10])
+    with pytest.raises(StateError, match="truncated"):
+        index.load(state)
+
+
+def test_two_stage_finds_nearly_all_true_neighbours_with_few_candidates(library: Library,
+                                                                        state: Path) -> None:
+    """Half the dimensions and 10k candidates: the ranking on full vectors mends the rest."""
+    spread = np.linspace(1.5, 0.2, DIM, dtype=np.float32)  # real latents' variance decays too
+    rows = fill(library, clustered(1000) * spread)
+    build(library, state, trees=32, kind="two-stage")
+    found = Searcher.open(library, index.load(state), "angular", 4000, candidates=100)
+    projected_only = Searcher.open(library, index.load(state), "angular", 4000, candidates=10)
+    hits = misses_without = 0
+    for seed in range(20):
+        query = clustered(1, seed=200 + seed)[0] * spread
+        truth = {row for row, _ in brute_force(rows, query, 10)}
+        hits += len(truth & {n.row_id for n in found.neighbors(query, 10)})
+        misses_without += 10 - len(truth & {n.row_id for n in projected_only.neighbors(query, 10)})
+    assert hits >= 0.95 * 200
+    assert misses_without > 200 - hits  # the candidates beyond k are what mends it

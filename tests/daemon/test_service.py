@@ -892,3 +892,44 @@ def test_a_new_image_enters_the_results_of_every_image_it_is_near(
     # results file after the next rebuild (rebuild_interval_s 2 here) rewrites it.
     run.wait(lambda: dropped in names(read_results(inbox / image) or {}), 5,
              f"{image}'s results to name {dropped}, now nearer than its 12th neighbour")
+
+
+def test_above_exact_below_the_service_searches_in_two_stages_and_finds_the_exact_answers(
+        tmp_path: Path, make_config: Callable[..., Path], start: Start,
+        digits: list[tuple[Path, int]], encoder_path: Path) -> None:
+    """Annoy on vectors projected to 8 numbers (of the test encoder's 32), its candidates
+    ranked on the full ones: with more candidates than images, every results file lists
+    what exact search finds."""
+    from lookalike.core import images as imaging
+    from lookalike.core import model
+
+    sources = digits[:80]
+    encoder = model.load(encoder_path)
+    vectors = encoder.encode(np.stack([imaging.load(source, encoder.shape).pixels
+                                       for source, _ in sources]))
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    between = np.sqrt(np.clip(2 - 2 * unit @ unit.T, 0, None))
+    np.fill_diagonal(between, np.inf)
+
+    config = configure(make_config, index={"exact_below": 0, "dims": 8, "candidates": 100})
+    inbox = tmp_path / "inbox"
+    images = fill(inbox, sources[:60])
+    run = start(config)
+    run.ready()
+    wait_answered(run, inbox, images)
+    fill(inbox, sources[60:])  # after the first build: searched exactly until the next
+    current = run.state_dir / "index" / "current.json"
+    run.wait(lambda: current.is_file() and json.loads(current.read_text())["items"] == 80, 30,
+             "an index of every image")
+    built = json.loads(current.read_text())
+    assert (built["kind"], built["dim"], built["reduced"]) == ("annoy", vectors.shape[1], 8)
+    assert (run.state_dir / "index" / f"{built['generation']}.axes.npy").is_file()
+    wait_answered(run, inbox, [source.name for source, _ in sources])
+    answered = results_of(inbox)
+    position = {source.name: n for n, (source, _) in enumerate(sources)}
+    for i, (source, _) in enumerate(sources):  # the exact distances, and ties either way
+        listed = answered[source.name]["neighbors"]
+        assert np.allclose([n["distance"] for n in listed], np.sort(between[i])[:K], atol=1e-4)
+        assert np.allclose([n["distance"] for n in listed],
+                           [between[i][position[n["path"]]] for n in listed], atol=1e-4)
+    assert run.terminate() == 0
