@@ -9,7 +9,9 @@ Runs, each in a process of its own and one after the other:
 - bench/latency.py: the real service started empty, started on 10^4 images
   ingested from scratch and restarted, and started on libraries of 10^3 to
   10^6 images (seeded): start-up, latency, a burst of 1,000, idle memory;
-- bench/index_scale.py: the index alone at 10^4 to 10^6 vectors.
+- bench/index_scale.py: the index alone at 10^4 to 10^6 vectors, and on real
+  latents of the shipped encoder (bench/latents.py) at 2x10^4 and 10^5, Annoy
+  on the whole vectors beside the two-stage search.
 Prints the tables with the targets beside them and replaces the section
 between the `bench/run.py` markers of BENCHMARKS.md. `--quick` runs small
 sizes (a check that it all works, minutes), and leaves BENCHMARKS.md alone.
@@ -29,6 +31,7 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 BENCHMARKS = HERE.parent / "BENCHMARKS.md"
+LATENTS = HERE / "results" / "latents-100000.npy"
 BEGIN, END = "<!-- bench/run.py: begin -->", "<!-- bench/run.py: end -->"
 
 
@@ -96,6 +99,35 @@ def index_table(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def latents_table(rows: list[dict[str, Any]]) -> list[str]:
+    lines = ["The index on real latents (`python bench/latents.py "
+             f"{LATENTS.relative_to(HERE.parent)} --count 100000`: the shipped encoder's 896 "
+             "numbers for the corpus, the digits and altered copies of them), through the "
+             "service's `index.build` and `Searcher`, 32 trees: the previous default (Annoy on "
+             "the whole vectors, search_k 4000) beside the two-stage default (`index.dims` "
+             "128, `index.candidates` 384, search_k 10000). `python bench/index_scale.py "
+             "--latents FILE --one N` plus the arguments in the first column.", "",
+             "| arguments | vectors | Annoy's numbers | build s | Annoy file MB | query µs | "
+             "recall@12 |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    lines += [f"| `{r['arguments']}` | {r['vectors']:,} | {r['annoy_dim']} | {r['build_s']} | "
+              f"{r['ann_mb']:,} | {r['query_us']} | {r['recall']} |" for r in rows]
+    return lines
+
+
+def latent_rows(sizes: tuple[int, ...]) -> list[dict[str, Any]]:
+    if not LATENTS.exists():
+        figures("bench/latents.py", str(LATENTS), "--count", str(max(sizes)))
+    rows = []
+    for size in sizes:
+        for arguments in (["--dims", "0", "--search-k", "4000"],
+                          ["--dims", "128", "--candidates", "384", "--search-k", "10000"]):
+            row = figures("bench/index_scale.py", "--latents", str(LATENTS), *arguments,
+                          "--one", str(size))[-1]
+            row["arguments"] = " ".join(arguments)
+            rows.append(row)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--corpus", type=Path, default=Path("/tmp/corpus"))
@@ -120,12 +152,13 @@ def main() -> None:
         service.append(row)
     sizes = (10_000, 30_000) if quick else (10_000, 100_000, 1_000_000)
     index = [figures("bench/index_scale.py", "--one", str(n))[-1] for n in sizes]
+    latents = latent_rows((20_000,) if quick else (20_000, 100_000))
 
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     section = [BEGIN, f"Measured {stamp} by `python bench/run.py` (about "
                "25 minutes; the machine's two cores, shared).", "",
                *ingest_table(ingest, ingest_command), "", *service_table(service), "",
-               *index_table(index), END]
+               *index_table(index), "", *latents_table(latents), END]
     text = "\n".join(section)
     print(text)
     if quick:

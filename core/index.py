@@ -35,6 +35,7 @@ from .store import Library
 log = logging.getLogger(__name__)
 
 AXES_SAMPLE = 50_000  # vectors the projection is fitted on: plenty for 10^3 directions
+PROJECT_BLOCK = 65_536  # vectors projected at a time
 
 
 @dataclass(frozen=True)
@@ -79,9 +80,13 @@ class Rows:
 
     def take(self, items: np.ndarray) -> np.ndarray:
         """The vectors of index `items`, in their order."""
+        taken = np.empty((len(items), self.dim), "<f4")
+        into = memoryview(taken).cast("B")
         fd, start, width = self.file.fileno(), self.start, self.width
-        raw = b"".join(os.pread(fd, width, start + int(item) * width) for item in items)
-        return np.frombuffer(raw, "<f4").reshape(len(items), self.dim)
+        for n, item in enumerate(items.tolist()):  # straight into place: no copy, no bytes
+            if os.preadv(fd, [into[n * width:(n + 1) * width]], start + item * width) != width:
+                raise StateError(f"{self.file.name}: shorter than its header says")
+        return taken
 
 
 @dataclass
@@ -100,7 +105,7 @@ class BuiltIndex:
         for the angular metric), or unchanged."""
         if self.axes is None:
             return vectors
-        return unit(vectors, self.info.metric) @ self.axes
+        return project(vectors, self.info.metric, self.axes)
 
 
 def folder(state_dir: Path) -> Path:
@@ -128,8 +133,7 @@ def build(library: Library, state_dir: Path, *, metric: str, trees: int,
     if reduced:
         axes = main_axes(vectors, metric, reduced)
         write_durably(home / f"{generation}.axes.npy", axes)
-        vectors = unit(vectors, metric) @ axes
-        del axes
+        vectors = project(vectors, metric, axes)
     if kind == "annoy" and len(vectors):
         write_annoy(home / f"{generation}.ann", vectors, annoy_metric(metric, reduced), trees)
     write_durably(home / f"{generation}.ids.npy", row_ids)
@@ -161,6 +165,15 @@ def main_axes(vectors: np.ndarray, metric: str, dims: int) -> np.ndarray:
     sample = unit(sample, metric).astype(np.float64)
     variances, directions = np.linalg.eigh(np.cov(sample, rowvar=False))
     return np.ascontiguousarray(directions[:, ::-1][:, :dims], dtype=np.float32)
+
+
+def project(vectors: np.ndarray, metric: str, axes: np.ndarray) -> np.ndarray:
+    """`vectors` projected onto `axes`, a block at a time: never a second full-size copy."""
+    step = PROJECT_BLOCK
+    if not len(vectors):
+        return np.zeros((0, axes.shape[1]), np.float32)
+    return np.concatenate([unit(vectors[start:start + step], metric) @ axes
+                           for start in range(0, len(vectors), step)])
 
 
 def unit(vectors: np.ndarray, metric: str) -> np.ndarray:

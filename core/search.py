@@ -195,11 +195,11 @@ class Searcher:
                 zip(self.index.row_ids[items], distances, strict=True)][:k]
 
     def annoy_items(self, vector: np.ndarray, k: int, exclude: int | None,
-                    want: int) -> tuple[np.ndarray, list[float]]:
+                    want: int) -> tuple[np.ndarray, np.ndarray]:
         """Annoy's `want` nearest items to `vector` (or more, until k of them are neither
         `exclude` nor stale), without those, and Annoy's distances to them."""
         if self.index is None or self.index.annoy is None:
-            return np.zeros(0, np.int64), []
+            return np.zeros(0, np.int64), np.zeros(0)
         total = self.index.info.items
         # Ask for enough to survive the skipped items; widen if too many were stale.
         want = min(total, want + min(len(self.stale), k) + 1)
@@ -207,26 +207,55 @@ class Searcher:
             found, distances = self.index.annoy.get_nns_by_vector(
                 vector.tolist(), want, search_k=self.search_k, include_distances=True)
             items = np.asarray(found, np.int64)
-            rows = self.index.row_ids[items]
-            keep = [int(row) != exclude and int(row) not in self.stale for row in rows]
-            if sum(keep) >= k or want >= total:
-                return items[keep], [d for d, ok in zip(distances, keep, strict=True) if ok]
+            keep = self.index.row_ids[items] != (-1 if exclude is None else exclude)
+            if self.stale:
+                keep &= [int(row) not in self.stale for row in self.index.row_ids[items]]
+            if keep.sum() >= k or want >= total:
+                return items[keep], np.asarray(distances)[keep]
             want = min(total, want * 2)
 
     def ranked_again(self, vectors: np.ndarray, k: int,
                      exclude: Sequence[int | None]) -> list[list[Neighbor]]:
-        """Annoy's candidates for each vector, ranked on the full vectors: the k nearest."""
+        """Annoy's candidates for each vector, ranked on the full vectors: the k nearest.
+
+        The candidates' vectors are read once for all the queries: neighbours
+        of a batch of look-alike images share many.
+        """
         assert self.index is not None and self.index.rows is not None
         projected = self.index.project(np.asarray(vectors, np.float32))
+        wanted = max(k, self.candidates)
+        candidates = [self.annoy_items(query, k, own, wanted)[0]
+                      for query, own in zip(projected, exclude, strict=True)]
+        items = np.unique(np.concatenate(candidates))  # sorted: the file is read in order
+        rows = self.index.rows.take(items)
+        lengths = np.maximum(norms(rows), 1e-30) if self.metric == "angular" else None
         found = []
-        for vector, query, own in zip(vectors, projected, exclude, strict=True):
-            items, _ = self.annoy_items(query, k, own, max(k, self.candidates))
-            items = np.sort(items)  # the file read in order
-            near = distance(self.index.rows.take(items), vector, self.metric)
-            nearest = np.argsort(near, kind="stable")[:k]
+        for vector, mine in zip(vectors, candidates, strict=True):
+            if len(mine) == len(items):  # one query (or the same candidates): no gathering
+                at, mine_rows, mine_lengths = np.arange(len(items)), rows, lengths
+            else:
+                at = np.searchsorted(items, mine)
+                mine_rows = rows[at]
+                mine_lengths = lengths[at] if lengths is not None else None
+            nearest = at[self.closest(mine_rows, mine_lengths, np.asarray(vector, np.float32), k)]
+            near = distance(rows[nearest], vector, self.metric)
             found.append([Neighbor(int(self.index.row_ids[item]), float(d))
-                          for item, d in zip(items[nearest], near[nearest], strict=True)])
+                          for item, d in zip(items[nearest], near, strict=True)])
         return found
+
+    def closest(self, rows: np.ndarray, lengths: np.ndarray | None, vector: np.ndarray,
+                k: int) -> np.ndarray:
+        """Positions of the k rows nearest to `vector`, nearest first (scored in float32;
+        `distance` then measures the chosen few precisely)."""
+        if lengths is not None:  # angular: the highest cosine
+            scores = -(rows @ vector) / lengths
+        else:
+            scores = np.einsum("ij,ij->i", rows, rows) - 2.0 * (rows @ vector)
+        take = min(k, len(scores))
+        if not take:
+            return np.zeros(0, np.int64)
+        nearest = np.argpartition(scores, take - 1)[:take]
+        return nearest[np.argsort(scores[nearest], kind="stable")]
 
 
 def norms(matrix: np.ndarray) -> np.ndarray:
