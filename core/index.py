@@ -81,7 +81,7 @@ class Rows:
     def take(self, items: np.ndarray) -> np.ndarray:
         """The vectors of index `items`, in their order."""
         taken = np.empty((len(items), self.dim), "<f4")
-        into = memoryview(taken).cast("B")
+        into = memoryview(taken.data).cast("B")
         fd, start, width = self.file.fileno(), self.start, self.width
         for n, item in enumerate(items.tolist()):  # straight into place: no copy, no bytes
             if os.preadv(fd, [into[n * width:(n + 1) * width]], start + item * width) != width:
