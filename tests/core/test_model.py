@@ -300,6 +300,28 @@ def test_the_palette_tells_colours_apart_and_ignores_where_they_are() -> None:
                        [0.5, 0.5])
 
 
+@pytest.mark.parametrize("levels", [16, 256])
+def test_channel_levels_bucket_values_as_the_discretization_did(levels: int) -> None:
+    """The lookup table gives each channel value the level that bucketing v / 255 at the
+    boundaries i / levels gave (the saved encoders before it did that)."""
+    values = np.arange(256, dtype=np.float32) * np.float32(1 / 255)
+    boundaries = np.array([i / levels for i in range(1, levels)], np.float32)
+    bucketed = np.searchsorted(boundaries, values, side="right")
+    assert np.array_equal(model.channel_levels(levels).ravel(), bucketed)
+
+
+def test_the_palette_counts_every_channel_value_at_its_level() -> None:
+    """Every value 0..255 of every channel goes through the encoder's own lookup."""
+    pixels = np.zeros((1, 16, 16, 3), np.uint8)
+    pixels[0].reshape(-1, 3)[:, 0] = np.arange(256)  # red runs through every value
+    learned = keras.Sequential([keras.Input((16, 16, 3)), keras.layers.Flatten(),
+                                keras.layers.Dense(4, name="latent")])
+    encoder = model.with_appearance(learned, pixels, model.Recipe(model.seed_preset, palette=8))
+    bins = keras.Model(encoder.inputs, encoder.get_layer("colour_bins").output)
+    joint = bins.predict(pixels.astype(np.float32), verbose=0)[0]
+    assert np.array_equal(joint, (np.arange(256) // 16) * 256)  # red's level, times 16 x 16
+
+
 def test_square_root_layers_follow_the_square_root() -> None:
     values = keras.Input((5,))
     root = keras.Model(values, model.square_root(values, 5, 1e-4, "root"))
