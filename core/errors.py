@@ -1,6 +1,9 @@
 """Typed errors raised at the edge of the core, reported once by the caller."""
 from __future__ import annotations
 
+import errno
+import sqlite3
+
 
 class LookalikeError(Exception):
     """Base of every error that a user can act on (no traceback needed)."""
@@ -29,3 +32,14 @@ class ModelError(LookalikeError):
 
 class StateError(LookalikeError):
     """The state directory (library or index) cannot be used."""
+
+
+class DiskFull(LookalikeError):
+    """A watched folder's disk is full: results files cannot be written there."""
+
+
+def disk_full(error: BaseException) -> bool:
+    """Whether `error` says a disk (or a quota) is full."""
+    if isinstance(error, sqlite3.OperationalError):
+        return "full" in str(error)  # SQLITE_FULL: "database or disk is full"
+    return isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)

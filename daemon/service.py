@@ -9,12 +9,10 @@ watchdog ping. Signal handlers only set flags; the loop acts on them.
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import logging
 import os
 import signal
-import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -27,7 +25,7 @@ from typing import TYPE_CHECKING
 from lookalike.core import config as configuration
 from lookalike.core import index, results
 from lookalike.core.config import Config
-from lookalike.core.errors import LookalikeError, StateError
+from lookalike.core.errors import LookalikeError, StateError, disk_full
 from lookalike.core.scan import Candidate
 from lookalike.core.search import Searcher
 from lookalike.core.store import Library
@@ -498,12 +496,6 @@ class Service:
             os.replace(path.with_name(path.name + ".partial"), path)
         except OSError as error:
             log.warning("cannot write the status file: %s", error)
-
-
-def disk_full(error: Exception) -> bool:
-    if isinstance(error, sqlite3.OperationalError):
-        return "full" in str(error)  # SQLITE_FULL: "database or disk is full"
-    return isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 def status_path(state_dir: Path) -> Path:

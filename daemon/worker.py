@@ -24,7 +24,7 @@ import numpy as np
 
 from lookalike.core import images, index, results, scan
 from lookalike.core.config import Config
-from lookalike.core.errors import StateError, UnreadableImage
+from lookalike.core.errors import DiskFull, StateError, UnreadableImage, disk_full
 from lookalike.core.search import Neighbor, Searcher
 from lookalike.core.store import Answer, Entry, Library, Record
 
@@ -292,17 +292,19 @@ class Worker:
             due = [answer for answer in (
                 self.answer_one(record, found.get(record.id, []), searcher, known)
                 for record in chunk.values()) if answer is not None]
-            written = self.write_answers(due)
-            self.library.mark_answered(written)
-            tally.answered += len(written)
+            tally.answered += self.write_answers(due)
             progress.update(start + len(chunk))
 
-    def write_answers(self, due: list[tuple[Path, dict[str, object], Answer]]) -> list[Answer]:
-        """Write the results files of `due` together; the answers that reached the disk."""
+    def write_answers(self, due: list[tuple[Path, dict[str, object], Answer]]) -> int:
+        """Write the results files of `due` together and remember those that reached the
+        disk; how many did. A full disk is raised once that is remembered."""
         failures = results.write_many([(target, document) for target, document, _ in due],
                                       self.scratch)
-        return [answer for (target, _, answer), failure in zip(due, failures, strict=True)
-                if not self.failed(target, failure)]
+        written = [answer for (target, _, answer), failure in zip(due, failures, strict=True)
+                   if not self.failed(target, failure)]
+        self.library.mark_answered(written)
+        self.raise_if_full(self.config.inbox, failures)
+        return len(written)
 
     def answer_one(self, record: Record, near: list[Neighbor], searcher: Searcher,
                    names: dict[int, tuple[str, str | None]]
@@ -360,6 +362,7 @@ class Worker:
         for (target, document), failure in zip(documents, failures, strict=True):
             tally.errors += document["status"] == "error"
             tally.answered += not self.failed(target, failure)
+        self.raise_if_full(folder, failures)
 
     def query(self, path: Path, name: str, searcher: Searcher,
               exclude: int | None = None) -> dict[str, object]:
@@ -388,9 +391,19 @@ class Worker:
                           built, searcher.items, searcher.pending)
 
     def failed(self, target: Path, failure: OSError | None) -> bool:
-        if failure is not None:
+        """Whether a write failed; said per file, unless a full disk (said once, raised)."""
+        if failure is not None and not disk_full(failure):
             log.error("%s: cannot write results: %s", target, failure.strerror or failure)
         return failure is not None
+
+    @staticmethod
+    def raise_if_full(folder: Path, failures: Iterable[OSError | None]) -> None:
+        """A full disk under `folder` fails the whole turn: the service then says so once
+        and retries until there is space; the results not written are written then."""
+        full = next((f for f in failures if f is not None and disk_full(f)), None)
+        if full is not None:
+            raise DiskFull(f"the disk of {folder} is full: results files cannot be written "
+                           f"({full.strerror})")
 
 
 def replaced(changed: Iterable[scan.Candidate], known: dict[str, Record]) -> list[int]:
