@@ -126,7 +126,8 @@ def seed(root: Path, count: int, pictures: list[bytes], model: Path) -> None:
         library.mark_answered(Answer(record.id, facts[int(path[6:13]) % len(pictures)][3], [],
                                      radius) for path, record in records.items())
         index.build(library, config.state_dir, metric="angular", trees=config.index.trees,
-                    model_id=model_id, exact_below=config.index.exact_below)
+                    model_id=model_id, exact_below=config.index.exact_below,
+                    dims=config.index.dims)  # the index the service itself would build
         library.set_meta("checked_generation", str(library.generation))
 
 
