@@ -419,15 +419,6 @@ def test_a_library_below_exact_below_gets_the_matrix_itself(library: Library,
     assert loaded is not None and loaded.vectors is None and loaded.annoy is not None
 
 
-def test_an_exact_index_whose_vectors_went_missing_is_damaged(library: Library,
-                                                               state: Path) -> None:
-    fill(library, clustered(20))
-    info = build(library, state, kind="exact")
-    (index.folder(state) / f"{info.generation}.vectors.npy").unlink()
-    with pytest.raises(StateError, match="damaged"):
-        index.load(state)
-
-
 @pytest.mark.parametrize("metric", ["angular", "euclidean"])
 def test_many_queries_at_once_equal_one_at_a_time(library: Library, state: Path, metric: str,
                                                   kind: str,
@@ -523,11 +514,12 @@ def test_two_stage_with_a_lossless_projection_equals_brute_force(library: Librar
         assert np.allclose([n.distance for n in got], [d for _, d in want], atol=1e-4)
 
 
-@pytest.mark.parametrize("part", ["axes.npy", "vectors.npy"])
-def test_a_two_stage_index_missing_a_part_is_damaged(library: Library, state: Path,
-                                                     part: str) -> None:
+@pytest.mark.parametrize(("kind", "part"), [("exact", "vectors.npy"), ("two-stage", "axes.npy"),
+                                           ("two-stage", "vectors.npy")])
+def test_an_index_missing_a_part_is_damaged(library: Library, state: Path, kind: str,
+                                            part: str) -> None:
     fill(library, clustered(30))
-    info = build(library, state, kind="two-stage")
+    info = build(library, state, kind=kind)
     (index.folder(state) / f"{info.generation}.{part}").unlink()
     with pytest.raises(StateError, match="damaged"):
         index.load(state)
