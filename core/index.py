@@ -11,6 +11,7 @@ projected onto their `dims` main axes (`index/<G>.axes.npy`, PCA) and finds
 candidates; `index/<G>.vectors.npy` holds them in full, and the candidates
 are ranked again on those. Annoy's file, which the service maps into memory,
 shrinks by the same factor, and each node it visits costs that much less.
+
 `index/current.json` names the index in use; it is replaced by rename,
 so a reader sees the old index or the new one, never half of one. The
 previous index's files are kept one round so that a reader that has just
