@@ -215,7 +215,9 @@ def killed(tmp_path_factory: pytest.TempPathFactory, config_in: Callable[..., Pa
             present = on_disk(inbox)
             # new images (some in a sub-folder), edits and deletions, then a kill at a random moment
             added = []
-            for _ in range(chance.randint(10, 40)):
+            # The first burst spans several batches, so that a kill at its first answer
+            # comes while the rest wait (a burst of one batch is answered all at once).
+            for _ in range(150 if cycle == 0 else chance.randint(10, 40)):
                 n = next(fresh)
                 folder = inbox / ("later" if n % 3 == 0 else "")
                 folder.mkdir(exist_ok=True)
