@@ -101,19 +101,22 @@ class Worker:
         self.encoder = encoder
         self.pool = ThreadPoolExecutor(config.decode_threads, thread_name_prefix="decode")
         self.interrupted: Callable[[], bool] = lambda: False  # checked between batches
-        self.scratch: Path | None = None  # temporaries of results files: `take_scratch`
+        self.scratch: results.Scratch | None = None  # temporaries of results: `take_scratch`
 
     def take_scratch(self) -> None:
         """Keep temporary results files in the state directory (only its lock holder may).
 
         Leftovers of a crash are deleted first: they are ours, by name.
         """
-        self.scratch = self.config.state_dir / "partial"
-        self.scratch.mkdir(exist_ok=True)
-        remove_leftovers(self.scratch)
+        folder = self.config.state_dir / "partial"
+        folder.mkdir(exist_ok=True)
+        remove_leftovers(folder)
+        self.scratch = results.Scratch(folder)
 
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
+        if self.scratch is not None:
+            self.scratch.close()
 
     # -- the library ------------------------------------------------------
     def reconcile(self, tally: Tally, model_too: bool = True) -> Changes:
@@ -150,6 +153,8 @@ class Worker:
                tally: Tally) -> list[int]:
         """Read, encode and store `candidates` in batches; return the stored row ids."""
         progress = Progress("ingest", len(candidates))
+        if self.scratch is not None:
+            self.scratch.stock(len(candidates))  # a results file each, made while encoding
         size, stored = self.config.batch_size, []
         reading = self.read_batch(candidates[:size])
         for start in range(0, len(candidates), size):

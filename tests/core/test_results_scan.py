@@ -6,6 +6,7 @@ import os
 import re
 import stat
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -284,13 +285,53 @@ def test_write_many_keeps_its_temporaries_in_the_scratch_folder(tmp_path: Path) 
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(os, "open", spy)
-        assert results.write_many(documents, scratch) == [None, None, None]
+        assert results.write_many(documents, results.Scratch(scratch)) == [None, None, None]
     temporaries = [path for path in created if path.endswith(".tmp")]
     assert len(temporaries) == 3 and all(Path(p).parent == scratch for p in temporaries)
     assert sorted(p.name for p in folder.iterdir()) == sorted(p.name for p, _ in documents)
     assert list(scratch.iterdir()) == []
     for path, document in documents:
         assert json.loads(path.read_text())["error"] == document["error"]
+
+
+def test_blanks_made_ahead_become_the_results_files(tmp_path: Path) -> None:
+    scratch, folder = results.Scratch(tmp_path / "partial"), tmp_path / "inbox"
+    scratch.folder.mkdir()
+    folder.mkdir()
+    scratch.stock(5)
+    deadline = time.monotonic() + 30
+    while len(list(scratch.folder.iterdir())) < 5 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    blanks = {p.stat().st_ino for p in scratch.folder.iterdir()}
+    assert len(blanks) == 5
+    documents = [(folder / f"{n}.png.neighbors.json", results.error(f"{n}.png", "empty", "e"))
+                 for n in range(3)]
+    assert results.write_many(documents, scratch) == [None, None, None]
+    # The three results files are three of the blanks, filled and renamed in.
+    assert {path.stat().st_ino for path, _ in documents} <= blanks
+    assert all(json.loads(path.read_text())["status"] == "error" for path, _ in documents)
+    assert len(list(scratch.folder.iterdir())) == 2
+    scratch.close()
+    assert list(scratch.folder.iterdir()) == []
+
+
+def test_without_blanks_ready_a_write_makes_its_own_and_stocking_stops_at_the_cap(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    scratch, folder = results.Scratch(tmp_path / "partial"), tmp_path / "inbox"
+    scratch.folder.mkdir()
+    folder.mkdir()
+    target = folder / "a.png.neighbors.json"
+    assert results.write_many([(target, results.error("a.png", "empty", "e"))], scratch) == [None]
+    assert json.loads(target.read_text())["status"] == "error"
+    monkeypatch.setattr(results, "MAX_BLANKS", 4)
+    scratch.stock(3)
+    scratch.stock(3)
+    deadline = time.monotonic() + 30
+    while scratch.maker is not None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(list(scratch.folder.iterdir())) == 4
+    scratch.close()
+    assert list(scratch.folder.iterdir()) == []
 
 
 def test_write_many_writes_beside_the_file_when_the_scratch_is_on_another_disk(
@@ -311,7 +352,7 @@ def test_write_many_writes_beside_the_file_when_the_scratch_is_on_another_disk(
     with tempfile.TemporaryDirectory(dir=shm) as scratch, pytest.MonkeyPatch.context() as patch:
         patch.setattr(os, "open", spy)
         assert results.write_many([(target, results.error("a.png", "empty", "e"))],
-                                  Path(scratch)) == [None]
+                                  results.Scratch(Path(scratch))) == [None]
         assert list(Path(scratch).iterdir()) == []
     assert [Path(p).parent for p in created if p.endswith(".tmp")] == [folder]
     assert json.loads(target.read_text())["status"] == "error"
