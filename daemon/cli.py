@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import json
 import logging
 import os
@@ -179,6 +180,10 @@ def load_encoder(config: Config) -> Encoder:
     side = encoder.shape.size
     log.info("encoder %s (%dx%d %s -> %d) loaded in %.1f s", config.model.name, side, side,
              encoder.shape.color, encoder.latent_dim, time.monotonic() - started)
+    # TensorFlow leaves some 330,000 objects that every full garbage collection would
+    # walk again (0.19 s each, several per thousand images ingested): set them aside.
+    gc.collect()
+    gc.freeze()
     return encoder
 
 
