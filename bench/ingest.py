@@ -18,14 +18,19 @@ For each, in this one process and with the same default encoder:
   threads), encoding alone (batches of 256) and writing the results files
   alone (as lookalike writes them, one sync per batch).
 Each pipeline runs `--repeats` times (3), alternating, after a sync of the
-disk, and its fastest run counts: file creation on this machine's disk takes
-from 20 us to 800 us per file depending on the moment (strace -T of openat),
-which only lookalike pays, since the article writes nothing.
+disk, and its fastest run counts. Nothing is deleted until the end: a run's
+results files and state are moved aside instead. This disk is ext4 without
+a journal, where a new file skips every inode freed in the last minute or
+more (the kernel's `recently_deleted`, which perf shows taking most of a
+create): after a run's files were deleted, the next run's file creation
+cost up to 700 us each instead of about 20 us, which only lookalike pays,
+since the article writes nothing.
 Prints images per second for each and the ratio; --json writes the rows.
 """
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import tempfile
@@ -72,7 +77,7 @@ def article(folder: Path, encoder: object) -> float:
     return time.perf_counter() - started
 
 
-def limits(folder: Path, encoder: object) -> dict[str, float]:
+def limits(folder: Path, encoder: object, spent: Path) -> dict[str, float]:
     """Images per second of decoding alone, encoding alone and results writing alone."""
     from concurrent.futures import ThreadPoolExecutor
 
@@ -97,35 +102,38 @@ def limits(folder: Path, encoder: object) -> dict[str, float]:
                       results.ok(p.name, "m", "angular", found, 1, len(files), 0)) for p in files]
         started = time.perf_counter()
         for start in range(0, len(documents), 1024):
-            results.write_many(documents[start:start + 1024], Path(scratch))
+            results.write_many(documents[start:start + 1024], results.Scratch(Path(scratch)))
         write = time.perf_counter() - started
+    kept = Path(tempfile.mkdtemp(dir=spent))
     for target, _ in documents:
-        target.unlink()
+        target.rename(kept / target.name)
     return {"decode": len(files) / decode[2], "decode_one": len(files) / decode[1],
             "encode": len(files) / encode,
             "write": len(files) / write}
 
 
-def lookalike(folder: Path, encoder: object) -> float:
+def lookalike(folder: Path, encoder: object, spent: Path) -> float:
+    """Seconds of `run --once` on `folder` from a fresh state. Its results files and
+    state then go to a new folder in `spent`: moved, not deleted (see the top)."""
     from lookalike.core import config as configuration
     from lookalike.core.store import Library
     from lookalike.daemon.worker import Tally, Worker
 
-    with tempfile.TemporaryDirectory() as state:
-        config_file = Path(state) / "config.yaml"
-        config_file.write_text(f"inbox: {folder}\nstate_dir: {state}/state\n")
-        config = configuration.load(config_file)
-        started = time.perf_counter()
-        with Library(config.state_dir / "library.sqlite") as library:
-            worker = Worker(config, library, encoder)  # type: ignore[arg-type]
-            worker.take_scratch()
-            tally = Tally()
-            worker.reconcile(tally)
-            worker.answer_library(worker.searcher(worker.rebuild_if_stale()), tally)
-            worker.close()
-        elapsed = time.perf_counter() - started
+    state = Path(tempfile.mkdtemp(dir=spent))
+    config_file = state / "config.yaml"
+    config_file.write_text(f"inbox: {folder}\nstate_dir: {state}/state\n")
+    config = configuration.load(config_file)
+    started = time.perf_counter()
+    with Library(config.state_dir / "library.sqlite") as library:
+        worker = Worker(config, library, encoder)  # type: ignore[arg-type]
+        worker.take_scratch()
+        tally = Tally()
+        worker.reconcile(tally)
+        worker.answer_library(worker.searcher(worker.rebuild_if_stale()), tally)
+        worker.close()
+    elapsed = time.perf_counter() - started
     for results in folder.glob("*.neighbors.json"):
-        results.unlink()
+        results.rename(state / results.name)
     return elapsed
 
 
@@ -141,6 +149,8 @@ def main() -> None:
     from lookalike.core.config import DEFAULT_MODEL
 
     encoder = model.load(DEFAULT_MODEL)
+    gc.collect()
+    gc.freeze()  # as `lookalike run` does once its encoder is loaded
     side, channels = encoder.shape.size, encoder.shape.channels
     encoder.encode(np.zeros((1, side, side, channels), np.uint8))  # trace once, outside timings
     sources = sorted(p for p in args.source.rglob("*") if p.suffix.lower() in (".png", ".jpg"))
@@ -150,6 +160,8 @@ def main() -> None:
         ("mixed PNG, WebP, JPEG", args.count, None, ("png", "webp", "jpg"))]
     rows: list[dict[str, object]] = []
     with tempfile.TemporaryDirectory() as home:
+        spent = Path(home) / "spent"
+        spent.mkdir()
         for name, count, size, formats in corpora:
             folder = Path(home) / f"corpus{len(rows)}"
             make_corpus(sources, folder, count, size, formats)
@@ -158,11 +170,11 @@ def main() -> None:
                 os.sync()  # the corpus (or the last run's results) on disk, not in flight
                 theirs = max(theirs, count / article(folder, encoder))
                 os.sync()
-                ours = max(ours, count / lookalike(folder, encoder))
+                ours = max(ours, count / lookalike(folder, encoder, spent))
             os.sync()
             row = {"corpus": name, "images": count, "article": round(theirs),
                    "lookalike": round(ours), "ratio": round(ours / theirs, 2),
-                   **{key: round(value) for key, value in limits(folder, encoder).items()}}
+                   **{key: round(value) for key, value in limits(folder, encoder, spent).items()}}
             rows.append(row)
             print(json.dumps(row), flush=True)
     print("\n| corpus | images | article images/s | lookalike images/s | lookalike ÷ article "
