@@ -27,7 +27,7 @@ def write_digits(out: Path, count: int | None = None, flat: bool = False) -> dic
 
     digits = load_digits()
     labels: dict[str, int] = {}
-    for n, (pixels, label) in enumerate(zip(digits.images, digits.target)):
+    for n, (pixels, label) in enumerate(zip(digits.images, digits.target, strict=True)):
         if count is not None and n >= count:
             break
         gray = (255 - pixels / 16.0 * 255).clip(0, 255).astype(np.uint8)

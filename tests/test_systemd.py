@@ -7,7 +7,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from conftest import LOOKALIKE
 
 UNIT = Path(__file__).resolve().parents[1] / "systemd" / "lookalike.service"
