@@ -75,6 +75,7 @@ class Service:
         self.missing: set[str] = set()
         self.sweep: list[int] = []  # row ids whose results to check when idle
         self.touched: set[int] = set()  # row ids whose results a change made out of date
+        self.counted = (-1, 0)  # the library generation last counted, and its images
         self.fault: str | None = None  # what makes turns fail (a full disk...), until one works
         self.retry_at = 0.0
         self.swept = 0
@@ -464,10 +465,12 @@ class Service:
 
     # -- reporting ----------------------------------------------------------------
     def status_line(self) -> str:
-        counts = self.library.counts()
+        generation = self.library.generation
+        if self.counted[0] != generation:  # idle, nothing changes: no counting
+            self.counted = (generation, self.library.counts()["images"])
         missing = f", missing: {', '.join(sorted(self.missing))}" if self.missing else ""
         fault = f"; FAILING: {self.fault}" if self.fault else ""
-        return (f"{counts['images']} images, {len(self.arrivals)} queued, "
+        return (f"{self.counted[1]} images, {len(self.arrivals)} queued, "
                 f"{self.searcher.pending} pending index{missing}{fault}")
 
     def write_status(self, state: str = "running") -> None:
