@@ -230,9 +230,17 @@ class Library:
         self.db.execute("COMMIT")
 
     def radii(self, ids: Iterable[int]) -> dict[int, float | None]:
-        """The k-th neighbour distance last written for each answered row id."""
+        """The k-th neighbour distance in the results file last written for each row id
+        that has one (also while it waits to be rewritten)."""
         return {row: radius for row, radius in self.select(
-            "SELECT id, radius FROM images WHERE answered IS NOT NULL AND id IN ({})", ids)}
+            "SELECT id, radius FROM images WHERE named IS NOT NULL AND deleted = 0 "
+            "AND id IN ({})", ids)}
+
+    def named(self, ids: Iterable[int]) -> dict[int, np.ndarray]:
+        """The row ids that the results file last written for each row id names."""
+        return {row: np.frombuffer(blob, "<i8") for row, blob in self.select(
+            "SELECT id, named FROM images WHERE named IS NOT NULL AND deleted = 0 "
+            "AND id IN ({})", ids)}
 
     def naming(self, ids: Iterable[int]) -> list[int]:
         """Live rows whose results file names any of `ids`."""

@@ -36,8 +36,10 @@ from lookalike.daemon.worker import (
     Changes,
     Progress,
     Tally,
+    Touched,
     Worker,
     create_folders_on_first_run,
+    join,
     remove_leftovers,
     replaced,
 )
@@ -74,7 +76,7 @@ class Service:
         self.rebuild_error: str | None = None
         self.missing: set[str] = set()
         self.sweep: list[int] = []  # row ids whose results to check when idle
-        self.touched: set[int] = set()  # row ids whose results a change made out of date
+        self.touched: Touched = {}  # rows whose results a change made out of date
         self.counted = (-1, 0)  # the library generation last counted, and its images
         self.fault: str | None = None  # what makes turns fail (a full disk...), until one works
         self.retry_at = 0.0
@@ -289,7 +291,7 @@ class Service:
         nearby = self.worker.nearby(self.searcher, changes.stored)
         affected = self.worker.affected(changes, nearby)
         self.library.unanswer(affected)  # so that a restart rewrites them too
-        self.touched |= affected
+        join(self.touched, affected)
         self.worker.answer(self.searcher, changes.stored, self.tally, nearby=nearby)
         log.debug("%d stored, %d removed, %d other results to rewrite",
                   len(changes.stored), len(changes.removed), len(affected))
@@ -426,9 +428,14 @@ class Service:
                   len(self.sweep), self.index_generation())
 
     def answer_touched(self, chunk: int = TOUCHED_CHUNK) -> None:
-        rows = sorted(self.touched)[:chunk]
-        self.touched.difference_update(rows)
-        self.worker.answer(self.searcher, rows, self.tally)
+        """Rewrite the results of `chunk` touched rows: merged with the new rows that
+        entered them where that is enough, searched again where not."""
+        entering = {row: self.touched.pop(row) for row in sorted(self.touched)[:chunk]}
+        merged = self.worker.merged(self.searcher.metric, {
+            row: rows for row, rows in entering.items() if rows is not None})
+        self.worker.answer(self.searcher, list(merged), self.tally, nearby=merged)
+        self.worker.answer(self.searcher, [row for row in entering if row not in merged],
+                           self.tally)
 
     def sweep_batch(self) -> None:
         rows, self.sweep = self.sweep[:SWEEP_CHUNK], self.sweep[SWEEP_CHUNK:]

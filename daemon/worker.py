@@ -9,6 +9,8 @@ service hands it what its watcher saw.
 Results stay true as the library changes: after a batch, `affected` names
 the images whose results a change touches (a new image closer than their
 k-th neighbour, or a neighbour that changed or left), bounded per image.
+Those that only gained neighbours are rewritten by `merged`, without a
+search: their last results and the new images, measured exactly.
 """
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ import numpy as np
 from lookalike.core import images, index, results, scan
 from lookalike.core.config import Config
 from lookalike.core.errors import DiskFull, StateError, UnreadableImage, disk_full
-from lookalike.core.search import Neighbor, Searcher
+from lookalike.core.search import Neighbor, Searcher, distance
 from lookalike.core.store import Answer, Entry, Library, Record
 
 if TYPE_CHECKING:
@@ -34,7 +36,13 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PROGRESS_EVERY_S = 5.0
-REVERSE_CANDIDATES = 2  # x k: how many neighbours of a new image may need new results
+# Images whose results wait to be rewritten, each with the new rows that may enter
+# them, or None when a new search must redo them (`Worker.affected`).
+Touched = dict[int, set[int] | None]
+# x k: the nearest of a new image whose results it may enter. Nearness is not symmetric:
+# of the images whose 12 nearest a new one enters, its 24 nearest hold 68%, its 96
+# nearest 89% (20,000 real latents). Entering costs no search (`merged`), so look wide.
+REVERSE_CANDIDATES = 8
 ANSWER_CHUNK = 1024  # results computed, written and synced together
 
 
@@ -259,21 +267,52 @@ class Worker:
         width = REVERSE_CANDIDATES * self.config.neighbors
         return searcher.neighbors_of(self.library.vectors_of(row_ids), width)
 
-    def affected(self, changes: Changes, nearby: dict[int, list[Neighbor]]) -> set[int]:
+    def affected(self, changes: Changes, nearby: dict[int, list[Neighbor]]) -> Touched:
         """Answered images whose results `changes` may alter (not the changed ones themselves).
 
         A new or moved image enters the results of those of its `nearby`
-        images that it is closer to than their k-th neighbour; an image that
-        left or changed leaves the results that named it.
+        images that it is closer to than their k-th neighbour: each affected
+        image comes with the rows that may enter. An image that left or
+        changed leaves the results that named it: those come with None, as
+        only a new search finds what takes its place.
         """
         named = set(changes.removed) | set(changes.replaced)  # a new row is in no results yet
-        affected = set(self.library.naming(named)) if named else set()
-        near = [n for each in nearby.values() for n in each]
-        radii = self.library.radii({n.row_id for n in near})
-        affected.update(n.row_id for n in near
-                        if n.row_id in radii and (radii[n.row_id] is None
-                                                  or n.distance < radii[n.row_id]))
-        return affected - set(changes.stored) - set(changes.removed)
+        affected: Touched = dict.fromkeys(self.library.naming(named)) if named else {}
+        radii = self.library.radii({n.row_id for near in nearby.values() for n in near})
+        for row, near in nearby.items():
+            for n in near:
+                if n.row_id not in radii:
+                    continue
+                radius = radii[n.row_id]
+                if radius is None or n.distance < radius:
+                    join(affected, {n.row_id: {row}})
+        for row in (*changes.stored, *changes.removed):
+            affected.pop(row, None)
+        return affected
+
+    def merged(self, metric: str, entering: dict[int, set[int]]) -> dict[int, list[Neighbor]]:
+        """The k nearest rows to each row of `entering` that only new rows may enter: its
+        last results and those rows, measured exactly. No search, so it costs little at
+        any library size; rows whose last results cannot be trusted are left out.
+        """
+        named = self.library.named(entering)
+        wanted = {*entering, *(r for rows in entering.values() for r in rows),
+                  *(int(r) for rows in named.values() for r in rows)}
+        vectors = self.library.vectors_of(wanted)
+        found = {}
+        for row, new in entering.items():
+            if row not in vectors or row not in named:
+                continue
+            last = named[row].tolist()
+            if any(r not in vectors for r in last):  # it named an image gone since
+                continue
+            others = sorted({*last, *(r for r in new if r in vectors)} - {row})
+            if not others:
+                continue
+            distances = distance(np.stack([vectors[r] for r in others]), vectors[row], metric)
+            ranked = sorted(zip(distances.tolist(), others, strict=True))
+            found[row] = [Neighbor(r, d) for d, r in ranked[:self.config.neighbors]]
+        return found
 
     def answer(self, searcher: Searcher, row_ids: Iterable[int], tally: Tally,
                names: dict[int, tuple[str, str | None]] | None = None,
@@ -409,6 +448,13 @@ class Worker:
         if full is not None:
             raise DiskFull(f"the disk of {folder} is full: results files cannot be written "
                            f"({full.strerror})")
+
+
+def join(touched: Touched, more: Touched) -> None:
+    """Add `more` to `touched`: the rows that may enter add up; None (search again) wins."""
+    for row, entering in more.items():
+        current = touched.get(row, set())
+        touched[row] = None if entering is None or current is None else current | entering
 
 
 def replaced(changed: Iterable[scan.Candidate], known: dict[str, Record]) -> list[int]:

@@ -250,7 +250,10 @@ def test_unanswer_marks_results_out_of_date_until_answered_again(library: Librar
     library.unanswer([rows["a.jpg"]])
     records = library.records()
     assert records["a.jpg"].answered is None and records["b.jpg"].answered == "2" * 32
-    assert library.radii(rows.values()) == {rows["b.jpg"]: 0.25}  # not a candidate meanwhile
+    # Still measured against meanwhile: a later arrival may enter its results too.
+    assert library.radii(rows.values()) == {rows["a.jpg"]: 0.25, rows["b.jpg"]: 0.25}
+    library.apply(deletions=["b.jpg"])
+    assert library.radii(rows.values()) == {rows["a.jpg"]: 0.25}
     library.mark_answered([Answer(rows["a.jpg"], "3" * 32, [rows["b.jpg"]], 0.5)])
     assert library.records()["a.jpg"].answered == "3" * 32
 

@@ -853,8 +853,10 @@ def test_a_new_image_enters_the_results_of_every_image_it_is_near(
         tmp_path: Path, make_config: Callable[..., Path], start: Start,
         digits: list[tuple[Path, int]], encoder_path: Path) -> None:
     """DESIGN: "When a new image enters the top-k of an existing image, that image's results
-    file is rewritten". Chosen here: a new image N that is among the 12 nearest of a library
-    image A while A is not among N's 24 nearest (nearness is not symmetric)."""
+    file is rewritten". Chosen here: the digit that enters the 12 nearest of the most
+    library images; each of them must come to name it, whether the update on arrival
+    saw it (the new image's REVERSE_CANDIDATES x 12 nearest) or the check of every
+    results file after the next rebuild did (nearness is not symmetric)."""
     from lookalike.core import images as imaging
     from lookalike.core import model
 
@@ -862,19 +864,15 @@ def test_a_new_image_enters_the_results_of_every_image_it_is_near(
     vectors = encoder.encode(np.stack([imaging.load(source, encoder.shape).pixels
                                        for source, _ in digits]))
     unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
-    size = 60
+    size = 150
     between = np.sqrt(np.clip(2 - 2 * unit[:size] @ unit[:size].T, 0, None))  # angular
     np.fill_diagonal(between, np.inf)
     radius = np.sort(between, axis=1)[:, K - 1]  # each library image's 12th neighbour
-    best = (-np.inf, 0, 0)
-    for n in range(size, len(unit)):
-        to_library = np.sqrt(np.clip(2 - 2 * unit[:size] @ unit[n], 0, None))
-        reach = np.sort(to_library)[2 * K - 1]  # the new image's 24th nearest
-        margins = np.minimum(radius - to_library, to_library - reach)
-        a = int(np.argmax(margins))
-        best = max(best, (float(margins[a]), n, a))
-    margin, new, near = best
-    assert margin > 1e-3, "no such pair among the digits"  # distances here are ~0.01-0.03
+    to_library = np.sqrt(np.clip(2 - 2 * unit[size:] @ unit[:size].T, 0, None))
+    enters = to_library < radius - 1e-4  # clearly nearer: rounding cannot decide
+    new = size + int(np.argmax(enters.sum(axis=1)))
+    near = np.flatnonzero(enters[new - size])
+    assert len(near) >= 5, "no digit near enough to many"
 
     config = configure(make_config)
     inbox = tmp_path / "inbox"
@@ -882,16 +880,18 @@ def test_a_new_image_enters_the_results_of_every_image_it_is_near(
     run = start(config)
     run.ready()
     answered = wait_answered(run, inbox, images)
-    image, dropped = digits[near][0].name, digits[new][0].name
-    # the service measures as we do
-    assert abs(answered[image]["neighbors"][-1]["distance"] - radius[near]) < 1e-4
+    dropped = digits[new][0].name
+    for a in near:  # the service measures as we do
+        image = digits[a][0].name
+        assert abs(answered[image]["neighbors"][-1]["distance"] - radius[a]) < 1e-4
 
     shutil.copy(digits[new][0], inbox / dropped)
     wait_answered(run, inbox, [*images, dropped])
-    # Not among N's 24 nearest, A escapes the bounded update at arrival; the check of every
-    # results file after the next rebuild (rebuild_interval_s 2 here) rewrites it.
-    run.wait(lambda: dropped in names(read_results(inbox / image) or {}), 5,
-             f"{image}'s results to name {dropped}, now nearer than its 12th neighbour")
+    for a in near:
+        image = digits[a][0].name
+        run.wait(lambda: dropped in names(read_results(inbox / image) or {}), 5,  # noqa: B023
+                 f"{image}'s results to name {dropped}, now nearer than its 12th neighbour")
+    assert run.terminate() == 0
 
 
 def test_above_exact_below_the_service_searches_in_two_stages_and_finds_the_exact_answers(

@@ -1,0 +1,93 @@
+"""Keeping other images' results true as images arrive and leave (`Worker.affected`,
+`Worker.merged`), on a real library: the updated lists must be what exact search finds."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lookalike.core import config as configuration
+from lookalike.core.search import Flat, Searcher
+from lookalike.core.store import Answer, Entry, Library
+from lookalike.daemon.worker import Changes, Worker
+
+K = 12
+
+
+@pytest.fixture
+def worker(tmp_path: Path, make_config: Callable[..., Path]) -> Worker:
+    config = configuration.load(make_config())
+    library = Library(config.state_dir / "library.sqlite")
+    return Worker(config, library, encoder=None)  # type: ignore[arg-type]  # never encodes
+
+
+def clustered(count: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(20, 16))
+    return (centres[rng.integers(0, 20, count)] + 0.5 * rng.normal(size=(count, 16))
+            ).astype(np.float32)
+
+
+def store(library: Library, vectors: np.ndarray, first: int) -> list[int]:
+    names = [f"{first + n}.png" for n in range(len(vectors))]
+    library.apply(Entry(name, 1, 1, None, "m", vector) for name, vector in zip(
+        names, vectors, strict=True))
+    return [library.lookup([name])[name].id for name in names]
+
+
+def answer_exactly(library: Library, rows: list[int]) -> None:
+    """Mark `rows` answered with their exact k nearest, as a results file would say."""
+    ids, vectors = library.vectors()
+    wanted = library.vectors_of(rows)
+    near = Flat(ids, vectors, "angular").nearest(np.stack(list(wanted.values())), K,
+                                                 list(wanted))
+    library.mark_answered(Answer(row, "f", [n.row_id for n in found], found[-1].distance)
+                          for row, found in zip(wanted, near, strict=True))
+
+
+def exact(library: Library) -> dict[int, list[int]]:
+    ids, vectors = library.vectors()
+    near = Flat(ids, vectors, "angular").nearest(vectors, K, list(ids))
+    return {int(row): [n.row_id for n in found] for row, found in zip(ids, near, strict=True)}
+
+
+def test_new_images_enter_the_results_they_belong_in_without_a_search(worker: Worker) -> None:
+    library = worker.library
+    old = store(library, clustered(300, 0), 0)
+    answer_exactly(library, old)
+    before = exact(library)
+    new = store(library, clustered(20, 1), 300)
+    after = exact(library)
+    ids, vectors = library.vectors()
+    searcher = Searcher(None, ids, vectors, set(), "angular")
+
+    affected = worker.affected(Changes(new, []), worker.nearby(searcher, new))
+    changed = {row for row in old if after[row] != before[row]}
+    assert changed and set(affected) == changed  # every one found, and only those
+    assert all(entering is not None and entering <= set(new) for entering in affected.values())
+
+    merged = worker.merged("angular", {row: rows for row, rows in affected.items()
+                                       if rows is not None})
+    assert {row: [n.row_id for n in near] for row, near in merged.items()} == \
+        {row: after[row] for row in changed}
+    row = min(merged)
+    assert [n.distance for n in merged[row]] == pytest.approx(
+        [n.distance for n in searcher.neighbors(vectors[ids == row][0], K, exclude=row)],
+        abs=1e-6)
+
+
+def test_an_image_that_left_sends_the_results_naming_it_to_a_new_search(
+        worker: Worker) -> None:
+    library = worker.library
+    rows = store(library, clustered(100, 2), 0)
+    answer_exactly(library, rows)
+    gone = rows[7]
+    naming = {row for row, near in exact(library).items() if gone in near}
+    library.apply(deletions=["7.png"])
+
+    affected = worker.affected(Changes([], [gone]), {})
+    assert affected == dict.fromkeys(naming)  # None: only a search finds what replaces it
+    # Asked anyway, the merge refuses a row whose last results name an image gone since.
+    assert worker.merged("angular", {row: set() for row in naming}) == {}
