@@ -11,8 +11,10 @@ again on the full vectors.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 
@@ -20,6 +22,7 @@ from .index import BuiltIndex
 from .store import Library
 
 DEFAULT_CANDIDATES = 384  # the schema's index.candidates
+T = TypeVar("T")
 SCORES_AT_ONCE = 1 << 20  # queries x rows per block of the exact scan (4 MB: stays in cache)
 
 
@@ -120,24 +123,27 @@ class Searcher:
 
     def __init__(self, index: BuiltIndex | None, fresh_ids: np.ndarray, fresh: np.ndarray,
                  stale: set[int], metric: str, search_k: int = -1,
-                 candidates: int = DEFAULT_CANDIDATES) -> None:
+                 candidates: int = DEFAULT_CANDIDATES, pool: Executor | None = None) -> None:
         self.index = index
         self.fresh = Flat(fresh_ids, fresh, metric)
         self.flat = None if index is None or index.vectors is None else \
             Flat(index.row_ids, index.vectors, metric)
         self.stale = stale
+        self.stale_ids = np.fromiter(stale, np.int64, len(stale))
         self.metric = metric
         self.search_k = search_k
         self.candidates = candidates
+        self.pool = pool  # Annoy lets go of the GIL while it searches: queries run side by side
 
     @classmethod
     def open(cls, library: Library, index: BuiltIndex | None, metric: str,
-             search_k: int = -1, candidates: int = DEFAULT_CANDIDATES) -> Searcher:
+             search_k: int = -1, candidates: int = DEFAULT_CANDIDATES,
+             pool: Executor | None = None) -> Searcher:
         since = index.info.generation if index is not None else 0
         fresh_ids, fresh, stale = library.changed_since(since)
         if index is not None:
             metric = index.info.metric
-        return cls(index, fresh_ids, fresh, stale, metric, search_k, candidates)
+        return cls(index, fresh_ids, fresh, stale, metric, search_k, candidates, pool)
 
     def refresh(self, changed: dict[int, np.ndarray], removed: Iterable[int] = ()) -> None:
         """Follow rows that changed after the build: search `changed` exactly, drop `removed`."""
@@ -145,6 +151,7 @@ class Searcher:
         if not touched:
             return
         self.stale |= touched
+        self.stale_ids = np.fromiter(self.stale, np.int64, len(self.stale))
         keep = ~np.isin(self.fresh.ids, np.fromiter(touched, np.int64))
         ids = np.fromiter(changed, np.int64, len(changed))
         parts = [self.fresh.vectors[keep]] if len(self.fresh) else []
@@ -180,8 +187,8 @@ class Searcher:
         elif self.index is not None and self.index.rows is not None:
             indexed = self.ranked_again(vectors, k, exclude)
         else:
-            indexed = [self.from_annoy(vector, k, own)
-                       for vector, own in zip(vectors, exclude, strict=True)]
+            indexed = self.each(lambda vector, own: self.from_annoy(vector, k, own),
+                                vectors, exclude)
         fresh = self.fresh.nearest(vectors, k, exclude)
         found = []
         for old, new in zip(indexed, fresh, strict=True):
@@ -210,9 +217,10 @@ class Searcher:
             found, distances = self.index.annoy.get_nns_by_vector(
                 vector.tolist(), want, search_k=self.search_k, include_distances=True)
             items = np.asarray(found, np.int64)
-            keep = self.index.row_ids[items] != (-1 if exclude is None else exclude)
+            rows = self.index.row_ids[items]
+            keep = rows != (-1 if exclude is None else exclude)
             if self.stale:
-                keep &= [int(row) not in self.stale for row in self.index.row_ids[items]]
+                keep &= ~np.isin(rows, self.stale_ids)
             if keep.sum() >= k or want >= total:
                 return items[keep], np.asarray(distances)[keep]
             want = min(total, want * 2)
@@ -227,8 +235,8 @@ class Searcher:
         assert self.index is not None and self.index.rows is not None
         projected = self.index.project(np.asarray(vectors, np.float32))
         wanted = max(k, self.candidates)
-        candidates = [self.annoy_items(query, k, own, wanted)[0]
-                      for query, own in zip(projected, exclude, strict=True)]
+        candidates = self.each(lambda query, own: self.annoy_items(query, k, own, wanted)[0],
+                               projected, exclude)
         items = np.unique(np.concatenate(candidates))  # sorted: the file is read in order
         rows = self.index.rows.take(items)
         lengths = np.maximum(norms(rows), 1e-30) if self.metric == "angular" else None
@@ -245,6 +253,13 @@ class Searcher:
             found.append([Neighbor(int(self.index.row_ids[item]), float(d))
                           for item, d in zip(items[nearest], near, strict=True)])
         return found
+
+    def each(self, search: Callable[[np.ndarray, int | None], T], vectors: np.ndarray,
+             exclude: Sequence[int | None]) -> list[T]:
+        """`search` of each vector (with its `exclude`), in the pool when there is one."""
+        if self.pool is None or len(vectors) < 2:
+            return [search(vector, own) for vector, own in zip(vectors, exclude, strict=True)]
+        return list(self.pool.map(search, vectors, exclude))
 
     def closest(self, rows: np.ndarray, lengths: np.ndarray | None, vector: np.ndarray,
                 k: int) -> np.ndarray:

@@ -258,7 +258,7 @@ class Worker:
     def searcher(self, built: index.BuiltIndex | None) -> Searcher:
         settings = self.config.index
         return Searcher.open(self.library, built, settings.metric, settings.search_k,
-                             settings.candidates)
+                             settings.candidates, self.pool)  # idle while searching
 
     # -- results -----------------------------------------------------------
     def nearby(self, searcher: Searcher, row_ids: Iterable[int]) -> dict[int, list[Neighbor]]:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -196,7 +197,7 @@ def test_search_equals_brute_force(library: Library, state: Path, metric: str, k
 def test_default_settings_find_nearly_all_true_neighbours(library: Library,
                                                           state: Path) -> None:
     rows = fill(library, clustered(1000))
-    build(library, state, trees=32)  # the config defaults: 32 trees, search_k 4000
+    build(library, state, trees=16)  # the default trees, at the old default search_k
     found = searcher(library, state, search_k=4000)
     hits = 0
     for seed in range(20):
@@ -441,6 +442,28 @@ def test_many_queries_at_once_equal_one_at_a_time(library: Library, state: Path,
     assert found.neighbors_many(queries[:0], 12, []) == []
 
 
+def test_queries_searched_side_by_side_find_what_they_find_one_by_one(
+        library: Library, state: Path, kind: str) -> None:
+    """Annoy lets go of the GIL while it searches: the worker's pool runs a batch's
+    queries on both cores. Stale rows (changed and deleted since the build) stay out."""
+    rows = fill(library, clustered(400))
+    build(library, state, kind=kind)
+    changed, deleted = sorted(rows)[:2]
+    name = {record.id: path for path, record in library.records().items()}
+    library.apply([entry(name[changed], clustered(1, seed=9)[0])], deletions=[name[deleted]])
+    own = sorted(rows)[2:66]
+    queries = np.stack([rows[row] for row in own])
+    alone = Searcher.open(library, index.load(state), "angular", 2000, 50)
+    with ThreadPoolExecutor(2) as pool:
+        together = Searcher.open(library, index.load(state), "angular", 2000, 50, pool)
+        assert len(together.stale) == 2
+        side_by_side = together.neighbors_many(queries, 12, own)
+    one_by_one = alone.neighbors_many(queries, 12, own)
+    assert [[n.row_id for n in near] for near in side_by_side] == \
+        [[n.row_id for n in near] for near in one_by_one]
+    assert deleted not in {n.row_id for near in side_by_side for n in near}
+
+
 # -- two-stage search -------------------------------------------------------------
 def in_subspace(count: int, rank: int, seed: int = 0) -> np.ndarray:
     """Vectors of DIM numbers that vary along `rank` directions only."""
@@ -539,7 +562,7 @@ def test_two_stage_finds_nearly_all_true_neighbours_with_few_candidates(library:
     """Half the dimensions and 10k candidates: the ranking on full vectors mends the rest."""
     spread = np.linspace(1.5, 0.2, DIM, dtype=np.float32)  # real latents' variance decays too
     rows = fill(library, clustered(1000) * spread)
-    build(library, state, trees=32, kind="two-stage")
+    build(library, state, trees=16, kind="two-stage")
     found = Searcher.open(library, index.load(state), "angular", 4000, candidates=100)
     projected_only = Searcher.open(library, index.load(state), "angular", 4000, candidates=10)
     hits = misses_without = 0
