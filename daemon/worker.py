@@ -40,8 +40,9 @@ PROGRESS_EVERY_S = 5.0
 # them, or None when a new search must redo them (`Worker.affected`).
 Touched = dict[int, set[int] | None]
 # x k: the nearest of a new image whose results it may enter. Nearness is not symmetric:
-# of the images whose 12 nearest a new one enters, its 24 nearest hold 68%, its 96
-# nearest 89% (20,000 real latents). Entering costs no search (`merged`), so look wide.
+# of the images whose 12 nearest a new one enters, its 24 nearest hold 70%, its 96
+# nearest 90% (bench/reverse.py, 20,000 real latents). Entering costs no search
+# (`merged`), so look wide.
 REVERSE_CANDIDATES = 8
 ANSWER_CHUNK = 1024  # results computed, written and synced together
 
