@@ -15,6 +15,7 @@ search: their last results and the new images, measured exactly.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -111,6 +112,7 @@ class Worker:
         self.pool = ThreadPoolExecutor(config.decode_threads, thread_name_prefix="decode")
         self.interrupted: Callable[[], bool] = lambda: False  # checked between batches
         self.scratch: results.Scratch | None = None  # temporaries of results: `take_scratch`
+        self.stock_blanks = False  # whether the scratch can make inbox results files ahead
 
     def take_scratch(self) -> None:
         """Keep temporary results files in the state directory (only its lock holder may).
@@ -121,6 +123,8 @@ class Worker:
         folder.mkdir(exist_ok=True)
         remove_leftovers(folder)
         self.scratch = results.Scratch(folder)
+        # A temporary is renamed into the inbox: on another disk it would be made for nothing.
+        self.stock_blanks = same_disk(folder, self.config.inbox)
 
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
@@ -162,7 +166,7 @@ class Worker:
                tally: Tally) -> list[int]:
         """Read, encode and store `candidates` in batches; return the stored row ids."""
         progress = Progress("ingest", len(candidates))
-        if self.scratch is not None:
+        if self.scratch is not None and self.stock_blanks:
             self.scratch.stock(len(candidates))  # a results file each, made while encoding
         size, stored = self.config.batch_size, []
         reading = self.read_batch(candidates[:size])
@@ -308,7 +312,7 @@ class Worker:
             if any(r not in vectors for r in last):  # it named an image gone since
                 continue
             others = sorted({*last, *(r for r in new if r in vectors)} - {row})
-            if not others:
+            if len(others) < self.config.neighbors:  # a short list (or k grew): search
                 continue
             distances = distance(np.stack([vectors[r] for r in others]), vectors[row], metric)
             ranked = sorted(zip(distances.tolist(), others, strict=True))
@@ -475,6 +479,13 @@ def create_folders_on_first_run(config: Config, library: Library) -> None:
         if folder is not None and not folder.exists():
             folder.mkdir(parents=True)
             log.info("created %s", folder)
+
+
+def same_disk(one: Path, other: Path) -> bool:
+    try:
+        return os.stat(one).st_dev == os.stat(other).st_dev
+    except OSError:  # a missing inbox (unmounted): no blanks until the next start
+        return False
 
 
 def remove_leftovers(folder: Path) -> None:

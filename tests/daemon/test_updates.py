@@ -2,6 +2,8 @@
 `Worker.merged`), on a real library: the updated lists must be what exact search finds."""
 from __future__ import annotations
 
+import shutil
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -91,3 +93,33 @@ def test_an_image_that_left_sends_the_results_naming_it_to_a_new_search(
     assert affected == dict.fromkeys(naming)  # None: only a search finds what replaces it
     # Asked anyway, the merge refuses a row whose last results name an image gone since.
     assert worker.merged("angular", {row: set() for row in naming}) == {}
+
+
+def test_a_list_shorter_than_k_is_searched_again_not_merged(worker: Worker) -> None:
+    """A results file written when k was smaller (a reload raised it) or the library
+    held fewer images: the merge would list fewer than k, so it leaves the row out."""
+    library = worker.library
+    rows = store(library, clustered(30, 3), 0)
+    answer_exactly(library, rows)
+    short = rows[0]
+    library.mark_answered([Answer(short, "f", rows[1:4], 0.5)])  # named only 3
+    new = store(library, clustered(1, 4), 30)
+    merged = worker.merged("angular", {short: set(new), rows[1]: set(new)})
+    assert short not in merged and rows[1] in merged
+
+
+def test_blanks_are_made_only_for_an_inbox_on_the_scratch_disk(
+        tmp_path: Path, make_config: Callable[..., Path]) -> None:
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or shm.stat().st_dev == tmp_path.stat().st_dev:
+        pytest.skip("needs /dev/shm on a file system of its own")
+    for state, stocks in ((tmp_path / "state", True), (Path(tempfile.mkdtemp(dir=shm)), False)):
+        config = configuration.load(make_config(state_dir=str(state)))
+        with Library(config.state_dir / "library.sqlite") as library:
+            worker = Worker(config, library, encoder=None)  # type: ignore[arg-type]
+            worker.take_scratch()
+            assert worker.stock_blanks is stocks
+            worker.close()
+        if not stocks:
+            shutil.rmtree(state)
+
