@@ -55,6 +55,8 @@ RETRY_S = 10  # seconds between attempts while turns fail
 SWEEP_CHUNK = 64  # results checked per idle turn: small, so an arrival waits little
 SWEEP_EVERY_S = 600  # at most one check of every results file per this long: a large
                      # library takes minutes, and changes come every minute
+SWEEP_SHARE = 0.1  # ... and checks take at most this share of the time: a check searches
+                   # every image again (1.6 ms each at 10^5), half an hour at 10^6
 TOUCHED_CHUNK = 256  # other images' results rewritten per idle turn
 TOUCHED_AT_MOST = 8192  # rewritten even during a burst past this many
 # Settings that a reload cannot change: they shape what is already running.
@@ -83,6 +85,7 @@ class Service:
         self.swept = 0
         self.swept_generation = -1
         self.sweep_started = -float("inf")
+        self.sweep_took = 0.0  # seconds the last complete check took
 
     # -- life cycle ------------------------------------------------------------
     def start(self) -> None:
@@ -411,12 +414,14 @@ class Service:
         one's nearest (nearness is not symmetric); a kill between a library
         commit and the results it changes leaves them old (the generation
         last checked is kept in the library, so a restart checks too). At
-        most once per SWEEP_EVERY_S: a large library takes minutes.
+        most once per SWEEP_EVERY_S, and never more than SWEEP_SHARE of the
+        time, by the last check's length: a large library takes minutes.
         """
         return (not self.reencoding and self.rebuilding is None
                 and self.swept_generation != self.library.generation
                 and self.index_generation() == self.library.generation
-                and now - self.sweep_started >= SWEEP_EVERY_S)
+                and now - self.sweep_started >= max(SWEEP_EVERY_S,
+                                                    self.sweep_took / SWEEP_SHARE))
 
     def start_sweep(self) -> None:
         generation = self.library.generation
@@ -445,9 +450,10 @@ class Service:
         if self.sweep:
             return
         self.library.set_meta("checked_generation", str(self.swept_generation))
+        self.sweep_took = self.clock() - self.sweep_started
         if self.swept:
-            log.info("results check done: %d results files were out of date and rewritten",
-                     self.swept)
+            log.info("results check done in %.0f s: %d results files were out of date and "
+                     "rewritten", self.sweep_took, self.swept)
 
     def index_generation(self) -> int | None:
         return self.searcher.index.info.generation if self.searcher.index is not None else None

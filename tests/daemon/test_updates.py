@@ -123,3 +123,34 @@ def test_blanks_are_made_only_for_an_inbox_on_the_scratch_disk(
         if not stocks:
             shutil.rmtree(state)
 
+
+def test_checks_of_every_results_file_take_at_most_a_tenth_of_the_time(
+        tmp_path: Path, make_config: Callable[..., Path], encoder_path: Path) -> None:
+    """A check searches every image again: half an hour at 10^6. The next one waits at
+    least ten times as long as the last one took (and at least SWEEP_EVERY_S)."""
+    from lookalike.core import index, model
+    from lookalike.daemon import service as daemon
+
+    config = configuration.load(make_config())
+    now = [10_000.0]
+    service = daemon.Service(config, lambda _: model.load(encoder_path), clock=lambda: now[0])
+    library = Library(config.state_dir / "library.sqlite")
+    service.library, service.reencoding = library, []
+    service.worker = Worker(config, library, model.load(encoder_path))
+    service.worker.take_scratch()
+    store(library, np.random.default_rng(5).normal(size=(200, 32)).astype(np.float32), 0)
+    service.worker.rebuild()
+    service.searcher = service.worker.searcher(index.load(config.state_dir))
+    assert service.sweep_due(now[0])
+    service.start_sweep()
+    while service.sweep:
+        now[0] += 600.0  # each chunk of 64 "takes" ten minutes: 40 minutes in all
+        service.sweep_batch()
+    assert service.sweep_took == 4 * 600.0
+    store(library, np.random.default_rng(6).normal(size=(1, 32)).astype(np.float32), 200)
+    service.worker.rebuild()
+    service.searcher = service.worker.searcher(index.load(config.state_dir))
+    started = 10_000.0
+    assert not service.sweep_due(started + 10 * 2400.0 - 1)
+    assert service.sweep_due(started + 10 * 2400.0)
+    service.worker.close()
