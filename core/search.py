@@ -52,12 +52,12 @@ class Flat:
         return len(self.ids)
 
     def nearest(self, queries: np.ndarray, k: int, exclude: Sequence[int | None],
-                stale: set[int] | None = None) -> list[list[Neighbor]]:
-        """The k nearest rows to each query, never its `exclude` nor a `stale` row."""
+                stale: np.ndarray | None = None) -> list[list[Neighbor]]:
+        """The k nearest rows to each query, never its `exclude` nor a `stale` row id."""
         if not len(self.ids) or not k:
             return [[] for _ in queries]
         queries = self.prepare(queries)
-        skipped = np.isin(self.ids, np.fromiter(stale, np.int64)) if stale else None
+        skipped = np.isin(self.ids, stale) if stale is not None and len(stale) else None
         found: list[list[Neighbor]] = []
         step = max(1, SCORES_AT_ONCE // len(self.ids))
         for start in range(0, len(queries), step):
@@ -128,8 +128,7 @@ class Searcher:
         self.fresh = Flat(fresh_ids, fresh, metric)
         self.flat = None if index is None or index.vectors is None else \
             Flat(index.row_ids, index.vectors, metric)
-        self.stale = stale
-        self.stale_ids = np.fromiter(stale, np.int64, len(stale))
+        self.stale = np.fromiter(stale, np.int64, len(stale))  # row ids the index knows wrong
         self.metric = metric
         self.search_k = search_k
         self.candidates = candidates
@@ -150,9 +149,9 @@ class Searcher:
         touched = set(changed) | set(removed)
         if not touched:
             return
-        self.stale |= touched
-        self.stale_ids = np.fromiter(self.stale, np.int64, len(self.stale))
-        keep = ~np.isin(self.fresh.ids, np.fromiter(touched, np.int64))
+        touched_ids = np.fromiter(touched, np.int64, len(touched))
+        self.stale = np.union1d(self.stale, touched_ids)
+        keep = ~np.isin(self.fresh.ids, touched_ids)
         ids = np.fromiter(changed, np.int64, len(changed))
         parts = [self.fresh.vectors[keep]] if len(self.fresh) else []
         parts += [np.stack(list(changed.values())).astype(np.float32)] if changed else []
@@ -219,8 +218,8 @@ class Searcher:
             items = np.asarray(found, np.int64)
             rows = self.index.row_ids[items]
             keep = rows != (-1 if exclude is None else exclude)
-            if self.stale:
-                keep &= ~np.isin(rows, self.stale_ids)
+            if len(self.stale):
+                keep &= ~np.isin(rows, self.stale)
             if keep.sum() >= k or want >= total:
                 return items[keep], np.asarray(distances)[keep]
             want = min(total, want * 2)

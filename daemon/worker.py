@@ -290,7 +290,9 @@ class Worker:
                     continue
                 radius = radii[n.row_id]
                 if radius is None or n.distance < radius:
-                    join(affected, {n.row_id: {row}})
+                    entering = affected.setdefault(n.row_id, set())
+                    if entering is not None:  # (None: it is searched again anyway)
+                        entering.add(row)
         for row in (*changes.stored, *changes.removed):
             affected.pop(row, None)
         return affected
