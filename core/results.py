@@ -1,7 +1,8 @@
 """The results file: `<image file name>.neighbors.json` beside each image.
 
-Written atomically: a hidden temporary file in the same folder, fsync,
-rename. The watcher ignores both our results files and these temporaries.
+Written atomically: a temporary file (in the state directory's `Scratch`
+when it is on the same disk, else hidden beside the image), one sync for
+a batch, rename. The watcher ignores our results files and temporaries.
 """
 from __future__ import annotations
 
