@@ -273,13 +273,19 @@ def open_partial(partial: str) -> int:
 
 
 def fill(fd: int, partial: str, text: str) -> str:
-    """Write `text` to the open temporary `partial`; remove it if that fails."""
+    """Write `text` to the open temporary `partial`; remove it if that fails.
+
+    Plain `os.write`: a file object's buffers and text layer cost more than the write.
+    """
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.write(text)
+        data = memoryview(text.encode())
+        while data:  # a write may stop short (a signal): go on from there
+            data = data[os.write(fd, data):]
     except BaseException:
         Path(partial).unlink(missing_ok=True)
         raise
+    finally:
+        os.close(fd)
     return partial
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from fnmatch import fnmatch
@@ -120,6 +121,8 @@ def link_problem(root: Path, path: Path) -> UnreadableImage | None:
     links leads to no file ("unreadable"). A missing target is the reader's
     to report.
     """
+    if plainly_below(root, path):
+        return None
     try:
         resolved = Path(os.path.realpath(path, strict=True))
     except FileNotFoundError:
@@ -131,3 +134,28 @@ def link_problem(root: Path, path: Path) -> UnreadableImage | None:
     if not resolved.is_relative_to(os.path.realpath(root)):
         return UnreadableImage("outside", "a link that leads outside the watched folder")
     return None
+
+
+def plainly_below(root: Path, path: Path) -> bool:
+    """Whether `path` names a file below `root` through no link and no "..": then it
+    stays inside without resolving it, which costs a tenth of reading a small image.
+
+    A component that is missing ends the look: the reader says the file vanished.
+    """
+    try:
+        parts = path.relative_to(root).parts
+    except ValueError:
+        return False
+    if ".." in parts:
+        return False
+    current = str(root)
+    for part in parts:
+        current = os.path.join(current, part)
+        try:
+            if stat.S_ISLNK(os.lstat(current).st_mode):
+                return False
+        except FileNotFoundError:
+            return True
+        except OSError:
+            return False
+    return True

@@ -253,9 +253,12 @@ def test_link_problem(tmp_path: Path) -> None:
     (root / "loop-b.jpg").symlink_to(root / "loop-a.jpg")
     (root / "self.jpg").symlink_to(root / "self.jpg")
     (root / "dangling.jpg").symlink_to(root / "nothing.jpg")
-    for inside in ("a.jpg", "sub/b.jpg", "in-link.jpg", "dangling.jpg"):
+    (root / "inner").symlink_to(root / "sub", target_is_directory=True)
+    (root / "away").symlink_to(outside, target_is_directory=True)
+    for inside in ("a.jpg", "sub/b.jpg", "in-link.jpg", "dangling.jpg", "inner/b.jpg",
+                   "sub/missing.jpg"):
         assert code_of(root, root / inside) is None, inside
-    for out in ("out-link.jpg", "up.jpg", "sub/../../outside/o.jpg"):
+    for out in ("out-link.jpg", "up.jpg", "sub/../../outside/o.jpg", "away/o.jpg"):
         assert code_of(root, root / out) == "outside", out
     for loop in ("loop-a.jpg", "self.jpg"):
         problem = scan.link_problem(root, root / loop)
