@@ -24,6 +24,7 @@ from .store import Library
 DEFAULT_CANDIDATES = 384  # the schema's index.candidates
 T = TypeVar("T")
 SCORES_AT_ONCE = 1 << 20  # queries x rows per block of the exact scan (4 MB: stays in cache)
+WITHIN_SLACK = 1e-4  # on squared distances: float32 rounding over 10^3 dimensions is less
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,22 @@ class Flat:
             self.mask_own(scores, exclude[start:start + step])
             found += self.take(block, scores, k)
         return found
+
+    def within(self, queries: np.ndarray, radii: np.ndarray,
+               exclude: np.ndarray) -> list[np.ndarray]:
+        """For each query, the ids of the rows nearer to it than its radius (inf: every
+        row), never its own `exclude` id. Measured in float32 with a little slack, so
+        none is missed: the caller measures the few found again, exactly."""
+        if not len(self.ids):
+            return [self.ids] * len(queries)
+        queries = self.prepare(queries)
+        squared = self.scores(queries)  # the squared distance, less |q|^2
+        squared += 2.0 if self.metric == "angular" else \
+            np.einsum("ij,ij->i", queries, queries)[:, None]  # (unit vectors: |q|^2 + |r|^2)
+        limits = np.square(np.asarray(radii, np.float64)) + WITHIN_SLACK
+        hits = (squared < limits[:, None].astype(np.float32)) & \
+            (self.ids[None, :] != np.asarray(exclude, np.int64)[:, None])
+        return [self.ids[np.flatnonzero(row)] for row in hits]
 
     def prepare(self, queries: np.ndarray) -> np.ndarray:
         queries = np.asarray(queries, np.float32)

@@ -236,6 +236,19 @@ class Library:
             "SELECT id, radius FROM images WHERE named IS NOT NULL AND deleted = 0 "
             "AND id IN ({})", ids)}
 
+    def answered_rows(self, after: int, limit: int
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Up to `limit` live usable rows with a results file, from row id `after` on
+        (exclusive), in id order: ids (n,), vectors (n, d) and the distance of each one's
+        k-th neighbour (inf where it named fewer than k)."""
+        rows = self.db.execute(
+            "SELECT id, latent, radius FROM images WHERE id > ? AND deleted = 0 "
+            "AND latent IS NOT NULL AND named IS NOT NULL ORDER BY id LIMIT ?",
+            (after, limit)).fetchall()
+        ids, vectors = stack((row[0], row[1]) for row in rows)
+        radii = np.array([np.inf if row[2] is None else row[2] for row in rows], np.float64)
+        return ids, vectors, radii
+
     def named(self, ids: Iterable[int]) -> dict[int, np.ndarray]:
         """The row ids that the results file last written for each row id names."""
         return {row: np.frombuffer(blob, "<i8") for row, blob in self.select(

@@ -27,8 +27,9 @@ from lookalike.core import index, results
 from lookalike.core.config import Config
 from lookalike.core.errors import LookalikeError, StateError, disk_full
 from lookalike.core.scan import Candidate
-from lookalike.core.search import Searcher
+from lookalike.core.search import Flat, Searcher
 from lookalike.core.store import Library
+from lookalike.daemon.check import ENTERING_AT_MOST, EnteringCheck
 from lookalike.daemon.lock import StateLock
 from lookalike.daemon.notify import Notifier
 from lookalike.daemon.watcher import Arrivals, Ready, Watcher, stat_of
@@ -52,11 +53,11 @@ log = logging.getLogger(__name__)
 STATUS_EVERY_S = 2.0
 PROGRESS_EVERY_S = 5.0
 RETRY_S = 10  # seconds between attempts while turns fail
-SWEEP_CHUNK = 64  # results checked per idle turn: small, so an arrival waits little
+SWEEP_CHUNK = 64  # results searched again per idle turn: small, so an arrival waits little
 SWEEP_EVERY_S = 600  # at most one check of every results file per this long: a large
                      # library takes minutes, and changes come every minute
-SWEEP_SHARE = 0.1  # ... and checks take at most this share of the time: a check searches
-                   # every image again (1.6 ms each at 10^5), half an hour at 10^6
+SWEEP_SHARE = 0.1  # ... and checks take at most this share of the time: a full check
+                   # searches every image again (1.6 ms each at 10^5), half an hour at 10^6
 TOUCHED_CHUNK = 256  # other images' results rewritten per idle turn
 TOUCHED_AT_MOST = 8192  # rewritten even during a burst past this many
 # Settings that a reload cannot change: they shape what is already running.
@@ -77,7 +78,9 @@ class Service:
         self.rebuilding: threading.Thread | None = None
         self.rebuild_error: str | None = None
         self.missing: set[str] = set()
-        self.sweep: list[int] = []  # row ids whose results to check when idle
+        self.sweep: list[int] = []  # row ids whose results to search again when idle
+        self.check: EnteringCheck | None = None  # or the changed rows measured against all
+        self.full_check_due = False  # whether only searching every image again will do
         self.touched: Touched = {}  # rows whose results a change made out of date
         self.counted = (-1, 0)  # the library generation last counted, and its images
         self.fault: str | None = None  # what makes turns fail (a full disk...), until one works
@@ -93,6 +96,11 @@ class Service:
         self.install_signals()
         self.lock = StateLock(config.state_dir)
         self.library = Library(config.state_dir / "library.sqlite")
+        # After a clean stop (or none: a new library), results stand as the running
+        # service keeps them: measuring what changed since the last check is enough.
+        generation = self.library.generation
+        self.full_check_due = generation > 0 and \
+            self.library.meta("stopped_at") != str(generation)
         create_folders_on_first_run(config, self.library)
         self.worker = Worker(config, self.library, self.load_encoder(config))
         self.worker.interrupted = lambda: self.stop_requested
@@ -143,6 +151,8 @@ class Service:
         """
         full = disk_full(error)
         fault = f"the state directory's disk is full ({error})" if full else str(error)
+        # The turn may have stored a change without marking the results it touched.
+        self.full_check_due, self.sweep, self.check, self.swept_generation = True, [], None, -1
         if fault != self.fault:
             if full or isinstance(error, LookalikeError):
                 log.error("%s; retrying every %d s", fault, RETRY_S)
@@ -173,6 +183,8 @@ class Service:
             self.rebuilding.join()
         if self.fault is None:  # (else they stay marked in the library for the next start)
             self.answer_touched(len(self.touched))
+            if not self.full_check_due:
+                self.library.set_meta("stopped_at", str(self.library.generation))
         self.worker.close()
         self.write_status(state="stopped")
         self.library.close()
@@ -208,7 +220,7 @@ class Service:
             self.answer_touched()
         elif self.reencoding and "inbox" not in self.missing:
             self.reencode_batch()
-        elif self.sweep:
+        elif self.sweep or self.check is not None:
             self.sweep_batch()
         elif self.sweep_due(now):
             self.start_sweep()
@@ -228,7 +240,7 @@ class Service:
             self.write_status()
             self.last_status = now
         self.keep_alive(now)
-        if not batch and not self.reencoding and not self.sweep and not self.touched:
+        if not (batch or self.reencoding or self.sweep or self.check or self.touched):
             self.arrivals.wait(0.2 if len(self.arrivals) else 1.0)
 
     def keep_alive(self, now: float) -> None:
@@ -411,11 +423,11 @@ class Service:
 
         The bounded reverse-neighbour update after each arrival misses an
         image whose k nearest include a new one that is not among the new
-        one's nearest (nearness is not symmetric); a kill between a library
-        commit and the results it changes leaves them old (the generation
-        last checked is kept in the library, so a restart checks too). At
-        most once per SWEEP_EVERY_S, and never more than SWEEP_SHARE of the
-        time, by the last check's length: a large library takes minutes.
+        one's nearest (nearness is not symmetric): the check finds those
+        (`daemon.check`). A kill between a library commit and the results it
+        changes leaves them old: the generation last checked is kept in the
+        library, so a restart checks too. At most once per SWEEP_EVERY_S, and
+        never more than SWEEP_SHARE of the time, by the last check's length.
         """
         return (not self.reencoding and self.rebuilding is None
                 and self.swept_generation != self.library.generation
@@ -424,18 +436,29 @@ class Service:
                                                     self.sweep_took / SWEEP_SHARE))
 
     def start_sweep(self) -> None:
-        generation = self.library.generation
-        self.swept_generation = generation
+        """Check every results file: measure the rows changed since the last check
+        against every image, or, when that cannot be trusted, search every image again."""
+        self.swept_generation = self.library.generation
         self.sweep_started = self.clock()
-        self.sweep = sorted(record.id for record in self.library.records().values())
         self.swept = 0
+        checked = self.library.meta("checked_generation") or "0"
+        if not self.full_check_due:
+            ids, vectors, _ = self.library.changed_since(int(checked))
+            if len(ids) <= ENTERING_AT_MOST:
+                self.check = EnteringCheck(Flat(ids, vectors, self.searcher.metric))
+                log.debug("checking every results file for the %d images changed since "
+                          "generation %s", len(ids), checked)
+                return
+        self.sweep = sorted(record.id for record in self.library.records().values())
         log.debug("checking %d results files against index generation %s",
                   len(self.sweep), self.index_generation())
 
     def answer_touched(self, chunk: int = TOUCHED_CHUNK) -> None:
-        """Rewrite the results of `chunk` touched rows: merged with the new rows that
-        entered them where that is enough, searched again where not."""
-        entering = {row: self.touched.pop(row) for row in sorted(self.touched)[:chunk]}
+        self.rewrite({row: self.touched.pop(row) for row in sorted(self.touched)[:chunk]})
+
+    def rewrite(self, entering: Touched) -> None:
+        """Rewrite the results of `entering`'s rows: merged with the rows that entered
+        them where that is enough, searched again where not (None)."""
         merged = self.worker.merged(self.searcher.metric, {
             row: rows for row, rows in entering.items() if rows is not None})
         self.worker.answer(self.searcher, list(merged), self.tally, nearby=merged)
@@ -443,12 +466,22 @@ class Service:
                            self.tally)
 
     def sweep_batch(self) -> None:
-        rows, self.sweep = self.sweep[:SWEEP_CHUNK], self.sweep[SWEEP_CHUNK:]
+        """One step of the check: a block measured, or a chunk searched again."""
         before = self.tally.answered
-        self.worker.answer(self.searcher, rows, self.tally)
-        self.swept += self.tally.answered - before
-        if self.sweep:
-            return
+        if self.check is not None:
+            entered = self.check.step(self.library)
+            if entered is not None:
+                self.rewrite(entered)
+                self.swept += self.tally.answered - before
+                return
+            self.check = None
+        else:
+            rows, self.sweep = self.sweep[:SWEEP_CHUNK], self.sweep[SWEEP_CHUNK:]
+            self.worker.answer(self.searcher, rows, self.tally)
+            self.swept += self.tally.answered - before
+            if self.sweep:
+                return
+            self.full_check_due = False
         self.library.set_meta("checked_generation", str(self.swept_generation))
         self.sweep_took = self.clock() - self.sweep_started
         if self.swept:

@@ -12,7 +12,7 @@ from annoy import AnnoyIndex
 
 from lookalike.core import index
 from lookalike.core.errors import StateError
-from lookalike.core.search import Neighbor, Searcher, distance
+from lookalike.core.search import Flat, Neighbor, Searcher, distance
 from lookalike.core.store import Entry, Library
 
 DIM = 16
@@ -299,6 +299,26 @@ def test_exact_scan_distances_match_annoys(metric: str) -> None:
     for a, b in [(0, 1), (2, 30), (7, 7)]:
         assert distance(vectors[[a]], vectors[b], metric)[0] == pytest.approx(
             annoy.get_distance(a, b), abs=1e-4)
+
+
+@pytest.mark.parametrize("metric", ["angular", "euclidean"])
+def test_within_finds_every_row_nearer_than_each_radius_and_no_other(metric: str) -> None:
+    """What the check of every results file rests on (`daemon.check`): no row nearer
+    than an image's k-th neighbour is missed; the slack admits only near-ties."""
+    rows, queries = clustered(400, seed=6), clustered(60, seed=7)
+    ids = np.arange(1000, 1400)
+    own = ids[:60].copy()  # the first 60 queries are rows 1000..1059 themselves
+    queries[:60] = rows[:60]
+    true = np.stack([distance(rows, query, metric) for query in queries])
+    radii = np.sort(true, axis=1)[:, 12]
+    radii[5] = np.inf  # named fewer than k: every row may enter
+    found = Flat(ids, rows, metric).within(queries, radii, own)
+    for n, near in enumerate(found):
+        expected = set(ids[(true[n] < radii[n]) & (ids != own[n])].tolist())
+        assert expected <= set(near.tolist())
+        assert all(true[n][row - 1000] < radii[n] + 1e-3 for row in near.tolist())
+        assert own[n] not in near
+    assert len(found[5]) == 399
 
 
 def test_unknown_metric_is_refused() -> None:

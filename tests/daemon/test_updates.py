@@ -2,6 +2,7 @@
 `Worker.merged`), on a real library: the updated lists must be what exact search finds."""
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -11,8 +12,10 @@ import numpy as np
 import pytest
 
 from lookalike.core import config as configuration
+from lookalike.core import index
 from lookalike.core.search import Flat, Searcher
 from lookalike.core.store import Answer, Entry, Library
+from lookalike.daemon import service as daemon
 from lookalike.daemon.worker import Changes, Worker
 
 K = 12
@@ -124,33 +127,110 @@ def test_blanks_are_made_only_for_an_inbox_on_the_scratch_disk(
             shutil.rmtree(state)
 
 
-def test_checks_of_every_results_file_take_at_most_a_tenth_of_the_time(
-        tmp_path: Path, make_config: Callable[..., Path], encoder_path: Path) -> None:
-    """A check searches every image again: half an hour at 10^6. The next one waits at
-    least ten times as long as the last one took (and at least SWEEP_EVERY_S)."""
-    from lookalike.core import index, model
-    from lookalike.daemon import service as daemon
+def idle_service(config: configuration.Config, encoder_path: Path,
+                 now: list[float]) -> daemon.Service:
+    """A Service on a real library, worker and index, driven by hand and a fake clock."""
+    from lookalike.core import model
 
+    service = daemon.Service(config, lambda _: model.load(encoder_path), clock=lambda: now[0])
+    service.library = Library(config.state_dir / "library.sqlite")
+    service.reencoding = []
+    service.worker = Worker(config, service.library, model.load(encoder_path))
+    service.worker.take_scratch()
+    return service
+
+
+def reindex(service: daemon.Service) -> None:
+    service.worker.rebuild()
+    service.searcher = service.worker.searcher(index.load(service.config.state_dir))
+
+
+def run_check(service: daemon.Service) -> None:
+    service.start_sweep()
+    while service.sweep or service.check is not None:
+        service.sweep_batch()
+
+
+def test_checks_of_every_results_file_take_at_most_a_tenth_of_the_time(
+        make_config: Callable[..., Path], encoder_path: Path) -> None:
+    """A full check searches every image again: half an hour at 10^6. The next one waits
+    at least ten times as long as the last one took (and at least SWEEP_EVERY_S)."""
     config = configuration.load(make_config())
     now = [10_000.0]
-    service = daemon.Service(config, lambda _: model.load(encoder_path), clock=lambda: now[0])
-    library = Library(config.state_dir / "library.sqlite")
-    service.library, service.reencoding = library, []
-    service.worker = Worker(config, library, model.load(encoder_path))
-    service.worker.take_scratch()
+    service = idle_service(config, encoder_path, now)
+    library = service.library
     store(library, np.random.default_rng(5).normal(size=(200, 32)).astype(np.float32), 0)
-    service.worker.rebuild()
-    service.searcher = service.worker.searcher(index.load(config.state_dir))
+    reindex(service)
+    service.full_check_due = True  # (as after a failed turn)
     assert service.sweep_due(now[0])
     service.start_sweep()
+    assert service.sweep and service.check is None
     while service.sweep:
         now[0] += 600.0  # each chunk of 64 "takes" ten minutes: 40 minutes in all
         service.sweep_batch()
     assert service.sweep_took == 4 * 600.0
     store(library, np.random.default_rng(6).normal(size=(1, 32)).astype(np.float32), 200)
-    service.worker.rebuild()
-    service.searcher = service.worker.searcher(index.load(config.state_dir))
+    reindex(service)
     started = 10_000.0
     assert not service.sweep_due(started + 10 * 2400.0 - 1)
     assert service.sweep_due(started + 10 * 2400.0)
+    service.worker.close()
+
+
+def test_the_check_merges_each_changed_image_into_every_results_file_it_enters(
+        make_config: Callable[..., Path], encoder_path: Path) -> None:
+    """The worst case for the update on arrival: it missed every image a new one entered.
+    After a clean stop (or a check) the check measures only what changed since, and
+    leaves every results file naming the exact k nearest."""
+    config = configuration.load(make_config())
+    service = idle_service(config, encoder_path, [10_000.0])
+    library = service.library
+    old = store(library, clustered(300, 0), 0)
+    answer_exactly(library, old)
+    library.set_meta("checked_generation", str(library.generation))
+    before = exact(library)
+    new = store(library, clustered(20, 1), 300)
+    answer_exactly(library, new)  # answered on arrival; the others were left as they were
+    after = exact(library)
+    changed = {row for row in old if after[row] != before[row]}
+    assert len(changed) > 20
+    reindex(service)
+    service.full_check_due = False
+
+    run_check(service)
+    assert service.check is None and not service.sweep
+    assert {row: named.tolist() for row, named in library.named(old + new).items()} == after
+    assert len(changed) <= service.swept < len(old)  # measured, not all searched again
+    row = min(changed)
+    document = json.loads((config.inbox / f"{row - 1}.png.neighbors.json").read_text())
+    assert [n["path"] for n in document["neighbors"]] == [f"{r - 1}.png" for r in after[row]]
+    assert library.meta("checked_generation") == str(library.generation)
+    service.worker.close()
+
+
+def test_after_a_failed_turn_or_too_many_changes_the_check_searches_every_image(
+        make_config: Callable[..., Path], encoder_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A failed turn may have stored a change without marking the results it touched:
+    measuring cannot see that, searching again can. So can too many changes, cheaper."""
+    config = configuration.load(make_config())
+    service = idle_service(config, encoder_path, [10_000.0])
+    library = service.library
+    answer_exactly(library, store(library, clustered(100, 2), 0))
+    library.set_meta("checked_generation", str(library.generation))
+    answer_exactly(library, store(library, clustered(10, 3), 100))
+    reindex(service)
+    service.full_check_due = False
+    monkeypatch.setattr(daemon, "ENTERING_AT_MOST", 9)
+    service.start_sweep()
+    assert len(service.sweep) == 110 and service.check is None
+    monkeypatch.setattr(daemon, "ENTERING_AT_MOST", 10)
+    service.sweep = []
+    service.start_sweep()
+    assert service.check is not None and not service.sweep
+
+    service.failed(RuntimeError("a turn failed"))
+    assert service.full_check_due and service.check is None and service.swept_generation == -1
+    run_check(service)
+    assert not service.full_check_due  # a full check done: measuring is enough again
     service.worker.close()
