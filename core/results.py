@@ -47,13 +47,18 @@ def results_path(image: Path) -> Path:
     results file is `<the name's first 230 bytes>~<8 hex digits of the name's
     SHA-256>.neighbors.json` instead; its `query` names the image in full.
     """
-    name = image.name + SUFFIX
+    return image.with_name(results_name(image.name))
+
+
+def results_name(image_name: str) -> str:
+    """The file name of the results of an image file named `image_name` (`results_path`)."""
+    name = image_name + SUFFIX
     if len(os.fsencode(name)) <= NAME_MAX:
-        return image.with_name(name)
-    raw = os.fsencode(image.name)
+        return name
+    raw = os.fsencode(image_name)
     digest = hashlib.sha256(raw).hexdigest()[:8]
     head = raw[:NAME_MAX - len(SUFFIX) - 10].decode("utf-8", "ignore")  # whole characters
-    return image.with_name(f"{head}~{digest}{SUFFIX}")
+    return f"{head}~{digest}{SUFFIX}"
 
 
 def is_ours(name: str) -> bool:

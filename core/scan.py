@@ -12,7 +12,7 @@ import logging
 import os
 import stat
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fnmatch import fnmatch
 from functools import cache
 from pathlib import Path
@@ -84,25 +84,69 @@ def looks_wanted(relative: str, exclude: tuple[str, ...]) -> bool:
     return not any(fnmatch(relative, pattern) or fnmatch(name, pattern) for pattern in exclude)
 
 
-def walk(root: Path, exclude: tuple[str, ...] = ()) -> Iterator[Candidate]:
+@dataclass
+class Survey:
+    """What one walk of a watched folder found, by path relative to it."""
+
+    candidates: list[Candidate] = field(default_factory=list)
+    results: set[str] = field(default_factory=set)  # our results files
+    leftovers: list[str] = field(default_factory=list)  # temporaries a crash left
+
+    def answered(self, relative: str) -> bool:
+        """Whether the image at `relative` has a results file beside it."""
+        folder, _, name = relative.rpartition("/")
+        return f"{folder}/{results.results_name(name)}".lstrip("/") in self.results
+
+
+def walk(root: Path, exclude: tuple[str, ...] = ()) -> list[Candidate]:
     """Every candidate image below `root` (not following links to folders)."""
-    for folder, dirs, files in os.walk(root):
+    return survey(root, exclude).candidates
+
+
+def survey(root: Path, exclude: tuple[str, ...] = ()) -> Survey:
+    """The candidate images below `root`, with the results files and leftover
+    temporaries seen on the way (not following links to folders).
+
+    Each file is looked at from its folder's descriptor, by name: at 10^6
+    images, resolving each whole path (and building a Path per file) made
+    this walk most of the service's start-up.
+    """
+    found = Survey()
+    top = os.path.realpath(root)  # the watched folder may be a link; links below it are not
+    if not os.path.isdir(top):
+        return found  # not mounted: nothing is there
+    for folder, dirs, files, fd in os.fwalk(top):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        base = Path(folder)
+        base = os.path.relpath(folder, top).replace(os.sep, "/") + "/"
         for name in sorted(files):
-            relative = (base / name).relative_to(root).as_posix()
-            if not wanted(relative, exclude):
-                if misnamed(relative, exclude):
-                    log.warning("%s: the file name is not UTF-8; not read (rename the file)",
-                                shown(relative))
-                continue
-            try:
-                stat = (base / name).stat()
-            except OSError as error:
-                if error.errno != errno.ELOOP:
-                    continue  # gone, or a broken link: nothing to answer (yet)
-                stat = (base / name).lstat()  # a loop of links: answered with an error
-            yield Candidate(relative, stat.st_size, stat.st_mtime_ns)
+            relative = name if base == "./" else base + name
+            if name.endswith(results.SUFFIX):
+                found.results.add(relative)
+            elif name.startswith(results.TEMP_PREFIX) and name.endswith(".tmp"):
+                found.leftovers.append(relative)
+            elif wanted(relative, exclude):
+                status = stat_in(fd, name)
+                if status is not None:
+                    found.candidates.append(Candidate(relative, status.st_size,
+                                                      status.st_mtime_ns))
+            elif misnamed(relative, exclude):
+                log.warning("%s: the file name is not UTF-8; not read (rename the file)",
+                            shown(relative))
+    return found
+
+
+def stat_in(folder: int, name: str) -> os.stat_result | None:
+    """The status of the file `name` in the open `folder`, through links; a loop of links
+    as itself (answered with an error); None when gone or a broken link."""
+    try:
+        return os.stat(name, dir_fd=folder)
+    except OSError as error:
+        if error.errno != errno.ELOOP:
+            return None  # gone, or a broken link: nothing to answer (yet)
+    try:
+        return os.stat(name, dir_fd=folder, follow_symlinks=False)
+    except OSError:
+        return None
 
 
 def leftovers(root: Path) -> Iterator[Path]:

@@ -24,9 +24,8 @@ def run(config: Config, load_encoder: Callable[[Config], Encoder]) -> int:
         create_folders_on_first_run(config, library)
         if not config.inbox.is_dir():
             raise StateError(f"the inbox {config.inbox} does not exist (is its disk mounted?)")
-        for folder in (config.inbox, config.query_dir):
-            if folder is not None and folder.is_dir():
-                remove_leftovers(folder)
+        if config.query_dir is not None and config.query_dir.is_dir():
+            remove_leftovers(config.query_dir)  # (the inbox's: by its scan)
         worker = Worker(config, library, load_encoder(config))
         worker.take_scratch()
         try:

@@ -116,8 +116,8 @@ class Service:
         else:
             self.searcher = self.worker.searcher(self.worker.load_index())
         self.check_folders()
-        for folder in self.arrivals.roots.values():
-            remove_leftovers(folder)
+        if config.query_dir is not None and "queries" not in self.missing:
+            remove_leftovers(config.query_dir)  # (the inbox's: by the scan, below)
         self.worker.take_scratch()
         if "inbox" not in self.missing:
             self.rescan()
@@ -314,8 +314,9 @@ class Service:
     def rescan(self) -> None:
         """Reconcile the inbox with the library, and answer whatever has no results."""
         tally = self.tally
-        self.follow(self.worker.reconcile(tally, model_too=False))
-        self.worker.answer_missing(self.searcher, tally)
+        changes = self.worker.reconcile(tally, model_too=False)
+        self.follow(changes)
+        self.worker.answer(self.searcher, changes.unanswered, tally)
         self.worker.answer_queries(self.searcher, tally)
 
     # -- a new model ------------------------------------------------------------

@@ -84,6 +84,7 @@ class Changes:
     stored: list[int]
     removed: list[int]
     replaced: list[int] = field(default_factory=list)
+    unanswered: list[int] = field(default_factory=list)  # unchanged, their results missing
 
     def __bool__(self) -> bool:
         return bool(self.stored or self.removed)
@@ -136,8 +137,12 @@ class Worker:
         """Bring the library in line with the inbox: add new, re-read changed, forget gone.
 
         With `model_too`, images encoded by another model count as changed.
+        Unchanged images whose results file is missing (or out of date) are
+        listed in the changes' `unanswered`; temporaries a crash left go.
         """
-        on_disk = {c.path: c for c in scan.walk(self.config.inbox, self.config.exclude)}
+        survey = scan.survey(self.config.inbox, self.config.exclude)
+        remove_leftovers(self.config.inbox, survey.leftovers)
+        on_disk = {c.path: c for c in survey.candidates}
         known = self.library.records()
         changed = [c for path, c in on_disk.items()
                    if self.outdated(known.get(path), c, model_too)]
@@ -151,7 +156,10 @@ class Worker:
             log.info("inbox scan: %d new or changed, %d gone, %d unchanged",
                      len(changed), len(gone), len(on_disk) - len(changed))
         stored = self.ingest(changed, known, tally)
-        return Changes(stored, self.forget(gone, tally), replaced(changed, known))
+        settled = set(on_disk) - {c.path for c in changed}  # (`ingest` answers the others)
+        unanswered = [record.id for path, record in known.items() if path in settled and (
+            record.answered is None or not survey.answered(path))]
+        return Changes(stored, self.forget(gone, tally), replaced(changed, known), unanswered)
 
     def outdated(self, record: Record | None, candidate: scan.Candidate,
                  model_too: bool = True) -> bool:
@@ -490,10 +498,11 @@ def same_disk(one: Path, other: Path) -> bool:
         return False
 
 
-def remove_leftovers(folder: Path) -> None:
-    """Delete temporary results files that a crash left behind (ours only, by name)."""
+def remove_leftovers(folder: Path, found: Iterable[str] | None = None) -> None:
+    """Delete temporary results files that a crash left behind (ours only, by name):
+    those `found` (relative to `folder`), or every one below it."""
     removed = 0
-    for path in scan.leftovers(folder):
+    for path in scan.leftovers(folder) if found is None else (folder / f for f in found):
         path.unlink(missing_ok=True)
         removed += 1
     if removed:

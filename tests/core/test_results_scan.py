@@ -233,6 +233,21 @@ def test_walk_skips_broken_links_and_does_not_follow_folder_links(tmp_path: Path
     assert [c.path for c in scan.walk(root)] == ["a.jpg"]
 
 
+def test_a_survey_sees_results_files_and_leftovers_on_the_way(tmp_path: Path) -> None:
+    real, alias = tmp_path / "real", tmp_path / "alias"
+    touch(real, "a.jpg", "a.jpg.neighbors.json", "sub/b.png", ".lookalike-9.tmp",
+          "sub/.lookalike-b.png.tmp", ".hidden/c.jpg", ".hidden/c.jpg.neighbors.json")
+    alias.symlink_to(real, target_is_directory=True)  # a watched folder reached by a link
+    found = scan.survey(alias)
+    assert [c.path for c in found.candidates] == ["a.jpg", "sub/b.png"]
+    assert found.results == {"a.jpg.neighbors.json"}
+    assert sorted(found.leftovers) == [".lookalike-9.tmp", "sub/.lookalike-b.png.tmp"]
+    assert found.answered("a.jpg") and not found.answered("sub/b.png")
+    long = "x" * 250 + ".png"  # its results file has a shortened name
+    touch(real, f"sub/{long}", "sub/" + results.results_path(real / long).name)
+    assert scan.survey(real).answered(f"sub/{long}")
+
+
 def test_walk_of_a_missing_folder_finds_nothing(tmp_path: Path) -> None:
     assert list(scan.walk(tmp_path / "unmounted")) == []
 

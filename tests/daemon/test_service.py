@@ -563,6 +563,7 @@ def test_sigterm_exits_0_and_a_restart_answers_what_came_while_down(
     fresh[-1] = f"later/{fresh[-1]}"
     gone = images[0]
     (inbox / gone).unlink()
+    (inbox / (images[1] + SUFFIX)).unlink()  # a results file deleted by hand: written again
 
     again = start(config)
     again.ready()
