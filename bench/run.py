@@ -9,6 +9,8 @@ Runs, each in a process of its own and one after the other:
 - bench/latency.py: the real service started empty, started on 10^4 images
   ingested from scratch and restarted, and started on libraries of 10^3 to
   10^6 images (seeded): start-up, latency, a burst of 1,000, idle memory;
+- bench/check.py: the check of every results file on a seeded library of 10^6
+  images, by searching every image again and by measuring what changed;
 - bench/index_scale.py: the index alone at 10^4 to 10^6 vectors, and on real
   latents of the shipped encoder (bench/latents.py) at 2x10^4 and 10^5, Annoy
   on the whole vectors beside the two-stage search.
@@ -90,6 +92,18 @@ def service_table(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def check_table(rows: list[dict[str, Any]], command: str) -> list[str]:
+    lines = [f"The check of every results file (`{command}`): a full check searches every "
+             "image again (timed on 1,024 of them, in chunks of 64); the check after a clean "
+             "stop or a check measures the images changed since against every answered "
+             "image (`daemon/check.py`), a block per idle turn. Not a target of issue 5.", "",
+             "| images | check | changed images | seconds in all | ms per image | "
+             "slowest step ms |", "| --- | --- | --- | --- | --- | --- |"]
+    lines += [f"| {r['images']:,} | {r['kind']} | {r['entering'] or 'all'} | {r['seconds']:,} | "
+              f"{r['ms_per_image'] or '-'} | {r['slowest_step_ms'] or '-'} |" for r in rows]
+    return lines
+
+
 def index_table(rows: list[dict[str, Any]]) -> list[str]:
     lines = ["The index alone (`python bench/index_scale.py --one N`: 128-d clustered "
              "vectors, 32 trees, search_k 4000, in a fresh process each; peak memory "
@@ -155,14 +169,17 @@ def main() -> None:
         row = figures("bench/latency.py", *arguments, *drops)[-1]
         row["arguments"] = " ".join(arguments)
         service.append(row)
+    check_command = f"python bench/check.py --seeded {3000 if quick else 1_000_000}"
+    check = figures("bench/check.py", *check_command.split()[2:])
     sizes = (10_000, 30_000) if quick else (10_000, 100_000, 1_000_000)
     index = [figures("bench/index_scale.py", "--one", str(n))[-1] for n in sizes]
     latents = latent_rows((20_000,) if quick else (20_000, 100_000))
 
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     section = [BEGIN, f"Measured {stamp} by `python bench/run.py` (about "
-               "25 minutes; the machine's two cores, shared).", "",
+               "35 minutes; the machine's two cores, shared).", "",
                *ingest_table(ingest, ingest_command), "", *service_table(service), "",
+               *check_table(check, check_command), "",
                *index_table(index), "", *latents_table(latents), END]
     text = "\n".join(section)
     print(text)
