@@ -40,7 +40,7 @@ def full_check(library: object, built: object, config: object) -> dict[str, obje
     with ThreadPoolExecutor(2) as pool:
         searcher = Searcher.open(library, built, settings.metric,  # type: ignore[arg-type]
                                  settings.search_k, settings.candidates, pool)
-        ids, _, _ = library.answered_rows(0, SEARCH_SAMPLE)  # type: ignore[attr-defined]
+        ids, _, _, _ = library.answered_rows(0, SEARCH_SAMPLE)  # type: ignore[attr-defined]
         rows = ids.tolist()
         started = time.perf_counter()
         for start in range(0, len(rows), CHUNK):
@@ -57,7 +57,7 @@ def measured_check(library: object, entering: int) -> dict[str, object]:
     from lookalike.core.search import Flat
     from lookalike.daemon.check import EnteringCheck
 
-    ids, vectors, _ = library.answered_rows(0, entering)  # type: ignore[attr-defined]
+    ids, vectors, _, _ = library.answered_rows(0, entering)  # type: ignore[attr-defined]
     check = EnteringCheck(Flat(ids, vectors, "angular"))
     started, slowest, touched = time.perf_counter(), 0.0, 0
     while True:

@@ -237,17 +237,17 @@ class Library:
             "AND id IN ({})", ids)}
 
     def answered_rows(self, after: int, limit: int
-                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[np.ndarray]]:
         """Up to `limit` live usable rows with a results file, from row id `after` on
-        (exclusive), in id order: ids (n,), vectors (n, d) and the distance of each one's
-        k-th neighbour (inf where it named fewer than k)."""
+        (exclusive), in id order: ids (n,), vectors (n, d), the distance of each one's
+        k-th neighbour (inf where it named fewer than k) and the row ids it names."""
         rows = self.db.execute(
-            "SELECT id, latent, radius FROM images WHERE id > ? AND deleted = 0 "
+            "SELECT id, latent, radius, named FROM images WHERE id > ? AND deleted = 0 "
             "AND latent IS NOT NULL AND named IS NOT NULL ORDER BY id LIMIT ?",
             (after, limit)).fetchall()
         ids, vectors = stack((row[0], row[1]) for row in rows)
         radii = np.array([np.inf if row[2] is None else row[2] for row in rows], np.float64)
-        return ids, vectors, radii
+        return ids, vectors, radii, [np.frombuffer(row[3], "<i8") for row in rows]
 
     def named(self, ids: Iterable[int]) -> dict[int, np.ndarray]:
         """The row ids that the results file last written for each row id names."""

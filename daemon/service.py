@@ -57,7 +57,7 @@ SWEEP_CHUNK = 64  # results searched again per idle turn: small, so an arrival w
 SWEEP_EVERY_S = 600  # at most one check of every results file per this long: a large
                      # library takes minutes, and changes come every minute
 SWEEP_SHARE = 0.1  # ... and checks take at most this share of the time: a full check
-                   # searches every image again (1.6 ms each at 10^5), half an hour at 10^6
+                   # searches every image again, 25 to 40 minutes at 10^6 (bench/check.py)
 TOUCHED_CHUNK = 256  # other images' results rewritten per idle turn
 TOUCHED_AT_MOST = 8192  # rewritten even during a burst past this many
 # Settings that a reload cannot change: they shape what is already running.
