@@ -177,7 +177,7 @@ def main() -> None:
 
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     section = [BEGIN, f"Measured {stamp} by `python bench/run.py` (about "
-               "35 minutes; the machine's two cores, shared).", "",
+               "20 minutes; the machine's two cores, shared).", "",
                *ingest_table(ingest, ingest_command), "", *service_table(service), "",
                *check_table(check, check_command), "",
                *index_table(index), "", *latents_table(latents), END]
