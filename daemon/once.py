@@ -30,9 +30,9 @@ def run(config: Config, load_encoder: Callable[[Config], Encoder]) -> int:
         worker.take_scratch()
         try:
             tally = Tally()
-            worker.reconcile(tally)
+            changes = worker.reconcile(tally)
             searcher = worker.searcher(worker.rebuild_if_stale())
-            worker.answer_library(searcher, tally)
+            worker.answer_library(searcher, tally, changes.unanswered)
             worker.answer_queries(searcher, tally)
         finally:
             worker.close()

@@ -392,13 +392,21 @@ class Worker:
                    or not results.results_path(self.config.inbox / r.path).exists()]
         self.answer(searcher, missing, tally)
 
-    def answer_library(self, searcher: Searcher, tally: Tally) -> None:
-        """Write every missing or outdated results file of the inbox (`run --once`)."""
-        records = self.library.records()
+    def answer_library(self, searcher: Searcher, tally: Tally,
+                       unanswered: list[int] | None = None) -> None:
+        """Write every missing or outdated results file of the inbox (`run --once`).
+
+        `unanswered` are those a scan found missing (`reconcile`): when the library has
+        not changed since every results file was written, only those are due.
+        """
         generation = str(self.library.generation)
         if self.library.meta("answered_generation") == generation:
-            self.answer_missing(searcher, tally, records.values())
+            if unanswered is not None:
+                self.answer(searcher, unanswered, tally)
+            else:
+                self.answer_missing(searcher, tally)
             return
+        records = self.library.records()
         names = {r.id: (r.path, r.sha256) for r in records.values()}
         self.answer(searcher, names, tally, names)
         self.library.set_meta("answered_generation", generation)

@@ -452,3 +452,16 @@ def test_results_marked_out_of_date_are_rewritten_by_the_next_run(
     assert run_once(lookalike, config).summary["written"] == 1
     assert json.loads(stale.read_text())["neighbors"]
     assert fresh.stat().st_mtime_ns == before
+
+
+def test_a_results_file_deleted_by_hand_is_written_again_alone(
+        make_config: Callable[..., Path], inbox_of: Callable[[Path, int], list[str]],
+        lookalike: Callable[..., subprocess.CompletedProcess[str]], tmp_path: Path) -> None:
+    """The scan sees which results files are there: only the missing one is written."""
+    config = make_config()
+    names = inbox_of(tmp_path / "inbox", 30)
+    run_once(lookalike, config)
+    gone = tmp_path / "inbox" / (names[3] + SUFFIX)
+    gone.unlink()
+    assert run_once(lookalike, config).summary["written"] == 1
+    assert json.loads(gone.read_text())["query"] == names[3]
