@@ -26,6 +26,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import lookalike.daemon  # noqa: F401  # isort: skip - first: the command sets up OpenBLAS
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -261,6 +261,24 @@ def test_commands_without_a_model_do_not_import_tensorflow(copied: Shared) -> No
     assert "index generation" in finished.stdout  # rebuild did run
 
 
+
+def test_the_command_tunes_openblas_before_numpy_loads_it() -> None:
+    # OpenBLAS reads its settings once, when NumPy loads it: set later, they do nothing.
+    script = textwrap.dedent("""\
+        import os, sys
+        class Watch:
+            def find_spec(self, name, path=None, target=None):
+                if name == "numpy":
+                    print("AT NUMPY", os.environ.get("OPENBLAS_THREAD_TIMEOUT"))
+        sys.meta_path.insert(0, Watch())
+        import lookalike.daemon.cli
+        """)
+    env = {key: value for key, value in os.environ.items() if key != "OPENBLAS_THREAD_TIMEOUT"}
+    finished = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                              timeout=60, check=False, env=env)
+    assert finished.returncode == 0, finished.stderr
+    assert finished.stdout.splitlines()[0] == "AT NUMPY 4", finished.stdout
+
 # -- usage mistakes ------------------------------------------------------------
 @pytest.mark.parametrize("argv", [
     [],
