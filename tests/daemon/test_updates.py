@@ -16,6 +16,7 @@ from lookalike.core import index
 from lookalike.core.search import Flat, Searcher
 from lookalike.core.store import Answer, Entry, Library
 from lookalike.daemon import service as daemon
+from lookalike.daemon.watcher import Arrivals
 from lookalike.daemon.worker import Changes, Worker
 
 K = 12
@@ -234,3 +235,24 @@ def test_after_a_failed_turn_or_too_many_changes_the_check_searches_every_image(
     run_check(service)
     assert not service.full_check_due  # a full check done: measuring is enough again
     service.worker.close()
+
+
+def test_during_a_burst_the_status_line_counts_the_library_every_half_minute_at_most(
+        make_config: Callable[..., Path], encoder_path: Path) -> None:
+    """Counting 10^6 rows takes 0.05-0.1 s: not at every status line (each 2 s) of a burst."""
+    config = configuration.load(make_config())
+    now = [10_000.0]
+    service = idle_service(config, encoder_path, now)
+    service.arrivals = Arrivals({"inbox": config.inbox}, 2.0, (), lambda: now[0])
+    reindex(service)
+    store(service.library, clustered(3, 1), 0)
+    assert service.status_line().startswith("3 images, 0 queued")
+    service.arrivals.note("inbox", str(config.inbox / "waiting.png"))  # a burst goes on
+    store(service.library, clustered(2, 2), 3)
+    now[0] += daemon.COUNT_EVERY_S - 1
+    assert service.status_line().startswith("3 images, 1 queued")
+    now[0] += 1
+    assert service.status_line().startswith("5 images, 1 queued")
+    store(service.library, clustered(1, 3), 5)
+    service.arrivals.pending.clear()  # the burst is over: counted at once
+    assert service.status_line().startswith("6 images, 0 queued")
