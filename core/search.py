@@ -266,8 +266,8 @@ class Searcher:
                 mine_lengths = lengths[at] if lengths is not None else None
             nearest = at[self.closest(mine_rows, mine_lengths, np.asarray(vector, np.float32), k)]
             near = distance(rows[nearest], vector, self.metric)
-            found.append([Neighbor(int(self.index.row_ids[item]), float(d))
-                          for item, d in zip(items[nearest], near, strict=True)])
+            found.append([Neighbor(row, d) for row, d in zip(  # (lists: numpy's scalars are slow)
+                self.index.row_ids[items[nearest]].tolist(), near.tolist(), strict=True)])
         return found
 
     def each(self, search: Callable[[np.ndarray, int | None], T], vectors: np.ndarray,
