@@ -21,7 +21,7 @@ import numpy as np
 from .index import BuiltIndex
 from .store import Library
 
-DEFAULT_CANDIDATES = 384  # the schema's index.candidates
+DEFAULT_CANDIDATES = 320  # the schema's index.candidates
 T = TypeVar("T")
 SCORES_AT_ONCE = 1 << 20  # queries x rows per block of the exact scan (4 MB: stays in cache)
 WITHIN_SLACK = 1e-4  # on squared distances: float32 rounding over 10^3 dimensions is less

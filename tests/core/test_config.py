@@ -73,7 +73,7 @@ def test_defaults_are_applied(tmp_path: Path, model_file: Path) -> None:
                                                        max_pixels=150_000_000)
     assert (config.index.metric, config.index.trees, config.index.search_k,
             config.index.rebuild_interval_s, config.index.dims, config.index.candidates
-                ) == ("angular", 16, 10000, 60.0, 128, 384)
+                ) == ("angular", 16, 12000, 60.0, 128, 320)
     assert config.neighbors == 12
     assert config.index.rebuild_share == 0.1
     assert (config.settle_s, config.rescan_interval_s) == (2.0, 600.0)
