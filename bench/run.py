@@ -138,10 +138,10 @@ def latent_rows(sizes: tuple[int, ...]) -> list[dict[str, Any]]:
         figures("bench/latents.py", str(LATENTS), "--count", str(max(sizes)))
     rows = []
     for size in sizes:
-        two_stage = ["--dims", "128", "--trees", "16", "--candidates"]
+        two_stage = ["--dims", "128", "--trees", "16"]
         for arguments in (["--dims", "0", "--search-k", "4000", "--trees", "32"],
-                          [*two_stage, "384", "--search-k", "10000"],
-                          [*two_stage, "320", "--search-k", "12000"]):
+                          [*two_stage, "--candidates", "384", "--search-k", "10000"],
+                          [*two_stage, "--candidates", "320", "--search-k", "12000"]):
             row = figures("bench/index_scale.py", "--latents", str(LATENTS), *arguments,
                           "--one", str(size))[-1]
             row["arguments"] = " ".join(arguments)
