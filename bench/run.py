@@ -51,86 +51,85 @@ def figures(*argv: str) -> list[dict[str, Any]]:
     return rows
 
 
+def table(intro: str, columns: list[str], cells: list[list[object]]) -> list[str]:
+    """A paragraph, then a Markdown table of `columns` with a row of `cells` each."""
+    return [intro, "", "| " + " | ".join(columns) + " |",
+            "| " + " | ".join("---" for _ in columns) + " |",
+            *("| " + " | ".join(str(cell) for cell in row) + " |" for row in cells)]
+
+
 def ingest_table(rows: list[dict[str, Any]], command: str) -> list[str]:
     targets = {"256x256 JPEG": 1.5, "12 MP JPEG": 4.0}
-    lines = [f"Bulk ingest, files on disk to results files written (`{command}`; each "
-             "pipeline's fastest of 3 alternating runs); the limits are lookalike's own stages "
-             "run alone on the same images, in images/s:", "",
-             "| corpus | images | article | lookalike | lookalike ÷ article | target | "
-             "decode alone (1 thread) | decode alone (2 threads) | encode alone | "
-             "results writing alone |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for r in rows:
-        target = targets.get(r["corpus"])
-        lines.append(f"| {r['corpus']} | {r['images']:,} | {r['article']:,} | "
-                     f"{r['lookalike']:,} | {r['ratio']:.2f} | "
-                     f"{f'≥ {target}' if target else '-'} | {r['decode_one']:,} | "
-                     f"{r['decode']:,} | "
-                     f"{r['encode']:,} | {r['write']:,} |")
-    return lines
+    return table(
+        f"Bulk ingest, files on disk to results files written (`{command}`; each pipeline's "
+        "fastest of 3 alternating runs); the limits are lookalike's own stages run alone on "
+        "the same images, in images/s:",
+        ["corpus", "images", "article", "lookalike", "lookalike ÷ article", "target",
+         "decode alone (1 thread)", "decode alone (2 threads)", "encode alone",
+         "results writing alone"],
+        [[r["corpus"], f"{r['images']:,}", f"{r['article']:,}", f"{r['lookalike']:,}",
+          f"{r['ratio']:.2f}",
+          f"≥ {targets[r['corpus']]}" if r["corpus"] in targets else "-",
+          f"{r['decode_one']:,}", f"{r['decode']:,}", f"{r['encode']:,}", f"{r['write']:,}"]
+         for r in rows])
 
 
 def service_table(rows: list[dict[str, Any]]) -> list[str]:
-    lines = ["The real service (`python bench/latency.py ...`, arguments in the first "
-             "column): seconds from `lookalike run` to READY; latency from a file's close "
-             "to its results file, 100 drops; a burst of 1,000 images dropped at once; "
-             "resident memory once idle. Targets: p50 ≤ 100 ms and p99 ≤ 500 ms at 10^5; "
-             "idle memory ≤ 1.5 GB at 10^6; burst cost per image flat within 2x from 10^3 "
-             "to 10^6.", "",
-             "| arguments | images in the library | start to READY s | p50 ms | p95 ms | "
-             "p99 ms | burst images/s | burst ms per image | idle RSS MB (anonymous) | "
-             "restart to READY s | restarted idle RSS MB |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for r in rows:
-        library = r["library"] + r["seeded"]
-        lines.append(f"| `{r['arguments']}` | {library:,} | {r['start_to_ready_s']} | "
-                     f"{r['p50_ms']} | {r['p95_ms']} | {r['p99_ms']} | {r['burst_per_s']:,} | "
-                     f"{1000 / r['burst_per_s']:.2f} | {r['idle_rss_mb']:,} "
-                     f"({r.get('idle_anon_mb', '?')}) | "
-                     f"{r.get('restart_to_ready_s', '-')} | "
-                     f"{r.get('restarted_idle_rss_mb', '-')} |")
-    return lines
+    return table(
+        "The real service (`python bench/latency.py ...`, arguments in the first column): "
+        "seconds from `lookalike run` to READY; latency from a file's close to its results "
+        "file, 100 drops; a burst of 1,000 images dropped at once; resident memory once "
+        "idle. Targets: p50 ≤ 100 ms and p99 ≤ 500 ms at 10^5; idle memory ≤ 1.5 GB at "
+        "10^6; burst cost per image flat within 2x from 10^3 to 10^6.",
+        ["arguments", "images in the library", "start to READY s", "p50 ms", "p95 ms",
+         "p99 ms", "burst images/s", "burst ms per image", "idle RSS MB (anonymous)",
+         "restart to READY s", "restarted idle RSS MB"],
+        [[f"`{r['arguments']}`", f"{r['library'] + r['seeded']:,}", r["start_to_ready_s"],
+          r["p50_ms"], r["p95_ms"], r["p99_ms"], f"{r['burst_per_s']:,}",
+          f"{1000 / r['burst_per_s']:.2f}",
+          f"{r['idle_rss_mb']:,} ({r.get('idle_anon_mb', '?')})",
+          r.get("restart_to_ready_s", "-"), r.get("restarted_idle_rss_mb", "-")]
+         for r in rows])
 
 
 def check_table(rows: list[dict[str, Any]], command: str) -> list[str]:
-    lines = [f"The check of every results file (`{command}`): a full check searches every "
-             "image again (timed on 1,024 of them, in chunks of 64); the check after a clean "
-             "stop or a check measures the images changed since against every answered "
-             "image (`daemon/check.py`), a block per idle turn. Not a target of issue 5.", "",
-             "| images | check | changed images | seconds in all | ms per image | "
-             "slowest step ms |", "| --- | --- | --- | --- | --- | --- |"]
-    lines += [f"| {r['images']:,} | {r['kind']} | {r['entering'] or 'all'} | {r['seconds']:,} | "
-              f"{r['ms_per_image'] or '-'} | {r['slowest_step_ms'] or '-'} |" for r in rows]
-    return lines
+    return table(
+        f"The check of every results file (`{command}`): a full check searches every image "
+        "again (timed on 1,024 of them, in chunks of 64); the check after a clean stop or a "
+        "check measures the images changed since against every answered image "
+        "(`daemon/check.py`), a block per idle turn. Not a target of issue 5.",
+        ["images", "check", "changed images", "seconds in all", "ms per image",
+         "slowest step ms"],
+        [[f"{r['images']:,}", r["kind"], r["entering"] or "all", f"{r['seconds']:,}",
+          r["ms_per_image"] or "-", r["slowest_step_ms"] or "-"] for r in rows])
 
 
 def index_table(rows: list[dict[str, Any]]) -> list[str]:
-    lines = ["The index alone (`python bench/index_scale.py --one N`: 128-d clustered "
-             "vectors, 32 trees, search_k 4000, in a fresh process each; peak memory "
-             "includes the generated vectors). Targets at 10^6: build ≤ 120 s, query ≤ 2 ms "
-             "at recall@12 ≥ 0.95.", "",
-             "| vectors | build s | peak MB | query µs | recall@12 |",
-             "| --- | --- | --- | --- | --- |"]
-    lines += [f"| {r['vectors']:,} | {r['build_s']} | {r['peak_mb']:,} | {r['query_us']} | "
-              f"{r['recall']} |" for r in rows]
-    return lines
+    return table(
+        "The index alone (`python bench/index_scale.py --one N`: 128-d clustered vectors, "
+        "32 trees, search_k 4000, in a fresh process each; peak memory includes the "
+        "generated vectors). Targets at 10^6: build ≤ 120 s, query ≤ 2 ms at recall@12 ≥ "
+        "0.95.",
+        ["vectors", "build s", "peak MB", "query µs", "recall@12"],
+        [[f"{r['vectors']:,}", r["build_s"], f"{r['peak_mb']:,}", r["query_us"], r["recall"]]
+         for r in rows])
 
 
 def latents_table(rows: list[dict[str, Any]]) -> list[str]:
-    lines = ["The index on real latents (`python bench/latents.py "
-             f"{LATENTS.relative_to(HERE.parent)} --count 100000`: the shipped encoder's 896 "
-             "numbers for the corpus, the digits and altered copies of them), through the "
-             "service's `index.build` and `Searcher`: Annoy on the whole vectors (the "
-             "default until the third session), the two-stage index (`index.dims` 128, 16 "
-             "trees) with 384 candidates and search_k 10000 (the fifth session's default) "
-             "and with 320 and 12000 (the default now: the same recall, and a burst at 10^6 "
-             "12-14% faster). `python bench/index_scale.py "
-             "--latents FILE --one N` plus the arguments in the first column.", "",
-             "| arguments | vectors | Annoy's numbers | build s | Annoy file MB | query µs | "
-             "recall@12 |", "| --- | --- | --- | --- | --- | --- | --- |"]
-    lines += [f"| `{r['arguments']}` | {r['vectors']:,} | {r['annoy_dim']} | {r['build_s']} | "
-              f"{r['ann_mb']:,} | {r['query_us']} | {r['recall']} |" for r in rows]
-    return lines
+    return table(
+        f"The index on real latents (`python bench/latents.py "
+        f"{LATENTS.relative_to(HERE.parent)} --count 100000`: the shipped encoder's 896 "
+        "numbers for the corpus, the digits and altered copies of them), through the "
+        "service's `index.build` and `Searcher`: Annoy on the whole vectors (the default "
+        "until the third session), the two-stage index (`index.dims` 128, 16 trees) with "
+        "384 candidates and search_k 10000 (the fifth session's default) and with 320 and "
+        "12000 (the default now: the same recall, and a burst at 10^6 11-14% faster). "
+        "`python bench/index_scale.py --latents FILE --one N` plus the arguments in the "
+        "first column.",
+        ["arguments", "vectors", "Annoy's numbers", "build s", "Annoy file MB", "query µs",
+         "recall@12"],
+        [[f"`{r['arguments']}`", f"{r['vectors']:,}", r["annoy_dim"], r["build_s"],
+          f"{r['ann_mb']:,}", r["query_us"], r["recall"]] for r in rows])
 
 
 def latent_rows(sizes: tuple[int, ...]) -> list[dict[str, Any]]:
