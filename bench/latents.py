@@ -21,7 +21,8 @@ SHIFT, BRIGHTNESS, OFFSET, MIX = 6, (0.7, 1.2), 20, 0.08
 
 def variants(pixels: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
     """`count` altered copies of images drawn from `pixels` (n, h, w, c) uint8."""
-    picked = pixels[rng.integers(0, len(pixels), count)].astype(np.float32)
+    # float32 pixels; the random factors, in float64, widen them (as they always have)
+    picked: np.ndarray = pixels[rng.integers(0, len(pixels), count)].astype(np.float32)
     dy, dx = rng.integers(-SHIFT, SHIFT + 1, 2)
     picked = np.roll(picked, (dy, dx), axis=(1, 2))
     channels = picked.shape[-1]
