@@ -23,6 +23,7 @@ from lookalike.core import index
 from lookalike.core.config import Config
 from lookalike.core.errors import ConfigError, LookalikeError
 from lookalike.core.store import Library
+from lookalike.daemon.logs import setup_logging
 
 if TYPE_CHECKING:
     from lookalike.core.model import Encoder
@@ -130,25 +131,6 @@ def positive(text: str) -> int:
 
 def default_config() -> Path:
     return Path(os.environ.get("LOOKALIKE_CONFIG", "config.yaml"))
-
-
-class OneLine(logging.Formatter):
-    """A log record is one line: a line break in it (a file name may hold one) is shown as \\n.
-
-    Else a file named "x\\nERROR lookalike: ..." could forge a log line. A
-    traceback, appended after the message, keeps its lines.
-    """
-
-    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 (logging's name)
-        return super().formatMessage(record).replace("\r", "\\r").replace("\n", "\\n")
-
-
-def setup_logging(level: int) -> None:
-    # Under systemd the journal stamps each line; elsewhere we do.
-    stamp = "" if os.environ.get("JOURNAL_STREAM") else "%(asctime)s "
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(OneLine(stamp + "%(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
-    logging.basicConfig(level=level, handlers=[handler])
 
 
 def load_config(args: argparse.Namespace) -> Config:

@@ -13,7 +13,6 @@ import json
 import logging
 import os
 import signal
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -29,6 +28,7 @@ from lookalike.core.errors import LookalikeError, StateError, disk_full
 from lookalike.core.scan import Candidate
 from lookalike.core.search import Flat, Searcher
 from lookalike.core.store import Library
+from lookalike.daemon.builder import Build, Rebuild
 from lookalike.daemon.check import ENTERING_AT_MOST, EnteringCheck
 from lookalike.daemon.lock import StateLock
 from lookalike.daemon.notify import Notifier
@@ -77,7 +77,7 @@ class Service:
         self.reload_requested = False
         self.started_at = now_utc()
         self.tally = Tally()
-        self.rebuilding: threading.Thread | None = None
+        self.rebuilding: Rebuild | None = None  # an index build in a child process
         self.rebuild_error: str | None = None
         self.missing: set[str] = set()
         self.sweep: list[int] = []  # row ids whose results to search again when idle
@@ -183,7 +183,7 @@ class Service:
         log.info("stopping")
         self.watcher.stop()
         if self.rebuilding is not None:
-            self.rebuilding.join()
+            self.rebuilding.stop()
         if self.fault is None:  # (else they stay marked in the library for the next start)
             self.answer_touched(len(self.touched))
             if not self.full_check_due:
@@ -297,7 +297,7 @@ class Service:
             return
         if self.outgrown(len(changes.stored)):
             if self.rebuilding is not None:
-                self.rebuilding.join()  # one builder at a time
+                self.finish_rebuild()  # one builder at a time
             self.worker.rebuild()  # a large arrival: index it now rather than scan it exactly
             self.swap_index()
         else:
@@ -382,10 +382,8 @@ class Service:
         if self.reencoding:
             return  # the index of the old model stays until all is re-encoded
         if self.rebuilding is not None:
-            if self.rebuilding.is_alive():
-                return
-            self.rebuilding = None
-            self.swap_index()
+            if not self.rebuilding.running():
+                self.finish_rebuild()
             return
         built = self.index_generation()
         if built == self.library.generation:
@@ -393,8 +391,7 @@ class Service:
         due = now - self.last_rebuild >= self.config.index.rebuild_interval_s
         if due or self.outgrown(self.searcher.pending):
             self.last_rebuild = now
-            self.rebuilding = threading.Thread(target=self.rebuild, name="rebuild")
-            self.rebuilding.start()
+            self.rebuilding = Rebuild(Build.of(self.config, self.worker.encoder.model_id))
 
     def outgrown(self, unindexed: int) -> bool:
         """Whether `unindexed` images are too many to scan exactly until the next rebuild.
@@ -403,15 +400,12 @@ class Service:
         """
         return unindexed >= self.config.index.rebuild_share * max(self.searcher.items, 5000)
 
-    def rebuild(self) -> None:
-        """In the rebuild thread: build a new index with a connection of its own."""
-        try:
-            with Library(self.config.state_dir / "library.sqlite") as library:
-                self.worker.rebuild(library)
-            self.rebuild_error = None
-        except (LookalikeError, OSError) as error:
-            self.rebuild_error = str(error)
-            log.error("index rebuild failed: %s", error)
+    def finish_rebuild(self) -> None:
+        """Wait for the background build to end, keep how it ended, and use its index."""
+        assert self.rebuilding is not None
+        self.rebuild_error = self.rebuilding.wait()  # (the builder logged it)
+        self.rebuilding = None
+        self.swap_index()
 
     def swap_index(self) -> None:
         try:

@@ -1,0 +1,96 @@
+"""The service's index rebuilds, each in a child process at a lower priority.
+
+A build in a thread of the service shared the service's GIL. Its Python
+loops (reading the vectors, adding them to Annoy) held it for seconds, and
+each system call of the main thread (reading a vector, a step of SQLite) then
+waited up to 5 ms to take it back: a drop answered in 15 ms took 0.6-0.8 s
+during every build of 10^5 images. A process of its own shares no GIL, and
+at a lower priority it takes only the CPU the service leaves.
+
+    python -m lookalike.daemon.builder SETTINGS   (JSON: the fields of `Build`)
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from lookalike.core import index
+from lookalike.core.config import Config
+from lookalike.core.errors import LookalikeError
+from lookalike.core.store import Library
+from lookalike.daemon.logs import setup_logging
+
+log = logging.getLogger(__name__)
+
+NICENESS = 10  # the service's own work comes first
+
+
+@dataclass(frozen=True)
+class Build:
+    """What one build needs: the service's settings when it began."""
+
+    state_dir: str
+    metric: str
+    trees: int
+    model_id: str | None
+    exact_below: int
+    dims: int
+    log_level: int
+
+    @classmethod
+    def of(cls, config: Config, model_id: str | None) -> Build:
+        settings = config.index
+        return cls(str(config.state_dir), settings.metric, settings.trees, model_id,
+                   settings.exact_below, settings.dims, logging.getLogger().getEffectiveLevel())
+
+
+class Rebuild:
+    """A build running in a child process; its log lines go where the service's go."""
+
+    def __init__(self, build: Build) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "lookalike.daemon.builder", json.dumps(asdict(build))],
+            stdout=subprocess.PIPE, text=True)
+
+    def running(self) -> bool:
+        return self.process.poll() is None
+
+    def wait(self) -> str | None:
+        """Wait for the build to end: None, or what stopped it."""
+        said, _ = self.process.communicate()
+        code = self.process.returncode
+        if code == 0:
+            return None
+        if code < 0:
+            return f"the index builder was killed by signal {-code}"
+        return said.strip() or f"the index builder exited with status {code}"
+
+    def stop(self) -> None:
+        """End the build now: the next one removes what it left."""
+        self.process.terminate()
+        self.process.communicate()
+
+
+def main(argv: list[str]) -> int:
+    build = Build(**json.loads(argv[0]))
+    os.nice(NICENESS)
+    setup_logging(build.log_level)
+    state_dir = Path(build.state_dir)
+    try:
+        with Library(state_dir / "library.sqlite") as library:
+            index.build(library, state_dir, metric=build.metric, trees=build.trees,
+                        model_id=build.model_id, exact_below=build.exact_below, dims=build.dims)
+    except (LookalikeError, OSError) as error:
+        log.error("index rebuild failed: %s", error)
+        print(error, flush=True)  # for the service's status
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
