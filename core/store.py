@@ -176,9 +176,11 @@ class Library:
         the ids of every row changed since (live, deleted or now unusable):
         index items with those ids are stale.
         """
-        rows = self.db.execute(
-            "SELECT id, latent, deleted FROM images WHERE generation > ? ORDER BY id",
-            (generation,)).fetchall()
+        # Sorted here: ORDER BY id would make SQLite scan the table in id order (4 GB at
+        # 10^6, 0.7 s at every swap of the index) rather than look up the few changed.
+        rows = sorted(self.db.execute(
+            "SELECT id, latent, deleted FROM images WHERE generation > ?", (generation,)),
+            key=lambda row: row[0])
         stale = {row[0] for row in rows}
         ids, latents = stack((row[0], row[1]) for row in rows if row[1] is not None and not row[2])
         return ids, latents, stale

@@ -278,6 +278,18 @@ def test_forget_deleted(library: Library) -> None:
     assert set(library.records()) == {"c.jpg"}  # live rows are never forgotten
 
 
+def test_what_changed_since_a_generation_is_looked_up_not_scanned(library: Library) -> None:
+    """The service asks at every swap of its index; a scan of the table is 0.7 s at 10^6."""
+    generation = library.apply([image("a.jpg", 1), image("b.jpg", 2)])
+    statements: list[str] = []
+    library.db.set_trace_callback(statements.append)
+    library.changed_since(generation)
+    library.db.set_trace_callback(None)
+    (query,) = statements
+    plan = library.db.execute("EXPLAIN QUERY PLAN " + query).fetchall()
+    assert "USING INDEX images_by_generation" in plan[0][-1]
+
+
 def test_tombstones_are_found_without_a_scan_of_the_table(library: Library) -> None:
     """A scan would hold the write lock, and stall the service's writes, while a build
     in another process forgets tombstones: seconds at 10^6 rows."""
