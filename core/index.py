@@ -22,10 +22,14 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from annoy import AnnoyIndex
@@ -37,6 +41,11 @@ log = logging.getLogger(__name__)
 
 AXES_SAMPLE = 50_000  # vectors the projection is fitted on: plenty for 10^3 directions
 PROJECT_BLOCK = 65_536  # vectors projected at a time
+# A build flushes its files to disk as it writes them. Left to the kernel, its
+# gigabytes would wait in memory, and the service's next results sync (syncfs:
+# the whole file system) would wait for all of them: a stall of seconds.
+FLUSH_BYTES = 64 << 20  # written between two flushes of an array
+FLUSH_EVERY_S = 0.5  # how often Annoy's file is flushed while Annoy writes it
 
 
 @dataclass(frozen=True)
@@ -195,9 +204,10 @@ def write_annoy(path: Path, vectors: np.ndarray, metric: str, trees: int) -> Non
     index = AnnoyIndex(vectors.shape[1], metric)  # type: ignore[arg-type]
     partial = path.with_name(path.name + ".partial")
     index.on_disk_build(str(partial))  # builds in the file: no second copy in memory
-    for item, vector in enumerate(vectors):
-        index.add_item(item, vector)
-    index.build(trees, n_jobs=-1)
+    with flushing(partial):
+        for item, vector in enumerate(vectors):
+            index.add_item(item, vector)
+        index.build(trees, n_jobs=-1)
     index.unload()
     fsync(partial)
     os.replace(partial, path)
@@ -208,13 +218,46 @@ def write_durably(path: Path, content: np.ndarray | bytes) -> None:
     partial = path.with_name(path.name + ".partial")
     with open(partial, "wb") as out:
         if isinstance(content, np.ndarray):
-            np.save(out, content)
+            write_array(out, content)
         else:
             out.write(content)
         out.flush()
         os.fsync(out.fileno())
     os.replace(partial, path)
     fsync(path.parent)
+
+
+def write_array(out: BinaryIO, array: np.ndarray) -> None:
+    """`array` as `np.save` writes it, flushed to disk every FLUSH_BYTES."""
+    array = np.ascontiguousarray(array)
+    np.lib.format.write_array_header_1_0(out, np.lib.format.header_data_from_array_1_0(array))
+    data = array.reshape(-1).view(np.uint8)
+    for start in range(0, len(data), FLUSH_BYTES):
+        out.write(data[start:start + FLUSH_BYTES].data)
+        out.flush()
+        os.fdatasync(out.fileno())
+
+
+@contextmanager
+def flushing(path: Path) -> Iterator[None]:
+    """Flush `path` to disk every FLUSH_EVERY_S while the block writes it."""
+    done = threading.Event()
+    fd = os.open(path, os.O_RDONLY)
+
+    def flush() -> None:
+        while not done.wait(FLUSH_EVERY_S):
+            try:
+                os.fdatasync(fd)
+            except OSError:
+                return  # the writer's own fsync at the end reports it
+    flusher = threading.Thread(target=flush, name="flush", daemon=True)
+    flusher.start()
+    try:
+        yield
+    finally:
+        done.set()
+        flusher.join()
+        os.close(fd)
 
 
 def fsync(path: Path) -> None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -521,6 +522,35 @@ def test_full_vectors_are_read_not_mapped(library: Library, state: Path) -> None
     maps = Path("/proc/self/maps").read_text()
     assert str(index.folder(state) / f"{info.generation}.ann") in maps
     assert str(index.folder(state) / f"{info.generation}.vectors.npy") not in maps
+
+
+@pytest.mark.parametrize("array", [np.arange(1000, dtype=np.int64),
+                                   np.linspace(-1, 1, 3 * 896, dtype=np.float32).reshape(3, 896),
+                                   np.zeros((0, 8), np.float32)], ids=["ids", "vectors", "empty"])
+def test_arrays_are_written_as_numpy_saves_them_a_block_at_a_time(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch,
+                                                                   array: np.ndarray) -> None:
+    flushed: list[int] = []
+    monkeypatch.setattr(index, "FLUSH_BYTES", 1000)
+    monkeypatch.setattr(index.os, "fdatasync", flushed.append)
+    index.write_durably(tmp_path / "written.npy", array)
+    np.save(tmp_path / "saved.npy", array)
+    assert (tmp_path / "written.npy").read_bytes() == (tmp_path / "saved.npy").read_bytes()
+    assert len(flushed) == -(-array.nbytes // 1000)  # a flush per block: never much waits
+
+
+def test_annoys_file_is_flushed_while_annoy_writes_it(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    flushed: list[int] = []
+    monkeypatch.setattr(index, "FLUSH_EVERY_S", 0.01)
+    monkeypatch.setattr(index.os, "fdatasync", flushed.append)
+    target = tmp_path / "written.bin"
+    target.write_bytes(b"")
+    with index.flushing(target):
+        time.sleep(0.2)
+    count = len(flushed)
+    time.sleep(0.05)
+    assert count >= 3 and len(flushed) == count  # and not once the writing is done
 
 
 def test_vectors_no_longer_than_dims_are_indexed_whole(library: Library, state: Path) -> None:
