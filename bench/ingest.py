@@ -37,7 +37,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import lookalike.daemon  # noqa: F401  # isort: skip - first: the command sets up OpenBLAS
+from lookalike import daemon  # noqa: F401  # isort: skip - first: the command sets up OpenBLAS
 import numpy as np
 from PIL import Image
 

@@ -9,6 +9,8 @@ Runs, each in a process of its own and one after the other:
 - bench/latency.py: the real service started empty, started on 10^4 images
   ingested from scratch and restarted, and started on libraries of 10^3 to
   10^6 images (seeded): start-up, latency, a burst of 1,000, idle memory;
+- bench/rebuilding.py: latency on a seeded library of 10^5 while its index
+  is rebuilt back to back;
 - bench/check.py: the check of every results file on a seeded library of 10^6
   images, by searching every image again and by measuring what changed;
 - bench/index_scale.py: the index alone at 10^4 to 10^6 vectors, and on real
@@ -92,6 +94,17 @@ def service_table(rows: list[dict[str, Any]]) -> list[str]:
          for r in rows])
 
 
+def rebuilding_table(rows: list[dict[str, Any]], command: str) -> list[str]:
+    return table(
+        f"Latency while the index is rebuilt (`{command}`): the service on a seeded "
+        "library, its index rebuilt back to back (`index.rebuild_interval_s` 1), one image "
+        "dropped every 0.1 s. The latency target above holds while the index rebuilds too.",
+        ["images in the library", "seconds", "drops", "builds meanwhile", "p50 ms", "p95 ms",
+         "p99 ms", "max ms"],
+        [[f"{r['seeded']:,}", r["seconds"], r["drops"], r["builds"], r["p50_ms"], r["p95_ms"],
+          r["p99_ms"], r["max_ms"]] for r in rows])
+
+
 def check_table(rows: list[dict[str, Any]], command: str) -> list[str]:
     return table(
         f"The check of every results file (`{command}`): a full check searches every image "
@@ -170,6 +183,9 @@ def main() -> None:
         row = figures("bench/latency.py", *arguments, *drops)[-1]
         row["arguments"] = " ".join(arguments)
         service.append(row)
+    rebuilding_command = (f"python bench/rebuilding.py --seeded {3000 if quick else 100_000} "
+                          f"--seconds {10 if quick else 60}")
+    rebuilding = figures("bench/rebuilding.py", *rebuilding_command.split()[2:])
     check_command = f"python bench/check.py --seeded {3000 if quick else 1_000_000}"
     check = figures("bench/check.py", *check_command.split()[2:])
     sizes = (10_000, 30_000) if quick else (10_000, 100_000, 1_000_000)
@@ -180,6 +196,7 @@ def main() -> None:
     section = [BEGIN, f"Measured {stamp} by `python bench/run.py` (about "
                "20 minutes; the machine's two cores, shared).", "",
                *ingest_table(ingest, ingest_command), "", *service_table(service), "",
+               *rebuilding_table(rebuilding, rebuilding_command), "",
                *check_table(check, check_command), "",
                *index_table(index), "", *latents_table(latents), END]
     text = "\n".join(section)
