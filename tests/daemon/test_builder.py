@@ -1,7 +1,9 @@
 """The service's index rebuilds, run as real child processes on a real library."""
 from __future__ import annotations
 
+import json
 import logging
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +11,7 @@ import pytest
 
 from lookalike.core import index
 from lookalike.core.store import Entry, Library
+from lookalike.daemon import builder
 from lookalike.daemon.builder import Build, Rebuild
 
 MODEL = "sha256:" + "d" * 64
@@ -60,3 +63,15 @@ def test_a_stopped_build_leaves_the_index_in_use_whole(tmp_path: Path) -> None:
     loaded = index.load(tmp_path)  # the old index, or the new one if it was done: never half
     assert loaded is not None and loaded.info.generation in (first, first + 1)
     assert len(loaded.row_ids) == loaded.info.items
+
+
+def test_a_sandbox_that_forbids_a_lower_priority_does_not_stop_the_build(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The shipped unit's system call filter allows setpriority; another may not (EPERM)."""
+    def forbidden(increment: int) -> int:
+        raise PermissionError(1, "Operation not permitted")
+    monkeypatch.setattr(builder.os, "nice", forbidden)
+    generation = fill(tmp_path, 50)
+    assert builder.main([json.dumps(asdict(settings(tmp_path)))]) == 0
+    info = index.current_info(tmp_path)
+    assert info is not None and info.generation == generation
