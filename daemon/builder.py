@@ -12,9 +12,11 @@ at a lower priority it takes only the CPU the service leaves.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 from dataclasses import asdict, dataclass
@@ -29,6 +31,7 @@ from lookalike.daemon.logs import setup_logging
 log = logging.getLogger(__name__)
 
 NICENESS = 10  # the service's own work comes first
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 @dataclass(frozen=True)
@@ -42,12 +45,14 @@ class Build:
     exact_below: int
     dims: int
     log_level: int
+    service_pid: int
 
     @classmethod
     def of(cls, config: Config, model_id: str | None) -> Build:
         settings = config.index
         return cls(str(config.state_dir), settings.metric, settings.trees, model_id,
-                   settings.exact_below, settings.dims, logging.getLogger().getEffectiveLevel())
+                   settings.exact_below, settings.dims, logging.getLogger().getEffectiveLevel(),
+                   os.getpid())
 
 
 class Rebuild:
@@ -77,8 +82,15 @@ class Rebuild:
         self.process.communicate()
 
 
-def main(argv: list[str]) -> int:
-    build = Build(**json.loads(argv[0]))
+def die_with(service: int) -> None:
+    """End when the service that started this build ends: the next service's own build
+    of the same generation would write the same files."""
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != service:  # it ended before that was set
+        sys.exit(1)
+
+
+def main(build: Build) -> int:
     with contextlib.suppress(OSError):  # a sandbox may forbid it: then at the same priority
         os.nice(NICENESS)
     setup_logging(build.log_level)
@@ -95,4 +107,6 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    settings = Build(**json.loads(sys.argv[1]))
+    die_with(settings.service_pid)
+    sys.exit(main(settings))

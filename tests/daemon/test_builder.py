@@ -1,9 +1,12 @@
 """The service's index rebuilds, run as real child processes on a real library."""
 from __future__ import annotations
 
-import json
 import logging
-from dataclasses import asdict
+import os
+import subprocess
+import sys
+import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +22,7 @@ MODEL = "sha256:" + "d" * 64
 
 def settings(state: Path) -> Build:
     return Build(str(state), "angular", trees=5, model_id=MODEL, exact_below=0, dims=0,
-                 log_level=logging.INFO)
+                 log_level=logging.INFO, service_pid=os.getpid())
 
 
 def fill(state: Path, count: int, start: int = 0) -> int:
@@ -72,6 +75,42 @@ def test_a_sandbox_that_forbids_a_lower_priority_does_not_stop_the_build(
         raise PermissionError(1, "Operation not permitted")
     monkeypatch.setattr(builder.os, "nice", forbidden)
     generation = fill(tmp_path, 50)
-    assert builder.main([json.dumps(asdict(settings(tmp_path)))]) == 0
+    assert builder.main(settings(tmp_path)) == 0
     info = index.current_info(tmp_path)
     assert info is not None and info.generation == generation
+
+
+def test_a_build_ends_when_the_service_that_started_it_dies(tmp_path: Path) -> None:
+    """Else it would race the next service's build of the same files."""
+    generation = fill(tmp_path, 20)
+    (tmp_path / "index").mkdir()
+    blocker = tmp_path / "index" / f"{generation}.vectors.npy.partial"
+    os.mkfifo(blocker)  # the build's first file: opening it blocks until a reader comes
+    service = textwrap.dedent(f"""\
+        import logging, os, time
+        from lookalike.daemon.builder import Build, Rebuild
+        rebuild = Rebuild(Build({str(tmp_path)!r}, "angular", 5, {MODEL!r}, 10**9, 0,
+                                logging.INFO, os.getpid()))
+        print(rebuild.process.pid, flush=True)
+        time.sleep(1.0)  # the build is blocked by now
+        os._exit(9)  # killed: no clean stop of the build
+        """)
+    started = subprocess.run([sys.executable, "-c", service], stdout=subprocess.PIPE,
+                             stderr=subprocess.DEVNULL, text=True, timeout=60, check=False)
+    child = int(started.stdout.split()[0])
+    try:
+        deadline = time.monotonic() + 10
+        while alive(child) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not alive(child)
+    finally:
+        if alive(child):
+            os.kill(child, 9)
+
+
+def alive(pid: int) -> bool:
+    """Whether process `pid` runs (a zombie waiting for its reaper does not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
