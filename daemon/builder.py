@@ -107,6 +107,7 @@ def main(build: Build) -> int:
 
 
 if __name__ == "__main__":
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C in a terminal: the service stops us
     settings = Build(**json.loads(sys.argv[1]))
     die_with(settings.service_pid)
     sys.exit(main(settings))

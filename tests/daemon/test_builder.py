@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import subprocess
 import sys
 import textwrap
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -106,6 +108,25 @@ def test_a_build_ends_when_the_service_that_started_it_dies(tmp_path: Path) -> N
     finally:
         if alive(child):
             os.kill(child, 9)
+
+
+def test_ctrl_c_is_left_to_the_service_which_stops_its_build(tmp_path: Path,
+                                                            capfd: pytest.CaptureFixture[str]
+                                                            ) -> None:
+    """Ctrl-C reaches every process of the terminal's group: no traceback from the builder."""
+    generation = fill(tmp_path, 20)
+    (tmp_path / "index").mkdir()
+    os.mkfifo(tmp_path / "index" / f"{generation}.vectors.npy.partial")  # blocks the build
+    rebuild = Rebuild(replace(settings(tmp_path), exact_below=10**9))
+    try:
+        time.sleep(1.0)  # past its start-up
+        rebuild.process.send_signal(signal.SIGINT)
+        time.sleep(0.5)
+        assert rebuild.running()
+    finally:
+        rebuild.stop()
+    assert not rebuild.running()
+    assert "Traceback" not in capfd.readouterr().err
 
 
 def alive(pid: int) -> bool:
