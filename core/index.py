@@ -110,6 +110,11 @@ class BuiltIndex:
     axes: np.ndarray | None = None  # (dim, reduced): the projection Annoy's vectors went through
     rows: Rows | None = None  # the full vectors, for ranking Annoy's candidates again
 
+    def holding(self, row_ids: np.ndarray) -> np.ndarray:
+        """Those of `row_ids` that the index holds (its `row_ids` are sorted: `build`)."""
+        at = np.minimum(np.searchsorted(self.row_ids, row_ids), max(len(self.row_ids) - 1, 0))
+        return row_ids[self.row_ids[at] == row_ids] if len(self.row_ids) else row_ids[:0]
+
     def project(self, vectors: np.ndarray) -> np.ndarray:
         """Queries as Annoy holds its items: projected onto the axes (unit length first,
         for the angular metric), or unchanged."""
@@ -314,6 +319,9 @@ def load(state_dir: Path) -> BuiltIndex | None:
     except (OSError, ValueError) as error:
         raise StateError(f"index at generation {info.generation} is damaged ({error}); "
                          "run `lookalike rebuild`") from None
+    if len(row_ids) and not np.all(row_ids[1:] > row_ids[:-1]):
+        raise StateError(f"index at generation {info.generation} maps its items out of "
+                         "order; run `lookalike rebuild`")
     if held != len(row_ids):
         raise StateError(f"index at generation {info.generation} holds {held} "
                          f"items but maps {len(row_ids)}; run `lookalike rebuild`")

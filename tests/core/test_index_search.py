@@ -352,6 +352,41 @@ def test_refresh_follows_changes_after_opening(library: Library, state: Path) ->
     assert ids.count(indexed) == 1 and found.pending == 2
 
 
+def test_new_rows_do_not_widen_annoys_search(library: Library, state: Path) -> None:
+    """Only rows the index holds are stale: each stale row asks Annoy for one more item."""
+    rows = fill(library, clustered(100))
+    build(library, state)
+    library.apply([entry("late.jpg", clustered(1, seed=8)[0])])
+    late = library.records()["late.jpg"].id
+    found = searcher(library, state, search_k=-1)
+    assert found.stale.tolist() == []
+    changed, gone = sorted(rows)[:2]
+    found.refresh({late + 1: clustered(1, seed=9)[0], changed: -clustered(1, seed=9)[0]},
+                  removed=[gone])
+    assert found.stale.tolist() == [changed, gone]
+    assert found.pending == 3
+
+    asked = []
+    annoy = found.index.annoy  # type: ignore[union-attr]
+
+    class Counting:
+        def get_nns_by_vector(self, vector: list[float], n: int, **kw: object) -> object:
+            asked.append(n)
+            return annoy.get_nns_by_vector(vector, n, **kw)  # type: ignore[union-attr]
+    found.index.annoy = Counting()  # type: ignore[union-attr,assignment]
+    found.neighbors(clustered(1, seed=13)[0], 10)
+    assert asked == [10 + 2 + 1]  # k, the two stale rows, the query's own row
+
+
+def test_an_id_map_out_of_order_is_damaged(library: Library, state: Path) -> None:
+    fill(library, clustered(10))
+    info = build(library, state)
+    ids = index.folder(state) / f"{info.generation}.ids.npy"
+    np.save(ids, np.load(ids)[::-1].copy())
+    with pytest.raises(StateError, match="out of order"):
+        index.load(state)
+
+
 def test_empty_library_builds_and_searches(library: Library, state: Path) -> None:
     info = build(library, state)
     assert (info.items, info.dim) == (0, 0)
