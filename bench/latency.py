@@ -11,7 +11,8 @@ includes ingesting them). Then:
   file appears: p50 / p95 / p99;
 - burst: drops `--burst` images at once and times until the last results
   file appears: images per second (its cost per image against the library
-  size is the scaling figure);
+  size is the scaling figure), and the service's CPU seconds (all its
+  threads) per image meanwhile: the work an image costs, however parallel;
 - memory: resident memory of the service once idle after the burst (its
   background rebuild and results check done);
 - restart: SIGTERM, start again on the full library: seconds to READY and
@@ -235,13 +236,16 @@ def main() -> None:
             ms = np.array(latencies) * 1000
             report.update({f"p{q}_ms": round(float(np.percentile(ms, q)), 1) for q in (50, 95, 99)})
             names = [f"{n:07d}.png" for n in range(dropped, dropped + args.burst)]
-            started = time.perf_counter()
+            started, cpu_before = time.perf_counter(), cpu_s(service.process.pid)
             for name, data in zip(names, pictures[dropped:dropped + args.burst], strict=True):
                 drop(data, name, outside, inbox)
             for name in names:
                 # polled coarsely: a busy poll would take CPU from the service
                 finished = wait_for(inbox / (name + ".neighbors.json"), timeout=3600, poll=0.01)
             report["burst_per_s"] = round(args.burst / (finished - started))
+            # CPU of every thread of the service: what the burst costs whatever runs in parallel
+            report["burst_cpu_ms"] = round(
+                (cpu_s(service.process.pid) - cpu_before) * 1000 / args.burst, 2)
             wait_idle(service.process.pid)  # after the rebuild and the results check
             report["idle_rss_mb"] = round(rss_mb(service.process.pid))
             report["idle_anon_mb"] = round(rss_mb(service.process.pid, "RssAnon"))
