@@ -121,6 +121,8 @@ def main() -> None:
     if args.one:
         print(json.dumps(measure(args.latents, args.one)), flush=True)
         return
+    import lookalike.daemon  # noqa: F401 - its OpenBLAS settings, in the environment of
+    # each size's process before NumPy loads there: the search runs as in the service
     for size in (int(s) for s in args.sizes.split(",")):
         subprocess.run([sys.executable, __file__, str(args.latents), "--one", str(size)],
                        check=True)
