@@ -106,6 +106,7 @@ class Service:
             self.library.meta("stopped_at") != str(generation)
         create_folders_on_first_run(config, self.library)
         self.worker = Worker(config, self.library, self.load_encoder(config))
+        self.worker.encoder.warm()
         self.worker.interrupted = lambda: self.stop_requested
         roots = {"inbox": config.inbox}
         if config.query_dir is not None:

@@ -69,6 +69,16 @@ def test_encode_is_deterministic_and_independent_of_batching(encoder: model.Enco
     assert np.allclose(first[4], encoder.encode(pixels[4:5])[0], atol=1e-5)
 
 
+def test_warm_traces_the_encoding_once_for_every_batch_size(encoder_path: Path) -> None:
+    fresh = model.load(encoder_path)
+    fresh.warm()
+    traced = fresh._encode.experimental_get_tracing_count()
+    fresh.encode(images_of(3, fresh.shape))
+    fresh.encode(images_of(1, fresh.shape))
+    assert traced == 1
+    assert fresh._encode.experimental_get_tracing_count() == 1
+
+
 def test_encode_nothing(encoder: model.Encoder) -> None:
     latents = encoder.encode(np.zeros((0, 56, 56, 1), np.uint8))
     assert latents.shape == (0, 32) and latents.dtype == np.float32
