@@ -44,6 +44,10 @@ CREATE INDEX IF NOT EXISTS images_live ON images (error_code) WHERE deleted = 0;
 -- Dropping tombstones after a build finds them here: a scan of the table would
 -- hold the write lock, and stall the service's writes, for seconds at 10^6.
 CREATE INDEX IF NOT EXISTS images_deleted ON images (generation) WHERE deleted = 1;
+-- Which model made each vector: the start-up's look for vectors to re-encode and
+-- `lookalike status` read this, not the table (10^6: 2.6 s at every start).
+CREATE INDEX IF NOT EXISTS images_models ON images (model_id)
+    WHERE deleted = 0 AND latent IS NOT NULL;
 """
 
 
@@ -165,9 +169,11 @@ class Library:
 
     def encoded_by_others(self, model_id: str) -> list[str]:
         """Paths of usable images whose vectors another model made."""
+        # < or >, not !=: SQLite looks ranges up in an index, never an inequality; and
+        # sorted here: ORDER BY path would make it walk the whole table in path order.
         rows = self.db.execute("SELECT path FROM images WHERE deleted = 0 AND latent IS NOT NULL "
-                               "AND model_id != ? ORDER BY path", (model_id,))
-        return [row[0] for row in rows]
+                               "AND (model_id < ? OR model_id > ?)", (model_id, model_id))
+        return sorted(row[0] for row in rows)
 
     def changed_since(self, generation: int) -> tuple[np.ndarray, np.ndarray, set[int]]:
         """What an index built at `generation` does not know.

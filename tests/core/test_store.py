@@ -298,6 +298,21 @@ def test_tombstones_are_found_without_a_scan_of_the_table(library: Library) -> N
     assert "USING INDEX images_deleted" in plan[0][-1]
 
 
+def test_models_of_the_vectors_are_read_from_their_index(library: Library) -> None:
+    """Every start asks for vectors another model made, and `lookalike status` counts the
+    vectors of each model: a scan of the table is 2.6 s at 10^6 rows."""
+    library.apply([image("a.jpg", 1), image("b.jpg", 2, OTHER_MODEL)])
+    statements: list[str] = []
+    library.db.set_trace_callback(statements.append)
+    library.encoded_by_others(MODEL)
+    library.model_ids()
+    library.db.set_trace_callback(None)
+    assert len(statements) == 2
+    for query in statements:
+        plan = library.db.execute("EXPLAIN QUERY PLAN " + query).fetchall()
+        assert "USING INDEX images_models" in plan[0][-1], query
+
+
 def test_a_failed_apply_changes_nothing(library: Library) -> None:
     library.apply([image("a.jpg", 1)])
     bad = Entry(None, 1, 1, None, None)  # type: ignore[arg-type]  # path NOT NULL
