@@ -169,10 +169,10 @@ class Library:
 
     def encoded_by_others(self, model_id: str) -> list[str]:
         """Paths of usable images whose vectors another model made."""
-        # < or >, not !=: SQLite looks ranges up in an index, never an inequality; and
-        # sorted here: ORDER BY path would make it walk the whole table in path order.
+        # Sorted here: ORDER BY path would make SQLite walk the whole table in path order
+        # rather than read the index of model ids.
         rows = self.db.execute("SELECT path FROM images WHERE deleted = 0 AND latent IS NOT NULL "
-                               "AND (model_id < ? OR model_id > ?)", (model_id, model_id))
+                               "AND model_id != ?", (model_id,))
         return sorted(row[0] for row in rows)
 
     def changed_since(self, generation: int) -> tuple[np.ndarray, np.ndarray, set[int]]:
