@@ -162,13 +162,9 @@ def search_table(rows: list[dict[str, Any]], command: str) -> list[str]:
           f"{r['rows_read_per_batch']:,}"] for r in rows])
 
 
-def ensure_latents(count: int) -> None:
-    if not LATENTS.exists():
-        figures("bench/latents.py", str(LATENTS), "--count", str(count))
-
-
 def latent_rows(sizes: tuple[int, ...]) -> list[dict[str, Any]]:
-    ensure_latents(max(sizes))
+    if not LATENTS.exists():
+        figures("bench/latents.py", str(LATENTS), "--count", str(max(sizes)))
     rows = []
     for size in sizes:
         two_stage = ["--dims", "128", "--trees", "16"]
@@ -215,6 +211,7 @@ def main() -> None:
     search_sizes = "1000,30000" if quick else "1000,10000,100000,1000000"
     search_command = f"python bench/search_cost.py {LATENTS.relative_to(HERE.parent)} " \
         f"--sizes {search_sizes}"
+    # (on the latents that `latent_rows` made)
     search = figures("bench/search_cost.py", str(LATENTS), "--sizes", search_sizes)
 
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
