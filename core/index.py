@@ -112,8 +112,10 @@ class BuiltIndex:
 
     def holding(self, row_ids: np.ndarray) -> np.ndarray:
         """Those of `row_ids` that the index holds (its `row_ids` are sorted: `build`)."""
-        at = np.minimum(np.searchsorted(self.row_ids, row_ids), max(len(self.row_ids) - 1, 0))
-        return row_ids[self.row_ids[at] == row_ids] if len(self.row_ids) else row_ids[:0]
+        if not len(self.row_ids):
+            return row_ids[:0]
+        at = np.minimum(np.searchsorted(self.row_ids, row_ids), len(self.row_ids) - 1)
+        return row_ids[self.row_ids[at] == row_ids]
 
     def project(self, vectors: np.ndarray) -> np.ndarray:
         """Queries as Annoy holds its items: projected onto the axes (unit length first,
