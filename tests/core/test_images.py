@@ -8,6 +8,7 @@ import signal
 import struct
 import zlib
 from collections.abc import Callable, Iterator
+from io import BytesIO
 from pathlib import Path
 
 import numpy as np
@@ -235,6 +236,49 @@ def test_large_jpeg_decodes_in_draft_mode(tmp_path: Path, shape: images.Shape) -
     pixels = images.load(tmp_path / "photo.jpg", shape).pixels
     assert pixels.shape == (shape.size, shape.size, shape.channels)
     assert pixels[:, :24].mean() < 40 and pixels[:, 32:].mean() > 210
+
+
+def jpeg_bytes(image: Image.Image, **options: object) -> bytes:
+    stream = BytesIO()
+    image.save(stream, "JPEG", **options)
+    return stream.getvalue()
+
+
+@pytest.mark.parametrize("size", [(256, 256), (300, 200), (449, 112), (57, 113), (20, 20),
+                                  (1, 1), (4000, 3000)], ids=str)
+@pytest.mark.parametrize("kind", ["colour", "grey", "progressive", "444"])
+@pytest.mark.parametrize("shape", [GRAY, RGB, images.Shape(32, "rgb")], ids=str)
+def test_plain_jpeg_gives_pillows_pixels(monkeypatch: pytest.MonkeyPatch, size: tuple[int, int],
+                                         kind: str, shape: images.Shape) -> None:
+    # A smooth picture with noise on it: real detail at every scale Pillow's draft picks.
+    picture = Image.blend(noise(8, 6).resize(size, Image.Resampling.BICUBIC), noise(*size), 0.3)
+    data = jpeg_bytes(picture.convert("L") if kind == "grey" else picture, quality=85,
+                      progressive=kind == "progressive", subsampling=0 if kind == "444" else -1)
+    assert images.plain_jpeg(data, shape) is not None  # the fast path is taken
+    fast = images.decode(data, shape)
+    monkeypatch.setattr(images, "plain_jpeg", lambda data, shape: None)
+    assert np.array_equal(fast, images.decode(data, shape))  # Pillow's, to the last bit
+
+
+def test_jpeg_that_pillow_would_treat_differently_is_left_to_it() -> None:
+    picture = noise(120, 80)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    xmp = b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:Description tiff:Orientation="6"/></x:xmpmeta>'
+    left = {"exif": jpeg_bytes(picture, exif=exif), "xmp": jpeg_bytes(picture, xmp=xmp),
+            "cmyk": jpeg_bytes(picture.convert("CMYK")), "png": png_bytes(picture),
+            "truncated": jpeg_bytes(picture)[:-200]}
+    for name, data in left.items():
+        assert images.plain_jpeg(data, RGB) is None, name
+    assert images.plain_jpeg(jpeg_bytes(picture), RGB) is not None
+    few = images.Shape(56, "rgb", max_pixels=120 * 80 - 1)  # Pillow says it is too large
+    assert images.plain_jpeg(jpeg_bytes(picture), few) is None
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    stream = BytesIO()
+    image.save(stream, "PNG")
+    return stream.getvalue()
 
 
 def test_image_under_the_limit_but_over_pillows_bomb_warning_is_decoded(tmp_path: Path) -> None:
