@@ -52,6 +52,19 @@ def test_ok_document_with_no_neighbours() -> None:
     assert empty["neighbors"] == [] and empty["status"] == "ok"
 
 
+@pytest.mark.parametrize("path", ["plain/a.jpg", 'quote " and back\\slash.jpg', "顔/写真.jpg",
+                                  "new\nline\ttab.jpg", "control\x01.jpg", "emoji 🐱.png"])
+@pytest.mark.parametrize("distance", [0.0, 0.123456789, 1e-07, 1.4142135, 2.0, float("nan")])
+def test_a_neighbour_line_is_what_the_json_encoder_writes(path: str, distance: float) -> None:
+    written = results.ok("q.jpg", MODEL, "angular", [results.Found(path, distance, False),
+                                                     results.Found(path, distance, True)], 1, 2, 0)
+    text = results.render(written)
+    expected = [f"    {json.dumps(n, ensure_ascii=False)}" for n in written["neighbors"]]
+    assert text.splitlines()[7:9] == [expected[0] + ",", expected[1]]
+    if distance == distance:  # (NaN is never equal to itself)
+        assert json.loads(text) == written
+
+
 def test_error_document() -> None:
     failed = results.error("notes.jpg", "not_an_image", "not an image file that can be decoded")
     assert failed["schema"] == results.SCHEMA
