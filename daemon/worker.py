@@ -46,6 +46,9 @@ Touched = dict[int, set[int] | None]
 # (`merged`), so look wide.
 REVERSE_CANDIDATES = 8
 ANSWER_CHUNK = 1024  # results computed, written and synced together
+# A results file to write: where, what, and what the library remembers of it once written.
+Due = tuple[Path, dict[str, object], Answer]
+Writing = tuple[list[Due], Future[list[OSError | None]]]  # files being written, in `writer`
 
 
 @dataclass
@@ -111,6 +114,7 @@ class Worker:
         self.library = library
         self.encoder = encoder
         self.pool = ThreadPoolExecutor(config.decode_threads, thread_name_prefix="decode")
+        self.writer = ThreadPoolExecutor(1, thread_name_prefix="results")  # `answer`
         self.interrupted: Callable[[], bool] = lambda: False  # checked between batches
         self.scratch: results.Scratch | None = None  # temporaries of results: `take_scratch`
         self.stock_blanks = False  # whether the scratch can make inbox results files ahead
@@ -129,6 +133,7 @@ class Worker:
 
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
+        self.writer.shutdown(wait=True)
         if self.scratch is not None:
             self.scratch.close()
 
@@ -335,39 +340,55 @@ class Worker:
         """Write the results file of each row whose results are missing or different.
 
         `nearby` holds the rows' nearest neighbours when already searched (a
-        wider search's first k are exactly the k nearest).
+        wider search's first k are exactly the k nearest). A chunk's files
+        are written in the `writer` thread while the next chunk is searched:
+        the search and the writes' system calls let go of the GIL, so the
+        two cores share what was one core's work.
         """
         wanted = list(row_ids)
         progress = Progress("results", len(wanted))
-        k = self.config.neighbors
-        for start in range(0, len(wanted), ANSWER_CHUNK):
-            chunk = self.library.fetch(wanted[start:start + ANSWER_CHUNK])
-            if nearby is None:
-                found = searcher.neighbors_of(self.library.vectors_of(chunk), k)
-            else:
-                found = {row: nearby[row][:k] for row in chunk if row in nearby}
-            known = names if names is not None else self.library.describe(
-                {n.row_id for near in found.values() for n in near})
-            due = [answer for answer in (
-                self.answer_one(record, found.get(record.id, []), searcher, known)
-                for record in chunk.values()) if answer is not None]
-            tally.answered += self.write_answers(due)
-            progress.update(start + len(chunk))
+        writing: Writing | None = None
+        try:
+            for start in range(0, len(wanted), ANSWER_CHUNK):
+                due = self.due(searcher, wanted[start:start + ANSWER_CHUNK], names, nearby)
+                documents = [(target, document) for target, document, _ in due]
+                last, writing = writing, (
+                    due, self.writer.submit(results.write_many, documents, self.scratch))
+                if last is not None:
+                    tally.answered += self.written(*last)
+                progress.update(start + ANSWER_CHUNK)
+        finally:
+            if writing is not None:  # (after a failure too: what reached the disk counts)
+                tally.answered += self.written(*writing)
 
-    def write_answers(self, due: list[tuple[Path, dict[str, object], Answer]]) -> int:
-        """Write the results files of `due` together and remember those that reached the
-        disk; how many did. A full disk is raised once that is remembered."""
-        failures = results.write_many([(target, document) for target, document, _ in due],
-                                      self.scratch)
-        written = [answer for (target, _, answer), failure in zip(due, failures, strict=True)
-                   if not self.failed(target, failure)]
-        self.library.mark_answered(written)
+    def due(self, searcher: Searcher, row_ids: list[int],
+            names: dict[int, tuple[str, str | None]] | None,
+            nearby: dict[int, list[Neighbor]] | None) -> list[Due]:
+        """The results files that `row_ids` need, with their neighbours found."""
+        k = self.config.neighbors
+        chunk = self.library.fetch(row_ids)
+        if nearby is None:
+            found = searcher.neighbors_of(self.library.vectors_of(chunk), k)
+        else:
+            found = {row: nearby[row][:k] for row in chunk if row in nearby}
+        known = names if names is not None else self.library.describe(
+            {n.row_id for near in found.values() for n in near})
+        return [answer for answer in (
+            self.answer_one(record, found.get(record.id, []), searcher, known)
+            for record in chunk.values()) if answer is not None]
+
+    def written(self, due: list[Due], writing: Future[list[OSError | None]]) -> int:
+        """Wait for the files of `due` and remember those that reached the disk; how many
+        did. A full disk is raised once that is remembered."""
+        failures = writing.result()
+        done = [answer for (target, _, answer), failure in zip(due, failures, strict=True)
+                if not self.failed(target, failure)]
+        self.library.mark_answered(done)
         self.raise_if_full(self.config.inbox, failures)
-        return len(written)
+        return len(done)
 
     def answer_one(self, record: Record, near: list[Neighbor], searcher: Searcher,
-                   names: dict[int, tuple[str, str | None]]
-                   ) -> tuple[Path, dict[str, object], Answer] | None:
+                   names: dict[int, tuple[str, str | None]]) -> Due | None:
         """The results file a row needs, or None when the one on disk says it already."""
         if record.error_code is not None:
             document = results.error(record.path, record.error_code,

@@ -16,8 +16,9 @@ from lookalike.core import index
 from lookalike.core.search import Flat, Searcher
 from lookalike.core.store import Answer, Entry, Library
 from lookalike.daemon import service as daemon
+from lookalike.daemon import worker as worker_module
 from lookalike.daemon.watcher import Arrivals
-from lookalike.daemon.worker import Changes, Worker
+from lookalike.daemon.worker import Changes, Tally, Worker
 
 K = 12
 
@@ -110,6 +111,42 @@ def test_a_list_shorter_than_k_is_searched_again_not_merged(worker: Worker) -> N
     new = store(library, clustered(1, 4), 30)
     merged = worker.merged("angular", {short: set(new), rows[1]: set(new)})
     assert short not in merged and rows[1] in merged
+
+
+def test_results_written_chunk_by_chunk_are_the_exact_ones_and_a_failure_stays_unanswered(
+        tmp_path: Path, make_config: Callable[..., Path], encoder_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """`answer` writes a chunk in its writer thread while it searches the next: every
+    file must still land with the exact neighbours, and one that cannot be written
+    (its folder is gone) must stay unanswered, so that the next pass writes it."""
+    from lookalike.core import model
+
+    monkeypatch.setattr(worker_module, "ANSWER_CHUNK", 7)
+    config = configuration.load(make_config())
+    library = Library(config.state_dir / "library.sqlite")
+    worker = Worker(config, library, model.load(encoder_path))
+    vectors = clustered(30, 5)
+    names = [f"gone/{n}.png" if n % 6 == 0 else f"{n}.png" for n in range(30)]
+    library.apply(Entry(name, 1, 1, None, "m", vector) for name, vector in zip(
+        names, vectors, strict=True))
+    ids, stored = library.vectors()
+    worker.take_scratch()
+    tally = Tally()
+    worker.answer(Searcher(None, ids, stored, set(), "angular"), ids.tolist(), tally)
+    worker.close()
+
+    records = library.records()
+    path_of = {record.id: path for path, record in records.items()}
+    unanswered = {path for path, record in records.items() if record.answered is None}
+    assert unanswered == {name for name in names if name.startswith("gone/")}
+    assert tally.answered == 25
+    for row, near in exact(library).items():
+        target = worker.config.inbox / f"{path_of[row]}.neighbors.json"
+        if path_of[row] in unanswered:
+            assert not target.exists()
+            continue
+        listed = json.loads(target.read_text())["neighbors"]
+        assert [n["path"] for n in listed] == [path_of[r] for r in near]
 
 
 def test_blanks_are_made_only_for_an_inbox_on_the_scratch_disk(
