@@ -183,6 +183,7 @@ class Service:
     def stop(self) -> None:
         self.process.terminate()
         self.process.wait(120)
+        LOG.parent.mkdir(exist_ok=True)  # (git keeps no bench/results: a new clone has none)
         shutil.copy(self.root / "log.txt", LOG)
         if self.process.returncode:
             raise RuntimeError(f"the service exited {self.process.returncode}; log in {LOG}")
