@@ -44,6 +44,10 @@ def main() -> None:
     from lookalike.core.config import DEFAULT_MODEL
     from lookalike.daemon.training import read_folder
 
+    missing = [str(folder) for folder in args.images if not folder.is_dir()]
+    if missing:  # (a missing folder would make other latents, and other figures, silently)
+        raise SystemExit(f"no such folder: {', '.join(missing)}; the corpus comes from "
+                         "scripts/build_corpus.py, the digits from ../shared/tools/make_digits.py")
     encoder = model.load(DEFAULT_MODEL)
     pixels = np.concatenate([read_folder(folder, encoder.shape)[1] for folder in args.images])
     rng = np.random.default_rng(0)

@@ -21,7 +21,8 @@ Runs, each in a process of its own and one after the other:
 Prints the tables with the targets beside them and replaces the section
 between the `bench/run.py` markers of BENCHMARKS.md. `--quick` runs small
 sizes (a check that it all works, minutes), and leaves BENCHMARKS.md alone.
-The corpus comes from `python scripts/build_corpus.py /tmp/corpus`.
+The corpus comes from `python scripts/build_corpus.py /tmp/corpus`, the digits
+(for the real latents) from `python ../shared/tools/make_digits.py /tmp/digits`.
 """
 from __future__ import annotations
 
@@ -38,6 +39,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 BENCHMARKS = HERE.parent / "BENCHMARKS.md"
 LATENTS = HERE / "results" / "latents-100000.npy"
+DIGITS = Path("/tmp/digits")  # bench/latents.py's default, beside the corpus
 BEGIN, END = "<!-- bench/run.py: begin -->", "<!-- bench/run.py: end -->"
 
 
@@ -186,6 +188,9 @@ def main() -> None:
     if not args.corpus.is_dir():
         raise SystemExit(f"{args.corpus}: no corpus; make it with "
                          f"`python scripts/build_corpus.py {args.corpus}`")
+    if not LATENTS.exists() and not DIGITS.is_dir():  # (bench/latents.py reads them)
+        raise SystemExit(f"{DIGITS}: no digits; make them with "
+                         f"`python ../shared/tools/make_digits.py {DIGITS}`")
     quick = args.quick
     count, large = (300, 6) if quick else (2000, 200)
     ingest_command = f"python bench/ingest.py {args.corpus} --count {count} --large {large}"
