@@ -570,6 +570,50 @@ def save(training: Training, path: Path, extra: dict[str, Any] | None = None) ->
     return identity
 
 
+class PaletteCount:
+    """The palette branch's count (`with_appearance`), done by numpy's table lookups.
+
+    TensorFlow's gathers that find each pixel's level, bin and palette colour
+    cost about 0.13 ms of a core an image, a quarter of the default encoder's
+    time; these lookups give the same counts in about 0.03 ms, and the rest of
+    the encoder takes them as a second input: the same vectors, bit for bit.
+    """
+
+    LAYERS = ("channel_level", "colour_bin", "palette", "palette_count")
+
+    def __init__(self, model: keras.Model) -> None:
+        level, joint, palette, count = (model.get_layer(name) for name in self.LAYERS)
+        levels = level.get_weights()[0][:, 0]
+        # A channel's value (0..255) to its part of the pixel's bin (at most 16**3).
+        self.tables = [(levels * weight).astype(np.uint16)
+                       for weight in joint.get_weights()[0].reshape(-1)]
+        self.palette = palette.get_weights()[0][:, 0].astype(np.uint16)
+        self.colours = int(count.num_tokens)
+        self.output = count.output
+
+    @classmethod
+    def of(cls, model: keras.Model) -> PaletteCount | None:
+        """The count of `model`'s palette branch, if it has one as `with_appearance` builds."""
+        layers = {layer.name: layer for layer in model.layers}
+        kinds = (keras.layers.Embedding, keras.layers.Conv2D, keras.layers.Embedding,
+                 keras.layers.CategoryEncoding)
+        found = [layers.get(name) for name in cls.LAYERS]
+        if not all(isinstance(layer, kind) for layer, kind in zip(found, kinds, strict=True)):
+            return None
+        return cls(model) if getattr(found[-1], "output_mode", None) == "count" else None
+
+    def __call__(self, pixels: np.ndarray) -> np.ndarray:
+        """How many pixels of each image (n, size, size, channels) uint8 fall on each
+        palette colour: (n, colours) float32."""
+        bins = np.take(self.tables[0], pixels[..., 0])
+        for channel in range(1, len(self.tables)):
+            bins += np.take(self.tables[channel], pixels[..., channel])
+        owners = np.take(self.palette, bins).reshape(len(pixels), -1).astype(np.intp)
+        owners += np.arange(len(pixels))[:, None] * self.colours  # one bincount for all
+        counts = np.bincount(owners.ravel(), minlength=len(pixels) * self.colours)
+        return counts.reshape(len(pixels), self.colours).astype(np.float32)
+
+
 class Encoder:
     """A loaded encoder: what it reads (`shape`), its latent size and id."""
 
@@ -579,22 +623,33 @@ class Encoder:
         self.model_id = model_id
         self.path = path
         self.latent_dim = int(model.output_shape[-1])
-        signature = tf.TensorSpec([None, shape.size, shape.size, shape.channels], tf.uint8)
-        self._encode = tf.function(lambda x: model(tf.cast(x, tf.float32), training=False),
-                                   input_signature=[signature])
+        signature = [tf.TensorSpec([None, shape.size, shape.size, shape.channels], tf.uint8)]
+        self.palette = PaletteCount.of(model)
+        graph = model
+        if self.palette is not None:  # the rest of the model, from the image and the count
+            graph = keras.Model([model.inputs[0], self.palette.output], model.outputs[0])
+            signature.append(tf.TensorSpec([None, self.palette.colours], tf.float32))
+
+        def encode(pixels: tf.Tensor, *counts: tf.Tensor) -> tf.Tensor:
+            image = tf.cast(pixels, tf.float32)
+            return graph([image, *counts] if counts else image, training=False)
+        self._encode = tf.function(encode, input_signature=signature)
 
     def warm(self) -> None:
         """Trace the encoding now (about 0.2 s) rather than on the first image: a service
         started with nothing new to read would make the first image dropped wait for it."""
-        self._encode(np.zeros((1, self.shape.size, self.shape.size, self.shape.channels),
-                              np.uint8))
+        self.encode(np.zeros((1, self.shape.size, self.shape.size, self.shape.channels),
+                             np.uint8))
 
     def encode(self, pixels: np.ndarray, batch_size: int = 256) -> np.ndarray:
         """Latent vectors (n, latent_dim) float32 for images (n, size, size, channels) uint8."""
         if len(pixels) == 0:
             return np.zeros((0, self.latent_dim), np.float32)
-        parts = [self._encode(pixels[start:start + batch_size]).numpy()
-                 for start in range(0, len(pixels), batch_size)]
+        parts = []
+        for start in range(0, len(pixels), batch_size):
+            batch = pixels[start:start + batch_size]
+            counts = () if self.palette is None else (self.palette(batch),)
+            parts.append(self._encode(batch, *counts).numpy())
         return np.concatenate(parts).astype(np.float32, copy=False)
 
 

@@ -332,6 +332,44 @@ def test_the_palette_counts_every_channel_value_at_its_level() -> None:
     assert np.array_equal(joint, (np.arange(256) // 16) * 256)  # red's level, times 16 x 16
 
 
+def whole_model(encoder: model.Encoder, pixels: np.ndarray) -> np.ndarray:
+    """The vectors of the saved Keras model itself, with TensorFlow doing every step."""
+    return encoder.model(pixels.astype(np.float32), training=False).numpy()
+
+
+def test_the_shipped_encoder_counts_its_palette_in_numpy_bit_for_bit() -> None:
+    """The default encoder's palette count runs outside TensorFlow (`PaletteCount`): the
+    vectors must be exactly the whole model's, over noise and every channel value."""
+    from lookalike.core.config import DEFAULT_MODEL
+
+    encoder = model.load(DEFAULT_MODEL)
+    assert encoder.palette is not None and encoder.palette.colours == 512
+    pixels = np.random.default_rng(5).integers(0, 256, (40, 56, 56, 3), dtype=np.uint8)
+    pixels[0].reshape(-1)[:256 * 3] = np.repeat(np.arange(256), 3)  # every value, each channel
+    pixels[1] = 255
+    counted = keras.Model(encoder.model.inputs[0], encoder.model.get_layer("palette_count").output)
+    assert np.array_equal(encoder.palette(pixels), counted(pixels.astype(np.float32)).numpy())
+    assert np.array_equal(encoder.encode(pixels), whole_model(encoder, pixels))
+
+
+@pytest.mark.parametrize("shape", [TINTED, Shape(16, "grayscale")])
+def test_a_trained_palette_is_counted_in_numpy_bit_for_bit(shape: Shape) -> None:
+    pixels = tinted(12, seed=6)
+    if shape.channels == 1:  # 256 levels a channel, one channel
+        pixels = pixels.max(axis=-1, keepdims=True)
+    learned = keras.Sequential([keras.Input((16, 16, shape.channels)), keras.layers.Flatten(),
+                                keras.layers.Dense(4, name="latent")])
+    built = model.with_appearance(learned, pixels,
+                                  model.Recipe(model.seed_preset, palette=8, edges=4))
+    encoder = model.Encoder(built, shape, "test", Path("test.keras"))
+    assert encoder.palette is not None
+    assert np.array_equal(encoder.encode(pixels), whole_model(encoder, pixels))
+
+
+def test_an_encoder_without_a_palette_runs_whole(encoder: model.Encoder) -> None:
+    assert encoder.palette is None
+
+
 def test_square_root_layers_follow_the_square_root() -> None:
     values = keras.Input((5,))
     root = keras.Model(values, model.square_root(values, 5, 1e-4, "root"))
