@@ -104,13 +104,16 @@ class Flat:
             scores += self.squares  # |x|^2 - 2 q.x: the distance squared, less |q|^2
         return scores
 
-    def distances(self, queries: np.ndarray, columns: np.ndarray) -> np.ndarray:
-        """Distances, as Annoy reports them, from each prepared query to its rows at `columns`."""
-        rows = self.rows[columns]  # (queries, columns, dim)
+    def distances(self, queries: np.ndarray, columns: np.ndarray,
+                  scores: np.ndarray) -> np.ndarray:
+        """Distances, as Annoy reports them, from each prepared query to its rows at
+        `columns`, whose `scores` those are."""
         if self.metric == "angular":  # sqrt(2 - 2 cos): a zero vector is sqrt(2) from all
-            squared = 2.0 - 2.0 * np.einsum("qcd,qd->qc", rows, queries)
-        else:
-            difference = rows - queries[:, None, :]
+            # The score is already -2 cos, in the same float32: gathering the rows again
+            # (22 MB for a block of 524 queries) cost a search of 1,024 queries a tenth.
+            squared = 2.0 + scores
+        else:  # |x|^2 - 2 q.x + |q|^2 would lose near-duplicates' distances to rounding
+            difference = self.rows[columns] - queries[:, None, :]  # (queries, columns, dim)
             squared = np.einsum("qcd,qcd->qc", difference, difference)
         return np.sqrt(np.clip(squared, 0.0, None))
 
@@ -125,8 +128,9 @@ class Flat:
     def take(self, queries: np.ndarray, scores: np.ndarray, k: int) -> list[list[Neighbor]]:
         take = min(k, scores.shape[1])
         nearest = np.argpartition(scores, take - 1, axis=1)[:, :take]
-        kept = np.isfinite(np.take_along_axis(scores, nearest, axis=1))
-        distances = self.distances(queries, nearest)
+        chosen = np.take_along_axis(scores, nearest, axis=1)
+        kept = np.isfinite(chosen)
+        distances = self.distances(queries, nearest, chosen)
         # As Python lists first: indexing numpy arrays one element at a time costs 10x.
         return [[Neighbor(row, d) for row, d, ok in zip(rows, row_distances, keep, strict=True)
                  if ok]
