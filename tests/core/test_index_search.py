@@ -548,29 +548,15 @@ def test_two_stage_build_writes_projected_annoy_axes_and_full_vectors(library: L
         assert np.array_equal(vector, rows[int(loaded.row_ids[item])])
 
 
-def resident_kb(path: Path) -> int | None:
-    """The resident kB of this process's mapping of `path` (None: not mapped)."""
-    found = None
-    for block in Path("/proc/self/smaps").read_text().split("\n"):
-        if block.endswith(str(path)):
-            found = 0
-        elif found is not None and block.startswith("Rss:"):
-            return int(block.split()[1])
-    return found
-
-
-def test_full_vectors_leave_no_pages_resident(library: Library, state: Path) -> None:
+def test_full_vectors_are_read_not_mapped(library: Library, state: Path) -> None:
     """Candidates' full vectors come from the page cache, not the service's memory."""
     fill(library, clustered(200))
     info = build(library, state, kind="two-stage")
-    search = searcher(library, state)  # held: its files stay mapped
+    search = searcher(library, state)  # held: its Annoy file stays mapped
     assert len(search.neighbors(clustered(1, seed=9)[0], 12)) == 12
-    vectors = index.folder(state) / f"{info.generation}.vectors.npy"
-    assert resident_kb(index.folder(state) / f"{info.generation}.ann") is not None
-    assert resident_kb(vectors) == 0
-    assert search.index is not None and search.index.rows is not None
-    search.index.rows.matrix.sum()  # touched outside a search: the pages show
-    assert resident_kb(vectors) > 0
+    maps = Path("/proc/self/maps").read_text()
+    assert str(index.folder(state) / f"{info.generation}.ann") in maps
+    assert str(index.folder(state) / f"{info.generation}.vectors.npy") not in maps
 
 
 @pytest.mark.parametrize("array", [np.arange(1000, dtype=np.int64),
