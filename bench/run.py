@@ -68,14 +68,18 @@ def ingest_table(rows: list[dict[str, Any]], command: str) -> list[str]:
     targets = {"256x256 JPEG": 1.5, "12 MP JPEG": 4.0}
     return table(
         f"Bulk ingest, files on disk to results files written (`{command}`; each pipeline's "
-        "fastest of 3 alternating runs); the limits are lookalike's own stages run alone on "
-        "the same images, in images/s:",
+        "fastest of 3 alternating runs, with its CPU time per image, all threads, and the "
+        "cores it kept busy); the limits are lookalike's own stages run alone on the same "
+        "images, in images/s:",
         ["corpus", "images", "article", "lookalike", "lookalike ÷ article", "target",
+         "article CPU ms per image (cores)", "lookalike CPU ms per image (cores)",
          "decode alone (1 thread)", "decode alone (2 threads)", "encode alone",
          "results writing alone"],
         [[r["corpus"], f"{r['images']:,}", f"{r['article']:,}", f"{r['lookalike']:,}",
           f"{r['ratio']:.2f}",
           f"≥ {targets[r['corpus']]}" if r["corpus"] in targets else "-",
+          f"{r['article_cpu_ms']:.2f} ({r['article_cores']:.2f})",
+          f"{r['lookalike_cpu_ms']:.2f} ({r['lookalike_cores']:.2f})",
           f"{r['decode_one']:,}", f"{r['decode']:,}", f"{r['encode']:,}", f"{r['write']:,}"]
          for r in rows])
 
