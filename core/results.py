@@ -249,8 +249,9 @@ class Scratch:
                 name = self.blanks.get_nowait()
             except queue.Empty:
                 break
-            try:
-                return os.open(name, os.O_WRONLY | os.O_TRUNC | os.O_NOFOLLOW), name
+            try:  # Not O_TRUNC: blanks are empty, and ext4 starts writing a truncated
+                # file's data out at its close (auto_da_alloc): 23 us a close, against 1.
+                return os.open(name, os.O_WRONLY | os.O_NOFOLLOW), name
             except FileNotFoundError:
                 continue  # somebody emptied the folder: take the next
         name = self.name()
