@@ -40,7 +40,8 @@ def full_check(library: object, built: object, config: object) -> dict[str, obje
     settings = config.index  # type: ignore[attr-defined]
     with ThreadPoolExecutor(2) as pool:
         searcher = Searcher.open(library, built, settings.metric,  # type: ignore[arg-type]
-                                 settings.search_k, settings.candidates, pool)
+                                 settings.search_k, settings.candidates, pool,
+                                 settings.rescore)
         ids, _, _, _ = library.answered_rows(0, SEARCH_SAMPLE)  # type: ignore[attr-defined]
         rows = ids.tolist()
         started = time.perf_counter()

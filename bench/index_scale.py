@@ -2,7 +2,7 @@
 """Annoy index at 10^4..10^6 vectors: build seconds, peak memory, query time, recall@12.
 
     python bench/index_scale.py [--sizes 10000,100000,1000000] [--trees 32] [--search-k 4000]
-        [--latents FILE.npy --dims 128 --candidates 320]
+        [--latents FILE.npy --dims 128 --candidates 640 --rescore 192]
 
 Vectors are 128-d, drawn around 1,000 random centres (clustered), or with
 `--latents` the first N real latents of a file from `bench/latents.py`. Each
@@ -39,7 +39,7 @@ def vectors(count: int, seed: int = 0) -> np.ndarray:
 
 
 def measure(count: int, trees: int, search_k: int, latents: Path | None = None,
-            dims: int = 0, candidates: int = 320) -> dict[str, float]:
+            dims: int = 0, candidates: int = 640, rescore: int = 192) -> dict[str, float]:
     """In this process: fill a library, build, query. Returns the figures."""
     from lookalike.core import evaluate, index
     from lookalike.core.search import Searcher
@@ -60,7 +60,7 @@ def measure(count: int, trees: int, search_k: int, latents: Path | None = None,
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         ann_mb = (index.folder(Path(state)) / f"{info.generation}.ann").stat().st_size / 2**20
         searcher = Searcher.open(library, index.load(Path(state)), "angular", search_k,
-                                 candidates)
+                                 candidates, rescore=rescore)
         queries = np.random.default_rng(1).choice(count, QUERIES, replace=False)
         started = time.perf_counter()
         found = [[n.row_id - 1 for n in searcher.neighbors(data[q], K, exclude=int(q) + 1)]
@@ -86,12 +86,14 @@ def main() -> None:
     parser.add_argument("--search-k", type=int, default=4000)
     parser.add_argument("--latents", type=Path, help="real latents (bench/latents.py)")
     parser.add_argument("--dims", type=int, default=0, help="index.dims (0: Annoy on the whole)")
-    parser.add_argument("--candidates", type=int, default=320)
+    parser.add_argument("--candidates", type=int, default=640)
+    parser.add_argument("--rescore", type=int, default=192,
+                        help="candidates read in full, picked by their signs")
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # a child process
     args = parser.parse_args()
     if args.one:
         print(json.dumps(measure(args.one, args.trees, args.search_k, args.latents, args.dims,
-                                 args.candidates)))
+                                 args.candidates, args.rescore)))
         return
     rows = []
     passed = sys.argv[1:]

@@ -144,9 +144,10 @@ def latents_table(rows: list[dict[str, Any]]) -> list[str]:
         f"{LATENTS.relative_to(HERE.parent)} --count 100000`: the shipped encoder's 896 "
         "numbers for the corpus, the digits and altered copies of them), through the "
         "service's `index.build` and `Searcher`: Annoy on the whole vectors (the default "
-        "until the third session), the two-stage index (`index.dims` 128, 16 trees) with "
-        "384 candidates and search_k 10000 (the fifth session's default) and with 320 and "
-        "12000 (the default now: the same recall, and a burst at 10^6 11-14% faster). "
+        "until the third session); the two-stage index (`index.dims` 128) as the eleventh "
+        "session left it, 16 trees, search_k 12000 and all of 320 candidates read in full; "
+        "and the default now, 8 trees, search_k 8000, 640 candidates of which the 192 "
+        "whose signs differ least are read in full. "
         "`python bench/index_scale.py --latents FILE --one N` plus the arguments in the "
         "first column.",
         ["arguments", "vectors", "Annoy's numbers", "build s", "Annoy file MB", "query µs",
@@ -173,10 +174,11 @@ def latent_rows(sizes: tuple[int, ...]) -> list[dict[str, Any]]:
         figures("bench/latents.py", str(LATENTS), "--count", str(max(sizes)))
     rows = []
     for size in sizes:
-        two_stage = ["--dims", "128", "--trees", "16"]
         for arguments in (["--dims", "0", "--search-k", "4000", "--trees", "32"],
-                          [*two_stage, "--candidates", "384", "--search-k", "10000"],
-                          [*two_stage, "--candidates", "320", "--search-k", "12000"]):
+                          ["--dims", "128", "--trees", "16", "--search-k", "12000",
+                           "--candidates", "320", "--rescore", "320"],
+                          ["--dims", "128", "--trees", "8", "--search-k", "8000",
+                           "--candidates", "640", "--rescore", "192"]):
             row = figures("bench/index_scale.py", "--latents", str(LATENTS), *arguments,
                           "--one", str(size))[-1]
             row["arguments"] = " ".join(arguments)

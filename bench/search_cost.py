@@ -82,7 +82,8 @@ def measure(latents: Path, count: int) -> dict[str, object]:
                            dims=settings.dims)
         built = index.load(Path(state))
         searcher = Searcher(built, np.zeros(0, np.int64), data[:0], set(), settings.metric,
-                            settings.search_k, settings.candidates, pool)
+                            settings.search_k, settings.candidates, pool,
+                            settings.rescore)
         rows = counting_reads(built)
         best = (np.inf, np.inf)
         for _ in range(ROUNDS):

@@ -37,6 +37,7 @@ class IndexSettings:
     exact_below: int
     dims: int
     candidates: int
+    rescore: int
 
 
 @dataclass(frozen=True)
@@ -156,7 +157,8 @@ def build(settings: dict[str, Any], base: Path, source: Path) -> Config:
         image=ImageSettings(image["size"], image["color"], image["max_pixels"]),
         index=IndexSettings(index["metric"], index["trees"], index["search_k"],
                             float(index["rebuild_interval_s"]), float(index["rebuild_share"]),
-                            index["exact_below"], index["dims"], index["candidates"]),
+                            index["exact_below"], index["dims"], index["candidates"],
+                            index["rescore"]),
         neighbors=settings["search"]["neighbors"],
         settle_s=float(settings["watch"]["settle_s"]),
         rescan_interval_s=float(settings["watch"]["rescan_interval_s"]),

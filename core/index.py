@@ -11,6 +11,12 @@ projected onto their `dims` main axes (`index/<G>.axes.npy`, PCA) and finds
 candidates; `index/<G>.vectors.npy` holds them in full, and the candidates
 are ranked again on those. Annoy's file, which the service maps into memory,
 shrinks by the same factor, and each node it visits costs that much less.
+For the angular metric, the service also holds each vector's signs: on which
+side of each of up to 1,024 random hyperplanes through the origin it lies
+(`index/<G>.planes.npy`, `index/<G>.signs.npy`), a bit each. The share of
+signs two vectors differ in estimates the angle between them (SimHash), so
+the candidates whose signs differ least from the query's are the ones worth
+reading in full: Annoy can offer many candidates and few are read.
 
 `index/current.json` names the index in use; it is replaced by rename,
 so a reader sees the old index or the new one, never half of one. The
@@ -41,6 +47,7 @@ log = logging.getLogger(__name__)
 
 AXES_SAMPLE = 50_000  # vectors the projection is fitted on: plenty for 10^3 directions
 PROJECT_BLOCK = 65_536  # vectors projected at a time
+SIGNS_AT_MOST = 1024  # sign bits per vector: 896 for the default encoder, 112 MB at 10^6
 # A build flushes its files to disk as it writes them. Left to the kernel, its
 # gigabytes would wait in memory, and the service's next results sync (syncfs:
 # the whole file system) would wait for all of them: a stall of seconds.
@@ -62,6 +69,7 @@ class IndexInfo:
     seconds: float
     kind: str = "annoy"  # or "exact": the vectors themselves, searched exactly
     reduced: int = 0  # dimensions Annoy holds, projected; 0: the full vectors
+    signs: int = 0  # sign bits held per vector, to pick the candidates read in full; 0: none
 
 
 class Rows:
@@ -109,6 +117,8 @@ class BuiltIndex:
     vectors: np.ndarray | None = None  # an exact index's vectors
     axes: np.ndarray | None = None  # (dim, reduced): the projection Annoy's vectors went through
     rows: Rows | None = None  # the full vectors, for ranking Annoy's candidates again
+    planes: np.ndarray | None = None  # (dim, bits): the hyperplanes of the signs
+    signs: np.ndarray | None = None  # (items, bits / 64) uint64: each item's signs
 
     def holding(self, row_ids: np.ndarray) -> np.ndarray:
         """Those of `row_ids` that the index holds (its `row_ids` are sorted: `build`)."""
@@ -123,6 +133,17 @@ class BuiltIndex:
         if self.axes is None:
             return vectors
         return project(vectors, self.info.metric, self.axes)
+
+    def signs_of(self, vectors: np.ndarray) -> np.ndarray | None:
+        """The signs of `vectors` as the index holds its items' (None: it holds none)."""
+        return None if self.planes is None else signs_of(vectors, self.planes)
+
+    def fewest_differing(self, items: np.ndarray, signs: np.ndarray, count: int) -> np.ndarray:
+        """Positions in `items` of the `count` items whose signs differ least from `signs`:
+        the nearest in angle, as far as the signs can tell."""
+        assert self.signs is not None
+        differing = np.bitwise_count(self.signs[items] ^ signs).sum(axis=1, dtype=np.int32)
+        return np.argpartition(differing, count - 1)[:count]
 
 
 def folder(state_dir: Path) -> Path:
@@ -145,8 +166,15 @@ def build(library: Library, state_dir: Path, *, metric: str, trees: int,
     dim = int(vectors.shape[1]) if len(vectors) else 0
     kind = "exact" if len(vectors) < exact_below else "annoy"
     reduced = dims if kind == "annoy" and 0 < dims < dim else 0
+    bits = min(SIGNS_AT_MOST, dim // 64 * 64) if reduced and metric == "angular" else 0
     if kind == "exact" or reduced:
         write_durably(home / f"{generation}.vectors.npy", vectors)
+    if bits:
+        planes = random_planes(dim, bits)
+        write_durably(home / f"{generation}.planes.npy", planes)
+        write_durably(home / f"{generation}.signs.npy", np.concatenate(
+            [signs_of(vectors[start:start + PROJECT_BLOCK], planes)
+             for start in range(0, len(vectors), PROJECT_BLOCK)]).view(np.uint8))
     if reduced:
         axes = main_axes(vectors, metric, reduced)
         write_durably(home / f"{generation}.axes.npy", axes)
@@ -156,7 +184,7 @@ def build(library: Library, state_dir: Path, *, metric: str, trees: int,
     write_durably(home / f"{generation}.ids.npy", row_ids)
     info = IndexInfo(generation, len(row_ids), dim, metric, trees, model_id,
                      datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-                     round(time.monotonic() - started, 3), kind, reduced)
+                     round(time.monotonic() - started, 3), kind, reduced, bits)
     try:
         previous = current_info(state_dir)
     except StateError:  # a damaged pointer: this build replaces it (what `rebuild` is for)
@@ -191,6 +219,22 @@ def project(vectors: np.ndarray, metric: str, axes: np.ndarray) -> np.ndarray:
         return np.zeros((0, axes.shape[1]), np.float32)
     return np.concatenate([unit(vectors[start:start + step], metric) @ axes
                            for start in range(0, len(vectors), step)])
+
+
+def random_planes(dim: int, bits: int) -> np.ndarray:
+    """`bits` random hyperplanes through the origin of `dim` dimensions, as the columns
+    of a (dim, bits) matrix, at right angles to each other (`bits` <= `dim`): the same
+    each build. Random, not the vectors' own coordinates: a vector's length is then
+    spread evenly over the planes, and each sign says as much (reading 128 of 320
+    candidates, the coordinates' own signs kept 0.80 of the 12 nearest, these 0.94)."""
+    gaussian = np.random.default_rng(0).standard_normal((dim, bits))
+    return np.ascontiguousarray(np.linalg.qr(gaussian)[0], dtype=np.float32)
+
+
+def signs_of(vectors: np.ndarray, planes: np.ndarray) -> np.ndarray:
+    """On which side of each plane each vector lies, a bit each: (n, bits / 64) uint64."""
+    above = np.asarray(vectors, np.float32) @ planes > 0
+    return np.packbits(above, axis=1).view(np.uint64)
 
 
 def unit(vectors: np.ndarray, metric: str) -> np.ndarray:
@@ -303,7 +347,7 @@ def load(state_dir: Path) -> BuiltIndex | None:
     home = folder(state_dir)
     try:
         row_ids = np.load(home / f"{info.generation}.ids.npy")
-        annoy, vectors, axes, rows = None, None, None, None
+        annoy, vectors, axes, rows, planes, signs = None, None, None, None, None, None
         held = 0
         if info.kind == "exact":
             vectors = np.load(home / f"{info.generation}.vectors.npy")
@@ -318,6 +362,12 @@ def load(state_dir: Path) -> BuiltIndex | None:
             rows = Rows(home / f"{info.generation}.vectors.npy")
             if axes.shape != (info.dim, info.reduced) or len(rows) != held:
                 raise ValueError("its projection or its full vectors do not match it")
+        if info.signs and info.items:
+            planes = np.load(home / f"{info.generation}.planes.npy")
+            signs = np.load(home / f"{info.generation}.signs.npy")
+            if planes.shape != (info.dim, info.signs) or signs.shape != (held, info.signs // 8):
+                raise ValueError("its signs do not match it")
+            signs = signs.view(np.uint64)
     except (OSError, ValueError) as error:
         raise StateError(f"index at generation {info.generation} is damaged ({error}); "
                          "run `lookalike rebuild`") from None
@@ -327,4 +377,4 @@ def load(state_dir: Path) -> BuiltIndex | None:
     if held != len(row_ids):
         raise StateError(f"index at generation {info.generation} holds {held} "
                          f"items but maps {len(row_ids)}; run `lookalike rebuild`")
-    return BuiltIndex(info, annoy, row_ids, vectors, axes, rows)
+    return BuiltIndex(info, annoy, row_ids, vectors, axes, rows, planes, signs)

@@ -7,7 +7,8 @@ stale and skipped, as is the query itself. A small library's index is a
 plain matrix (`index.build`'s `exact_below`): it is searched exactly too,
 many queries at a time, which at that size beats Annoy and never misses.
 When Annoy holds projected vectors, its `candidates` nearest are ranked
-again on the full vectors.
+again on the full vectors: all of them, or, when the index holds the
+vectors' signs, the `rescore` whose signs differ least from the query's.
 """
 from __future__ import annotations
 
@@ -21,8 +22,10 @@ import numpy as np
 from .index import BuiltIndex
 from .store import Library
 
-DEFAULT_CANDIDATES = 320  # the schema's index.candidates
+DEFAULT_CANDIDATES = 640  # the schema's index.candidates
+DEFAULT_RESCORE = 192  # the schema's index.rescore
 T = TypeVar("T")
+Q = TypeVar("Q")
 SCORES_AT_ONCE = 1 << 20  # queries x rows per block of the exact scan (4 MB: stays in cache)
 WITHIN_SLACK = 1e-4  # on squared distances: float32 rounding over 10^3 dimensions is less
 
@@ -144,7 +147,8 @@ class Searcher:
 
     def __init__(self, index: BuiltIndex | None, fresh_ids: np.ndarray, fresh: np.ndarray,
                  stale: set[int], metric: str, search_k: int = -1,
-                 candidates: int = DEFAULT_CANDIDATES, pool: Executor | None = None) -> None:
+                 candidates: int = DEFAULT_CANDIDATES, pool: Executor | None = None,
+                 rescore: int = DEFAULT_RESCORE) -> None:
         self.index = index
         self.fresh = Flat(fresh_ids, fresh, metric)
         self.flat = None if index is None or index.vectors is None else \
@@ -156,17 +160,18 @@ class Searcher:
         self.metric = metric
         self.search_k = search_k
         self.candidates = candidates
+        self.rescore = rescore
         self.pool = pool  # Annoy lets go of the GIL while it searches: queries run side by side
 
     @classmethod
     def open(cls, library: Library, index: BuiltIndex | None, metric: str,
              search_k: int = -1, candidates: int = DEFAULT_CANDIDATES,
-             pool: Executor | None = None) -> Searcher:
+             pool: Executor | None = None, rescore: int = DEFAULT_RESCORE) -> Searcher:
         since = index.info.generation if index is not None else 0
         fresh_ids, fresh, stale = library.changed_since(since)
         if index is not None:
             metric = index.info.metric
-        return cls(index, fresh_ids, fresh, stale, metric, search_k, candidates, pool)
+        return cls(index, fresh_ids, fresh, stale, metric, search_k, candidates, pool, rescore)
 
     def refresh(self, changed: dict[int, np.ndarray], removed: Iterable[int] = ()) -> None:
         """Follow rows that changed after the build: search `changed` exactly, drop `removed`."""
@@ -215,7 +220,7 @@ class Searcher:
             indexed = self.ranked_again(vectors, k, exclude)
         else:
             indexed = self.each(lambda vector, own: self.from_annoy(vector, k, own),
-                                vectors, exclude)
+                                list(vectors), exclude)
         fresh = self.fresh.nearest(vectors, k, exclude)
         found = []
         for old, new in zip(indexed, fresh, strict=True):
@@ -256,14 +261,24 @@ class Searcher:
                      exclude: Sequence[int | None]) -> list[list[Neighbor]]:
         """Annoy's candidates for each vector, ranked on the full vectors: the k nearest.
 
-        The candidates' vectors are read once for all the queries: neighbours
-        of a batch of look-alike images share many.
+        With signs, only the `rescore` candidates whose signs differ least
+        are read: on 10^5 real latents, 192 of 640 hold as many of the 12
+        true neighbours as all of 320 did, and more of the 96 a burst asks
+        for. The candidates' vectors are read once for all the queries:
+        neighbours of a batch of look-alike images share many.
         """
         assert self.index is not None and self.index.rows is not None
-        projected = self.index.project(np.asarray(vectors, np.float32))
-        wanted = max(k, self.candidates)
-        candidates = self.each(lambda query, own: self.annoy_items(query, k, own, wanted)[0],
-                               projected, exclude)
+        index = self.index
+        vectors = np.asarray(vectors, np.float32)
+        projected, signs = index.project(vectors), index.signs_of(vectors)
+        wanted, kept = max(k, self.candidates), max(k, self.rescore)
+
+        def shortlist(at: int, own: int | None) -> np.ndarray:
+            items = self.annoy_items(projected[at], k, own, wanted)[0]
+            if signs is None or len(items) <= kept:
+                return items
+            return items[index.fewest_differing(items, signs[at], kept)]
+        candidates = self.each(shortlist, range(len(vectors)), exclude)
         items = np.unique(np.concatenate(candidates))  # sorted: the file is read in order
         rows = self.index.rows.take(items)
         lengths = np.maximum(norms(rows), 1e-30) if self.metric == "angular" else None
@@ -281,7 +296,7 @@ class Searcher:
                 self.index.row_ids[items[nearest]].tolist(), near.tolist(), strict=True)])
         return found
 
-    def each(self, search: Callable[[np.ndarray, int | None], T], vectors: np.ndarray,
+    def each(self, search: Callable[[Q, int | None], T], vectors: Sequence[Q],
              exclude: Sequence[int | None]) -> list[T]:
         """`search` of each vector (with its `exclude`), in the pool when there is one."""
         if self.pool is None or len(vectors) < 2:

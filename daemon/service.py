@@ -505,6 +505,7 @@ class Service:
         self.arrivals.settle_s, self.arrivals.exclude = live.settle_s, live.exclude
         self.searcher.search_k = live.index.search_k
         self.searcher.candidates = live.index.candidates
+        self.searcher.rescore = live.index.rescore
         logging.getLogger().setLevel(live.log_level.upper())
         log.info("config reloaded from %s", live.source)
 

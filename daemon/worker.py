@@ -283,7 +283,8 @@ class Worker:
     def searcher(self, built: index.BuiltIndex | None) -> Searcher:
         settings = self.config.index
         return Searcher.open(self.library, built, settings.metric, settings.search_k,
-                             settings.candidates, self.pool)  # idle while searching
+                             settings.candidates, self.pool,  # idle while searching
+                             settings.rescore)
 
     # -- results -----------------------------------------------------------
     def nearby(self, searcher: Searcher, row_ids: Iterable[int]) -> dict[int, list[Neighbor]]:

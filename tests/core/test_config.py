@@ -72,8 +72,8 @@ def test_defaults_are_applied(tmp_path: Path, model_file: Path) -> None:
     assert config.image == configuration.ImageSettings(size=None, color=None,
                                                        max_pixels=150_000_000)
     assert (config.index.metric, config.index.trees, config.index.search_k,
-            config.index.rebuild_interval_s, config.index.dims, config.index.candidates
-                ) == ("angular", 16, 12000, 60.0, 128, 320)
+            config.index.rebuild_interval_s, config.index.dims, config.index.candidates,
+            config.index.rescore) == ("angular", 8, 8000, 60.0, 128, 640, 192)
     assert config.neighbors == 12
     assert config.index.rebuild_share == 0.1
     assert (config.settle_s, config.rescan_interval_s) == (2.0, 600.0)
@@ -84,7 +84,7 @@ def test_defaults_are_applied(tmp_path: Path, model_file: Path) -> None:
     partial = configuration.load(write(tmp_path, {"inbox": "in", "state_dir": "st",
                                                   "model": str(model_file),
                                                   "index": {"metric": "euclidean"}}))
-    assert (partial.index.metric, partial.index.trees) == ("euclidean", 16)
+    assert (partial.index.metric, partial.index.trees) == ("euclidean", 8)
 
 
 def test_schema_gives_every_key_a_default_and_a_description() -> None:

@@ -642,6 +642,110 @@ def test_truncated_full_vectors_are_damaged(library: Library, state: Path) -> No
         index.load(state)
 
 
+# -- signs: which candidates are read in full ----------------------------------------
+WIDE = 256  # numbers per vector long enough for signs (the default encoder's are 896)
+
+
+def wide(count: int, seed: int = 0) -> np.ndarray:
+    """Vectors of WIDE numbers around 1,000 centres that differ along every axis alike:
+    a projection onto a few main axes loses much of what tells them apart."""
+    rng = np.random.default_rng(seed)
+    centres = np.random.default_rng(99).standard_normal((1000, WIDE)) * 2
+    return (centres[rng.integers(0, 1000, count)]
+            + rng.standard_normal((count, WIDE))).astype(np.float32)
+
+
+def counting_reads(built: index.BuiltIndex) -> list[int]:
+    """How many full vectors each `Rows.take` of `built` reads."""
+    assert built.rows is not None
+    reads: list[int] = []
+    take = built.rows.take
+
+    def counted(items: np.ndarray) -> np.ndarray:
+        reads.append(len(items))
+        return take(items)
+    built.rows.take = counted  # type: ignore[method-assign]
+    return reads
+
+
+def test_the_share_of_differing_signs_is_the_angle_over_pi() -> None:
+    """SimHash: a random plane through the origin parts two vectors with a probability
+    of their angle over pi, so the share of signs they differ in estimates it."""
+    planes = index.random_planes(WIDE, WIDE)
+    assert np.allclose(planes.T @ planes, np.eye(WIDE), atol=1e-5)  # at right angles
+    rng = np.random.default_rng(4)
+    base, other = np.linalg.qr(rng.standard_normal((WIDE, 2)))[0].T
+    for degrees in (0, 30, 60, 90, 135, 180):
+        turned = np.cos(np.radians(degrees)) * base + np.sin(np.radians(degrees)) * other
+        signs = index.signs_of(np.stack([base, turned]) * [[1.0], [7.0]], planes)
+        share = np.bitwise_count(signs[0] ^ signs[1]).sum() / WIDE
+        assert share == pytest.approx(degrees / 180, abs=0.1)
+
+
+@pytest.mark.parametrize(("metric", "dims", "bits"), [("angular", 32, WIDE),
+                                                      ("euclidean", 32, 0),
+                                                      ("angular", 0, 0)])
+def test_signs_are_kept_for_the_angular_two_stage_index_only(library: Library, state: Path,
+                                                             metric: str, dims: int,
+                                                             bits: int) -> None:
+    fill(library, wide(300))
+    info = index.build(library, state, metric=metric, trees=10, model_id=MODEL, dims=dims)
+    assert info.signs == bits
+    loaded = index.load(state)
+    assert loaded is not None
+    if bits:
+        assert loaded.planes is not None and loaded.signs is not None
+        assert loaded.planes.shape == (WIDE, bits) and loaded.signs.shape == (300, bits // 64)
+        first = library.vectors(model_id=MODEL)[1][:1]
+        assert np.array_equal(loaded.signs_of(first), loaded.signs[:1])  # as the build made
+    else:
+        assert loaded.signs is None and not list(index.folder(state).glob("*.signs.npy"))
+
+
+def test_signs_pick_the_few_candidates_read_in_full(library: Library, state: Path) -> None:
+    """Of Annoy's 400 candidates, the 40 whose signs differ least are read: they hold
+    most of the true neighbours that reading all 400 finds, and many more than Annoy's
+    own 40 nearest (in the projection) do."""
+    rows = fill(library, wide(3000))
+    index.build(library, state, metric="angular", trees=10, model_id=MODEL, dims=16)
+    built = index.load(state)
+    assert built is not None
+    reads = counting_reads(built)
+    picked = Searcher.open(library, built, "angular", EXACT, candidates=400, rescore=40)
+    every = Searcher.open(library, built, "angular", EXACT, candidates=400, rescore=400)
+    annoys_own = Searcher.open(library, built, "angular", EXACT, candidates=40)
+    queries = wide(20, seed=300)
+    truths = [{row for row, _ in brute_force(rows, query, 10)} for query in queries]
+
+    def hits(searcher: Searcher) -> int:
+        return sum(len(truth & {n.row_id for n in searcher.neighbors(query, 10)})
+                   for query, truth in zip(queries, truths, strict=True))
+    picked_hits = hits(picked)
+    assert reads == [40] * 20  # a search reads the few, whatever it was offered
+    assert picked_hits >= 0.8 * hits(every)
+    assert picked_hits >= 1.2 * hits(annoys_own)
+
+
+def test_without_signs_every_candidate_is_read(library: Library, state: Path) -> None:
+    fill(library, wide(300))
+    index.build(library, state, metric="euclidean", trees=10, model_id=MODEL, dims=32)
+    built = index.load(state)
+    assert built is not None
+    reads = counting_reads(built)
+    Searcher.open(library, built, "euclidean", EXACT, candidates=100, rescore=10).neighbors(
+        wide(1, seed=5)[0], 12)
+    assert reads == [101]  # all of Annoy's 100, and one more in case one was excluded
+
+
+@pytest.mark.parametrize("part", ["planes.npy", "signs.npy"])
+def test_an_index_missing_its_signs_is_damaged(library: Library, state: Path, part: str) -> None:
+    fill(library, wide(100))
+    info = index.build(library, state, metric="angular", trees=5, model_id=MODEL, dims=32)
+    (index.folder(state) / f"{info.generation}.{part}").unlink()
+    with pytest.raises(StateError, match="damaged"):
+        index.load(state)
+
+
 def test_two_stage_finds_nearly_all_true_neighbours_with_few_candidates(library: Library,
                                                                         state: Path) -> None:
     """Half the dimensions and 10k candidates: the ranking on full vectors mends the rest."""
