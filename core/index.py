@@ -170,8 +170,8 @@ def build(library: Library, state_dir: Path, *, metric: str, trees: int,
     if kind == "exact" or reduced:
         write_durably(home / f"{generation}.vectors.npy", vectors)
     if bits:
-        planes = random_planes(dim, bits)
-        write_durably(home / f"{generation}.planes.npy", planes)
+        planes = random_planes(dim, bits)  # kept, not made again at load: another
+        write_durably(home / f"{generation}.planes.npy", planes)  # LAPACK may make others
         write_durably(home / f"{generation}.signs.npy", np.concatenate(
             [signs_of(vectors[start:start + PROJECT_BLOCK], planes)
              for start in range(0, len(vectors), PROJECT_BLOCK)]).view(np.uint8))
