@@ -75,14 +75,13 @@ def seed(root: Path, count: int, pictures: list[bytes], model: Path) -> None:
     The inbox gets `count` hard links to the distinct pictures (spread over
     folders of 1,000), each with a results file (a hard link too); the
     library gets a row per link, its vector the picture's own (from the
-    encoder) plus a little noise, marked answered with the median distance
-    of the 12th neighbour as its radius; the index is built as the service
-    builds it, and the last results check marked done.
+    encoder) plus a little noise, marked answered with its true neighbours
+    (`seeded_neighbors`) as the service would have; the index is built as
+    the service builds it, and the last results check marked done.
     """
     from lookalike.core import card, index, results
     from lookalike.core import config as configuration
     from lookalike.core import model as models
-    from lookalike.core.search import Flat
     from lookalike.core.store import Answer, Entry, Library
 
     sources, documents = root / "sources", root / "documents"
@@ -120,16 +119,45 @@ def seed(root: Path, count: int, pictures: list[bytes], model: Path) -> None:
             library.apply(entries)
             print(f"seeded {min(count, start + 50_000)}/{count}", flush=True)
         records = library.records()
+        picture_of = {record.id: int(path[6:13]) % len(pictures)
+                      for path, record in records.items()}
         ids, vectors = library.vectors()
-        sample = rng.choice(len(ids), min(500, len(ids)), replace=False)
-        near = Flat(ids, vectors, "angular").nearest(vectors[sample], 12, list(ids[sample]))
-        radius = float(np.median([found[-1].distance for found in near]))
-        library.mark_answered(Answer(record.id, facts[int(path[6:13]) % len(pictures)][3], [],
-                                     radius) for path, record in records.items())
+        near = seeded_neighbors(ids, vectors, np.array([picture_of[row] for row in ids]),
+                                config.neighbors)
+        library.mark_answered(
+            Answer(row, facts[picture_of[row]][3], [n.row_id for n in found],
+                   found[-1].distance if len(found) == config.neighbors else None)
+            for row, found in zip(ids.tolist(), near, strict=True))
         index.build(library, config.state_dir, metric="angular", trees=config.index.trees,
                     model_id=model_id, exact_below=config.index.exact_below,
                     dims=config.index.dims)  # the index the service itself would build
         library.set_meta("checked_generation", str(library.generation))
+
+
+def seeded_neighbors(ids: np.ndarray, vectors: np.ndarray, pictures: np.ndarray,
+                     k: int) -> list[list]:
+    """The k nearest rows to each row, as its results file would name them.
+
+    Once a picture has more than k copies, its copies' nearest are each
+    other (the noise is small beside the distance between two digits), so
+    they are searched among themselves: 10^6 rows take 40 s, not hours. Of
+    the true 12 nearest of 300 rows searched among all, this finds all at
+    10^4 and 10^5, 99.7% at 10^6.
+    """
+    from lookalike.core.search import Flat
+
+    everything = None  # (only for a library with few copies of each picture)
+    near: list[list] = [[] for _ in ids]
+    for picture in np.unique(pictures):
+        copies = np.flatnonzero(pictures == picture)
+        if len(copies) > k:
+            among = Flat(ids[copies], vectors[copies], "angular")
+        else:
+            among = everything = everything or Flat(ids, vectors, "angular")
+        for at, found in zip(copies, among.nearest(vectors[copies], k, list(ids[copies])),
+                             strict=True):
+            near[at] = found
+    return near
 
 
 def models_pixels(data: bytes, shape: object) -> np.ndarray:
