@@ -153,7 +153,9 @@ def seeded_neighbors(ids: np.ndarray, vectors: np.ndarray, pictures: np.ndarray,
         if len(copies) > k:
             among = Flat(ids[copies], vectors[copies], "angular")
         else:
-            among = everything = everything or Flat(ids, vectors, "angular")
+            if everything is None:
+                everything = Flat(ids, vectors, "angular")
+            among = everything
         for at, found in zip(copies, among.nearest(vectors[copies], k, list(ids[copies])),
                              strict=True):
             near[at] = found
