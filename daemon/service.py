@@ -28,6 +28,7 @@ from lookalike.core.errors import LookalikeError, StateError, disk_full
 from lookalike.core.scan import Candidate
 from lookalike.core.search import Flat, Searcher
 from lookalike.core.store import Library
+from lookalike.daemon import memory
 from lookalike.daemon.builder import Build, Rebuild
 from lookalike.daemon.check import ENTERING_AT_MOST, EnteringCheck
 from lookalike.daemon.lock import StateLock
@@ -92,6 +93,7 @@ class Service:
         self.swept_generation = -1
         self.sweep_started = -float("inf")
         self.sweep_took = 0.0  # seconds the last complete check took
+        self.worked = True  # since memory was last given back (`memory`): the start-up too
 
     # -- life cycle ------------------------------------------------------------
     def start(self) -> None:
@@ -244,8 +246,13 @@ class Service:
             self.write_status()
             self.last_status = now
         self.keep_alive(now)
-        if not (batch or self.reencoding or self.sweep or self.check or self.touched):
-            self.arrivals.wait(0.2 if len(self.arrivals) else 1.0)
+        if batch or self.reencoding or self.sweep or self.check or self.touched:
+            self.worked = True
+            return
+        if self.worked and not len(self.arrivals):  # a spell of work is over: nothing waits
+            memory.give_back()
+            self.worked = False
+        self.arrivals.wait(0.2 if len(self.arrivals) else 1.0)
 
     def keep_alive(self, now: float) -> None:
         watchdog = self.notifier.watchdog_s
