@@ -93,7 +93,8 @@ class Service:
         self.swept_generation = -1
         self.sweep_started = -float("inf")
         self.sweep_took = 0.0  # seconds the last complete check took
-        self.worked = True  # since memory was last given back (`memory`): the start-up too
+        self.worked = True  # whether work was done since memory was last given back (the
+                            # start-up counts)
 
     # -- life cycle ------------------------------------------------------------
     def start(self) -> None:
