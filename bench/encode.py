@@ -6,10 +6,7 @@
 Noise (uniform random pixels) stands for photographs, whose channel values
 spread over the whole range; a folder of icons is mostly flat colours. Each
 model is timed twice, alternating, in batches of 64 as the service encodes,
-and its faster pass counts. Beside `Encoder.encode`, the whole Keras model
-run by TensorFlow alone (what `Encoder` did before it counted a palette in
-numpy, and what the article's `predict` runs), on the noise. Prints a
-table; --json FILE writes the rows.
+and its faster pass counts. Prints a table; --json FILE writes the rows.
 """
 from __future__ import annotations
 
@@ -19,7 +16,6 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -34,14 +30,6 @@ def rate(encode: Callable[[np.ndarray], object], pixels: np.ndarray) -> float:
     return len(pixels) / (time.perf_counter() - started)
 
 
-def whole(encoder: Any) -> Callable[[np.ndarray], object]:
-    """The encoder's Keras model, every layer in TensorFlow, traced once."""
-    import tensorflow as tf
-
-    traced = tf.function(lambda x: encoder.model(tf.cast(x, tf.float32), training=False))
-    return lambda pixels: traced(pixels).numpy()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, nargs="*", default=[])
@@ -49,34 +37,28 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=4096)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    from lookalike.core import model
     from lookalike.core.config import DEFAULT_MODEL
+    from lookalike.core.encoder import load as load_encoder
     from lookalike.daemon.training import read_folder
 
-    encoders = [model.load(path) for path in args.model or [DEFAULT_MODEL]]
+    encoders = [load_encoder(path) for path in args.model or [DEFAULT_MODEL]]
     shape = encoders[0].shape
     noise = np.random.default_rng(0).integers(
         0, 256, (args.count, shape.size, shape.size, shape.channels), np.uint8)
     folder = read_folder(args.images, shape)[1][:args.count]
-    best = [{"noise": 0.0, "folder": 0.0, "whole": 0.0} for _ in encoders]
-    wholes = [whole(encoder) for encoder in encoders]
-    for encoder, entire in zip(encoders, wholes, strict=True):
+    best = [{"noise": 0.0, "folder": 0.0} for _ in encoders]
+    for encoder in encoders:
         encoder.encode(noise[:BATCH])  # traced once, outside the timings
-        entire(noise[:BATCH])
     for _ in range(2):
         for n, encoder in enumerate(encoders):
             best[n]["noise"] = max(best[n]["noise"], rate(encoder.encode, noise))
             best[n]["folder"] = max(best[n]["folder"], rate(encoder.encode, folder))
-            best[n]["whole"] = max(best[n]["whole"], rate(wholes[n], noise))
     rows = [{"model": str(encoder.path.name), "id": encoder.model_id[:19],
-             "noise": round(best[n]["noise"]), "folder": round(best[n]["folder"]),
-             "whole": round(best[n]["whole"])}
+             "noise": round(best[n]["noise"]), "folder": round(best[n]["folder"])}
             for n, encoder in enumerate(encoders)]
-    print(f"| model | images/s on noise | images/s on {args.images} "
-          "| the whole model in TensorFlow, on noise |\n| --- | --- | --- | --- |")
+    print(f"| model | images/s on noise | images/s on {args.images} |\n| --- | --- | --- |")
     for row in rows:
-        print(f"| {row['model']} ({row['id']}…) | {row['noise']:,} | {row['folder']:,} "
-              f"| {row['whole']:,} |")
+        print(f"| {row['model']} ({row['id']}…) | {row['noise']:,} | {row['folder']:,} |")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1) + "\n")
 

@@ -160,10 +160,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="runs of each; the fastest counts")
     parser.add_argument("--json", type=Path, default=None, help="write the rows here")
     args = parser.parse_args()
-    from lookalike.core import model
     from lookalike.core.config import DEFAULT_MODEL
+    from lookalike.core.encoder import load as load_encoder
 
-    encoder = model.load(DEFAULT_MODEL)
+    encoder = load_encoder(DEFAULT_MODEL)
     gc.collect()
     gc.freeze()  # as `lookalike run` does once its encoder is loaded
     encoder.warm()  # traced once, outside the timings, as the service does before READY

@@ -81,13 +81,13 @@ def seed(root: Path, count: int, pictures: list[bytes], model: Path) -> None:
     """
     from lookalike.core import card, index, results
     from lookalike.core import config as configuration
-    from lookalike.core import model as models
+    from lookalike.core.encoder import load as load_encoder
     from lookalike.core.store import Answer, Entry, Library
 
     sources, documents = root / "sources", root / "documents"
     sources.mkdir()
     documents.mkdir()
-    encoder = models.load(model)
+    encoder = load_encoder(model)
     shape = encoder.shape
     pixels = np.stack([models_pixels(data, shape) for data in pictures])
     latents = encoder.encode(pixels)

@@ -40,15 +40,16 @@ def main() -> None:
     parser.add_argument("--images", type=Path, nargs="+",
                         default=[Path("/tmp/corpus"), Path("/tmp/digits")])
     args = parser.parse_args()
-    from lookalike.core import model
     from lookalike.core.config import DEFAULT_MODEL
+    from lookalike.core.encoder import load as load_encoder
     from lookalike.daemon.training import read_folder
 
     missing = [str(folder) for folder in args.images if not folder.is_dir()]
     if missing:  # (a missing folder would make other latents, and other figures, silently)
         raise SystemExit(f"no such folder: {', '.join(missing)}; the corpus comes from "
-                         "scripts/build_corpus.py, the digits from ../shared/tools/make_digits.py")
-    encoder = model.load(DEFAULT_MODEL)
+                         "scripts/build_corpus.py; the digits are scikit-learn's as 56x56 PNGs, "
+                         "a folder per label (as `write_digits` in tests/conftest.py draws them)")
+    encoder = load_encoder(DEFAULT_MODEL)
     pixels = np.concatenate([read_folder(folder, encoder.shape)[1] for folder in args.images])
     rng = np.random.default_rng(0)
     latents = [encoder.encode(pixels)]

@@ -94,3 +94,28 @@ def quality(vectors: np.ndarray, labels: np.ndarray, k: int, metric: str,
         return exact, None
     found = annoy_neighbors(vectors, k, metric, trees, search_k)
     return exact, Quality(precision_at_k(found, labels), None, recall_at_k(found, nearest))
+
+
+@dataclass(frozen=True)
+class Copies:
+    """How well copies of one picture find each other."""
+
+    first: float  # share of images whose nearest other image is a copy of the same picture
+    recall: float  # mean share of each image's other copies among its k nearest
+    first_by_kind: dict[str, float]  # `first`, for each kind of copy (file name without suffix)
+
+
+def copies(vectors: np.ndarray, groups: np.ndarray, kinds: np.ndarray, k: int,
+           metric: str) -> Copies:
+    """Copy detection over `vectors`: `groups` names each image's picture, `kinds` what
+    was done to it (e.g. "crop60"); every image is searched among all the others."""
+    nearest, _ = exact_search(vectors.astype(np.float32), groups, k, metric)
+    same = groups[nearest] == groups[:, None]
+    _, group_of, group_sizes = np.unique(groups, return_inverse=True, return_counts=True)
+    wanted = np.minimum(k, group_sizes[group_of] - 1)
+    alone = wanted == 0
+    recall = np.where(alone, 1.0, same.sum(1) / np.maximum(wanted, 1))
+    first = same[:, 0]
+    by_kind = {str(kind): float(first[(kinds == kind) & ~alone].mean())
+               for kind in sorted(set(kinds[~alone]))}
+    return Copies(float(first[~alone].mean()), float(recall[~alone].mean()), by_kind)

@@ -112,8 +112,8 @@ class Flat:
         """Distances, as Annoy reports them, from each prepared query to its rows at
         `columns`, whose `scores` those are."""
         if self.metric == "angular":  # sqrt(2 - 2 cos): a zero vector is sqrt(2) from all
-            # The score is already -2 cos, in the same float32: gathering the rows again
-            # (22 MB for a block of 524 queries) cost a search of 1,024 queries a tenth.
+            # The score is already -2 cos, in the same float32: no need to gather the
+            # rows again (22 MB of fresh memory for a block of 524 queries).
             squared = 2.0 + scores
         else:  # |x|^2 - 2 q.x + |q|^2 would lose near-duplicates' distances to rounding
             difference = self.rows[columns] - queries[:, None, :]  # (queries, columns, dim)
@@ -262,10 +262,10 @@ class Searcher:
         """Annoy's candidates for each vector, ranked on the full vectors: the k nearest.
 
         With signs, only the `rescore` candidates whose signs differ least
-        are read: on 10^5 real latents, 192 of 640 hold as many of the 12
-        true neighbours as all of 320 did, and more of the 96 a burst asks
-        for. The candidates' vectors are read once for all the queries:
-        neighbours of a batch of look-alike images share many.
+        are read: the signs, held in memory, sort out the likely neighbours
+        among many candidates, so Annoy can offer more of them without more
+        reads from disk. The candidates' vectors are read once for all the
+        queries: neighbours of a batch of look-alike images share many.
         """
         assert self.index is not None and self.index.rows is not None
         index = self.index

@@ -26,7 +26,7 @@ from lookalike.core.store import Library
 from lookalike.daemon.logs import setup_logging
 
 if TYPE_CHECKING:
-    from lookalike.core.model import Encoder
+    from lookalike.core.encoder import Encoder
 
 log = logging.getLogger("lookalike")
 
@@ -89,6 +89,10 @@ def parser() -> argparse.ArgumentParser:
     eval_parser.add_argument("-k", type=positive, default=12, help="neighbours per query")
     eval_parser.add_argument("--baseline", choices=("pixels",), default=None,
                              help="measure raw grayscale pixels instead of an encoder")
+    eval_parser.add_argument("--copies", action="store_true",
+                             help="each sub-folder holds copies of one picture: measure copy "
+                                  "detection (first neighbour, recall@k; by kind when file "
+                                  "names repeat across sub-folders, e.g. crop60.jpg)")
     eval_parser.add_argument("--json", action="store_true", help="print JSON")
     eval_parser.add_argument("--sheet", type=Path, default=None, metavar="FILE.png",
                              help="also draw random queries and their neighbours, "
@@ -103,13 +107,13 @@ def parser() -> argparse.ArgumentParser:
     train_parser.add_argument("--preset", default="lookalike",
                               help="training recipe: lookalike (the default, measured in "
                                    "BENCHMARKS.md) or seed (the article's)")
-    train_parser.add_argument("--color", choices=("rgb", "grayscale"), default="rgb",
-                              help="colour mode of the encoder's input (default: rgb; the "
-                                   "default recipe counts colours)")
+    train_parser.add_argument("--color", choices=("rgb", "grayscale"), default=None,
+                              help="colour mode of the encoder's input (default: the "
+                                   "recipe's: grayscale for lookalike, rgb for seed)")
     train_parser.add_argument("--size", type=positive, default=56, help="input side in pixels")
     train_parser.add_argument("--latent", type=positive, default=128,
-                              help="size of the learned latent (the default recipe adds a "
-                                   "palette histogram and edge directions beside it)")
+                              help="size of the learned latent (the default recipe adds "
+                                   "edge directions beside it)")
     train_parser.add_argument("--epochs", type=positive, default=20,
                               help="at most this many epochs (default: 20)")
     train_parser.add_argument("--batch-size", type=positive, default=64)
@@ -146,10 +150,10 @@ def open_library(config: Config) -> Library:
 
 def load_encoder(config: Config) -> Encoder:
     """The configured encoder; its shape must agree with `image.size` and `image.color`."""
-    from lookalike.core import model  # TensorFlow loads here, only for commands that encode
+    from lookalike.core import encoder as encoders  # TensorFlow loads here, only when encoding
 
     started = time.monotonic()
-    encoder = model.load(config.model, config.image.max_pixels)
+    encoder = encoders.load(config.model, config.image.max_pixels)
     problems = []
     if config.image.size not in (None, encoder.shape.size):
         problems.append(f"At 'image.size': {config.image.size}, but the encoder reads "

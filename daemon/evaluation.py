@@ -2,10 +2,14 @@
 
 DIR holds one sub-folder per label. Every image is encoded and searched
 among all the others, exactly and through an Annoy index built with the
-configured settings; `--baseline pixels` measures raw grayscale pixels
-instead, the floor any encoder must beat. `--sheet FILE.png` also draws a
-few random queries (the same each run) with their exact nearest, each
-framed by whether it shares the query's label.
+configured settings. With `--copies` each sub-folder holds copies of one
+picture, and copy detection is measured instead: the share of images whose
+first neighbour is a copy of the same picture (by kind of copy, the file
+name without its extension, where names repeat across sub-folders), and the
+share of each image's other copies among its k nearest. `--baseline pixels`
+measures raw grayscale pixels instead, the floor any encoder must beat.
+`--sheet FILE.png` also draws a few random queries (the same each run) with
+their exact nearest, each framed by whether it shares the query's label.
 """
 from __future__ import annotations
 
@@ -39,8 +43,8 @@ def run(args: argparse.Namespace) -> int:
     if args.baseline == "pixels":
         shape, name = images.Shape(56, "grayscale"), "raw grayscale pixels 56x56"
     else:
-        from lookalike.core import model  # TensorFlow loads here
-        encoder = model.load(args.model or settings["model"])
+        from lookalike.core.encoder import load as load_encoder  # TensorFlow loads here
+        encoder = load_encoder(args.model or settings["model"])
         shape, name = encoder.shape, f"{Path(encoder.path).name} ({encoder.model_id[:19]}…)"
     seconds["load"] = time.monotonic() - started
 
@@ -62,22 +66,32 @@ def run(args: argparse.Namespace) -> int:
     seconds["encode"] = time.monotonic() - started
 
     started = time.monotonic()
-    exact, annoy = evaluate.quality(vectors, labels, args.k, settings["metric"],
-                                    settings["trees"], settings["search_k"])
+    report: dict[str, Any] = {"data": str(args.data), "images": len(labels),
+                              "labels": len(set(labels)), "encoder": name, "k": args.k,
+                              "metric": settings["metric"]}
+    if args.copies:
+        kinds = np.array([Path(paths[i]).stem for i in keep])
+        found = evaluate.copies(vectors, labels, kinds, args.k, settings["metric"])
+        repeated = {kind: share for kind, share in found.first_by_kind.items()
+                    if (kinds == kind).sum() > 1}
+        report["copies"] = {"first": found.first, "recall": found.recall,
+                            "first_by_kind": repeated}
+    else:
+        exact, annoy = evaluate.quality(vectors, labels, args.k, settings["metric"],
+                                        settings["trees"], settings["search_k"])
+        assert annoy is not None
+        report.update({"trees": settings["trees"], "search_k": settings["search_k"],
+                       "exact": {"precision": exact.precision, "map": exact.mean_ap},
+                       "annoy": {"precision": annoy.precision, "recall": annoy.recall}})
     seconds["search"] = time.monotonic() - started
-    assert annoy is not None
-    report = {"data": str(args.data), "images": len(labels), "labels": len(set(labels)),
-              "encoder": name, "k": args.k, "metric": settings["metric"],
-              "trees": settings["trees"], "search_k": settings["search_k"],
-              "exact": {"precision": exact.precision, "map": exact.mean_ap},
-              "annoy": {"precision": annoy.precision, "recall": annoy.recall},
-              "seconds": {stage: round(s, 2) for stage, s in seconds.items()}}
+    report["seconds"] = {stage: round(s, 2) for stage, s in seconds.items()}
     print(json.dumps(report, indent=2) if args.json else table(report))
     if sheet_path is not None:
         originals = [args.data / paths[i] for i in keep]
         queries = sample(labels, args.sheet_rows)
-        title = [f"{args.data}: {name}, exact search, precision@{args.k} "
-                 f"{exact.precision:.3f} over {len(labels):,} images",
+        score = (f"first neighbour a copy {report['copies']['first']:.3f}" if args.copies
+                 else f"precision@{args.k} {report['exact']['precision']:.3f}")
+        title = [f"{args.data}: {name}, exact search, {score} over {len(labels):,} images",
                  f"{len(queries)} random queries, each with its {args.k} nearest; frame: "
                  "green = the query's label, red = another label"]
         sheets.save(draw(originals, labels, vectors, queries, args.k, settings["metric"],
@@ -132,14 +146,21 @@ def index_settings(config: Path) -> dict[str, Any]:
 
 def table(report: dict[str, Any]) -> str:
     k = report["k"]
-    rows = [
-        f"{report['images']} images, {report['labels']} labels in {report['data']}",
-        f"encoder      {report['encoder']}",
-        f"exact        precision@{k} {report['exact']['precision']:.3f}   "
-        f"mAP {report['exact']['map']:.3f}",
-        f"annoy        precision@{k} {report['annoy']['precision']:.3f}   "
-        f"recall@{k} {report['annoy']['recall']:.3f}   "
-        f"({report['trees']} trees, search_k {report['search_k']}, {report['metric']})",
-        "seconds      " + ", ".join(f"{stage} {s}" for stage, s in report["seconds"].items()),
-    ]
+    rows = [f"{report['images']} images, {report['labels']} labels in {report['data']}",
+            f"encoder      {report['encoder']}"]
+    if "copies" in report:
+        copies = report["copies"]
+        rows.append(f"copies       first neighbour a copy {copies['first']:.3f}   "
+                    f"recall@{k} {copies['recall']:.3f}   (exact, {report['metric']})")
+        rows += [f"  {kind:<12}first neighbour a copy {share:.3f}"
+                 for kind, share in copies["first_by_kind"].items()]
+    else:
+        rows += [f"exact        precision@{k} {report['exact']['precision']:.3f}   "
+                 f"mAP {report['exact']['map']:.3f}",
+                 f"annoy        precision@{k} {report['annoy']['precision']:.3f}   "
+                 f"recall@{k} {report['annoy']['recall']:.3f}   "
+                 f"({report['trees']} trees, search_k {report['search_k']}, "
+                 f"{report['metric']})"]
+    rows.append("seconds      " + ", ".join(f"{stage} {s}"
+                                           for stage, s in report["seconds"].items()))
     return "\n".join(rows)

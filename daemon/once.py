@@ -13,7 +13,7 @@ from lookalike.daemon.lock import StateLock
 from lookalike.daemon.worker import Tally, Worker, create_folders_on_first_run, remove_leftovers
 
 if TYPE_CHECKING:
-    from lookalike.core.model import Encoder
+    from lookalike.core.encoder import Encoder
 
 log = logging.getLogger(__name__)
 

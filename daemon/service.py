@@ -47,7 +47,7 @@ from lookalike.daemon.worker import (
 )
 
 if TYPE_CHECKING:
-    from lookalike.core.model import Encoder
+    from lookalike.core.encoder import Encoder
 
 log = logging.getLogger(__name__)
 

@@ -23,21 +23,26 @@ def run(args: argparse.Namespace) -> int:
         raise LookalikeError(f"{args.out}: the encoder file must end in .keras")
     if args.size % 8:
         raise LookalikeError(f"--size {args.size}: must be a multiple of 8")
-    shape = images.Shape(args.size, args.color)
+    if next(iter(scan.walk(args.data)), None) is None:  # said before TensorFlow loads
+        raise LookalikeError(f"{args.data}: 0 usable images; training needs at least 10")
+    from lookalike.core import training  # TensorFlow loads here
+
+    _, recipe = training.recipe_of(args.preset)
+    shape = images.Shape(args.size, args.color or recipe.color)
     _, pixels, fingerprint = read_folder(args.data, shape)
     if len(pixels) < 10:
         raise LookalikeError(f"{args.data}: {len(pixels)} usable images; "
                              "training needs at least 10")
 
-    from lookalike.core import model  # TensorFlow loads here
     log.info("training preset %s on %d images (%dx%d %s, latent %d), at most %d epochs",
              args.preset, len(pixels), shape.size, shape.size, shape.color, args.latent,
              args.epochs)
-    outcome = model.train(pixels, shape, preset=args.preset, latent_dim=args.latent,
-                          epochs=args.epochs, batch_size=args.batch_size, patience=args.patience,
-                          seed=args.seed, verbose=1 if sys.stderr.isatty() else 2)
-    identity = model.save(outcome, args.out, {"data": args.data.name,
-                                              "data_fingerprint": fingerprint})
+    outcome = training.train(pixels, shape, preset=args.preset, latent_dim=args.latent,
+                             epochs=args.epochs, batch_size=args.batch_size,
+                             patience=args.patience, seed=args.seed,
+                             verbose=1 if sys.stderr.isatty() else 2)
+    identity = training.save(outcome, args.out, {"data": args.data.name,
+                                                 "data_fingerprint": fingerprint})
     card = outcome.card
     print(f"{args.out}: {card['epochs_run']} epochs in {card['seconds']} s, held-out loss "
           f"{card['held_out_loss']} (train {card['train_loss']}), model {identity[:19]}…")

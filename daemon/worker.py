@@ -32,7 +32,7 @@ from lookalike.core.search import Neighbor, Searcher, distance
 from lookalike.core.store import Answer, Entry, Library, Record
 
 if TYPE_CHECKING:
-    from lookalike.core.model import Encoder
+    from lookalike.core.encoder import Encoder
 
 log = logging.getLogger(__name__)
 
@@ -41,17 +41,16 @@ PROGRESS_EVERY_S = 5.0
 # them, or None when a new search must redo them (`Worker.affected`).
 Touched = dict[int, set[int] | None]
 # x k: the nearest of a new image whose results it may enter. Nearness is not symmetric:
-# of the images whose 12 nearest a new one enters, its 24 nearest hold 70%, its 96
-# nearest 90% (bench/reverse.py, 20,000 real latents). Entering costs no search
-# (`merged`), so look wide.
+# the images whose 12 nearest a new one enters are not all among its own 12 nearest, and
+# the wider it looks the more of them it finds (bench/reverse.py measures how many).
+# Entering costs no search (`merged`), so look wide.
 REVERSE_CANDIDATES = 8
 ANSWER_CHUNK = 1024  # results computed, written and synced together
 # The least images per batch when more than `ingest.batch_size` wait (a scan's ingest: at
 # start-up, a rescan, `run --once`). Their results are all written at the end, so only
-# throughput counts, and the encoder and the library do more per call in larger batches:
-# `run --once` on 2,000 256x256 JPEGs, 1.12x as fast as in batches of 64 (median of 6
-# alternating pairs). The service's turns keep `batch_size`: a burst's first results
-# wait for a whole batch.
+# throughput counts, and the encoder and the library do more per call in larger
+# batches. The service's turns keep `batch_size`: a burst's first results wait for a
+# whole batch.
 SCAN_BATCH = 256
 # A results file to write: where, what, and what the library remembers of it once written.
 Due = tuple[Path, dict[str, object], Answer]

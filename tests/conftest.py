@@ -1,7 +1,7 @@
 """Shared fixtures: real labelled digit images, a small real encoder, configs.
 
 The digits are scikit-learn's 1,797 real 8x8 scans (10 labels), drawn as
-56x56 PNGs as `../shared/tools/make_digits.py` does. The encoder is the
+56x56 PNGs here from scikit-learn's data (`write_digits`). The encoder is the
 seed preset trained for a few epochs on them: real TensorFlow, small enough
 to train once per test session in seconds.
 """
@@ -50,14 +50,14 @@ def digits_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def encoder_path(tmp_path_factory: pytest.TempPathFactory, digits_root: Path) -> Path:
     """A real encoder (seed preset, grayscale 56x56, latent 32) trained 3 epochs on the digits."""
-    from lookalike.core import images, model
+    from lookalike.core import images, training
     from lookalike.daemon.training import read_folder
 
     shape = images.Shape(56, "grayscale")
     _, pixels, fingerprint = read_folder(digits_root, shape)
-    training = model.train(pixels, shape, latent_dim=32, epochs=3, verbose=0)
+    trained = training.train(pixels, shape, latent_dim=32, epochs=3, verbose=0)
     path = tmp_path_factory.mktemp("model") / "digits.keras"
-    model.save(training, path, {"data": "digits", "data_fingerprint": fingerprint})
+    training.save(trained, path, {"data": "digits", "data_fingerprint": fingerprint})
     return path
 
 

@@ -122,3 +122,23 @@ def test_well_separated_labels_score_one() -> None:
     exact, annoy = evaluate.quality(vectors, labels, 7, "angular", trees=8, search_k=1000)
     assert exact.precision == pytest.approx(1.0) and exact.mean_ap == pytest.approx(1.0)
     assert annoy is not None and annoy.precision == pytest.approx(1.0)
+
+
+def test_copies_by_hand() -> None:
+    # On the line above, as groups of copies: a = {0, 1, 4}, b = {2, 3}.
+    # First neighbours: 0->1 a yes, 1->0 a yes, 2->1 no, 3->4 no, 4->3 no.
+    # With k = 2, the other copies among the 2 nearest: 0 {1} of 2, 1 {0} of 2,
+    # 2 {} of 1, 3 {2} of 1, 4 {} of 2 -> (1/2 + 1/2 + 0 + 1 + 0) / 5.
+    kinds = np.array(["original", "crop", "original", "crop", "mirror"])
+    found = evaluate.copies(LINE, LINE_LABELS, kinds, 2, "euclidean")
+    assert found.first == pytest.approx(2 / 5)
+    assert found.recall == pytest.approx(2 / 5)
+    assert found.first_by_kind == {"crop": 0.5, "mirror": 0.0, "original": 0.5}
+
+
+def test_copies_leave_out_a_picture_without_copies() -> None:
+    points = np.array([[0.0], [1.0], [5.0]], np.float32)
+    found = evaluate.copies(points, np.array(["a", "a", "lone"]), np.array(["x", "y", "x"]),
+                            2, "euclidean")
+    assert (found.first, found.recall) == (1.0, 1.0)
+    assert found.first_by_kind == {"x": 1.0, "y": 1.0}

@@ -319,11 +319,12 @@ def test_train_writes_an_encoder_and_its_card(tmp_path: Path, inbox_of: Callable
     assert card["data_fingerprint"].startswith("sha256:")
     assert str(out) in finished.stdout
 
-    from lookalike.core import model
-    encoder = model.load(out)
-    # --latent sizes the learned part; the colour counts and edge directions come beside it
-    assert encoder.latent_dim == card["latent_dim"] > 16
-    assert (encoder.shape.size, encoder.shape.color) == (56, "rgb")
+    from lookalike.core.encoder import load as load_encoder
+    encoder = load_encoder(out)
+    # --latent sizes the learned part; 4x4 cells of 16 edge directions come beside it
+    assert encoder.latent_dim == card["latent_dim"] == 16 + 16 * 16
+    # the default recipe reads grayscale: a grayscale copy is the same picture
+    assert (encoder.shape.size, encoder.shape.color) == (56, "grayscale")
 
 
 def test_train_refuses_an_h5_file(tmp_path: Path, inbox_of: Callable[..., list[str]],

@@ -864,9 +864,9 @@ def test_a_new_image_enters_the_results_of_every_image_it_is_near(
     saw it (the new image's REVERSE_CANDIDATES x 12 nearest) or the check of every
     results file after the next rebuild did (nearness is not symmetric)."""
     from lookalike.core import images as imaging
-    from lookalike.core import model
+    from lookalike.core.encoder import load as load_encoder
 
-    encoder = model.load(encoder_path)
+    encoder = load_encoder(encoder_path)
     vectors = encoder.encode(np.stack([imaging.load(source, encoder.shape).pixels
                                        for source, _ in digits]))
     unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
@@ -907,10 +907,10 @@ def test_above_exact_below_the_service_searches_in_two_stages_and_finds_the_exac
     ranked on the full ones: with more candidates than images, every results file lists
     what exact search finds."""
     from lookalike.core import images as imaging
-    from lookalike.core import model
+    from lookalike.core.encoder import load as load_encoder
 
     sources = digits[:80]
-    encoder = model.load(encoder_path)
+    encoder = load_encoder(encoder_path)
     vectors = encoder.encode(np.stack([imaging.load(source, encoder.shape).pixels
                                        for source, _ in sources]))
     unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)

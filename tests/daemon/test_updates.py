@@ -119,12 +119,12 @@ def test_results_written_chunk_by_chunk_are_the_exact_ones_and_a_failure_stays_u
     """`answer` writes a chunk in its writer thread while it searches the next: every
     file must still land with the exact neighbours, and one that cannot be written
     (its folder is gone) must stay unanswered, so that the next pass writes it."""
-    from lookalike.core import model
+    from lookalike.core.encoder import load as load_encoder
 
     monkeypatch.setattr(worker_module, "ANSWER_CHUNK", 7)
     config = configuration.load(make_config())
     library = Library(config.state_dir / "library.sqlite")
-    worker = Worker(config, library, model.load(encoder_path))
+    worker = Worker(config, library, load_encoder(encoder_path))
     vectors = clustered(30, 5)
     names = [f"gone/{n}.png" if n % 6 == 0 else f"{n}.png" for n in range(30)]
     library.apply(Entry(name, 1, 1, None, "m", vector) for name, vector in zip(
@@ -168,12 +168,12 @@ def test_blanks_are_made_only_for_an_inbox_on_the_scratch_disk(
 def idle_service(config: configuration.Config, encoder_path: Path,
                  now: list[float]) -> daemon.Service:
     """A Service on a real library, worker and index, driven by hand and a fake clock."""
-    from lookalike.core import model
+    from lookalike.core.encoder import load as load_encoder
 
-    service = daemon.Service(config, lambda _: model.load(encoder_path), clock=lambda: now[0])
+    service = daemon.Service(config, lambda _: load_encoder(encoder_path), clock=lambda: now[0])
     service.library = Library(config.state_dir / "library.sqlite")
     service.reencoding = []
-    service.worker = Worker(config, service.library, model.load(encoder_path))
+    service.worker = Worker(config, service.library, load_encoder(encoder_path))
     service.worker.take_scratch()
     return service
 

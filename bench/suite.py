@@ -1,0 +1,186 @@
+#!/usr/bin/env python3
+"""Search quality across kinds of images: one table of domains x encoders.
+
+    python scripts/build_suite.py /tmp/suite --cache /tmp/suite-cache
+    python bench/suite.py /tmp/suite --part heldout [--domains digits,glyphs]
+        [--encoders pixels,phash,seed,shipped,default] [--epochs 20]
+        [--models DIR] [--results bench/results/suite.jsonl]
+
+Each domain of the suite (`scripts/build_suite.py`) has a development part
+and a held-out part that share no label. Every recipe and setting is
+chosen on the development part (`--part dev`); the held-out part is
+scored to report (`--part heldout`), never to choose.
+
+Encoders (columns):
+- `pixels`: raw grayscale pixels at 56x56 (`lookalike eval --baseline pixels`);
+- `phash`: imagehash's 64-bit perceptual hash, ranked by Hamming distance;
+- `seed`: the article's recipe (`lookalike train --preset seed --color grayscale`)
+  trained on the domain's development part;
+- `shipped`: the encoder shipped with lookalike;
+- `default`: `lookalike train` with every default, on the development part;
+- `NAME|option=value,...`: a variant of a preset, for choosing on dev.
+
+Labelled domains report precision@12 (exact search); copy domains report the
+share of images whose first neighbour is a copy of the same picture (all
+kinds, and the worst kind) and the share of each image's other copies among
+its 12 neighbours. Items are searched in a seeded random order, so that
+ties (frequent among hashes) are not broken by file order. Trained encoders
+are kept in --models and reused when asked again.
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import sys
+import time
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lookalike.core import evaluate, images
+from lookalike.daemon.training import read_folder
+
+K = 12
+PIXELS = images.Shape(56, "grayscale")
+
+
+def parsed(spec: str) -> Any:
+    """The training Recipe of a column: `seed`, `default` or `PRESET|option=value,...`."""
+    from lookalike.core import training
+
+    if spec == "seed":
+        return replace(training.PRESETS["seed"], color="grayscale")
+    if spec == "default":
+        return training.PRESETS[training.DEFAULT_PRESET]
+    name, _, options = spec.partition("|")
+    recipe = training.PRESETS[name]
+    for option in filter(None, options.split(",")):
+        key, _, value = option.partition("=")
+        if key == "width":  # the deeper encoder's first width (then twice, four times)
+            width = int(value)
+            recipe = replace(recipe, build=functools.partial(
+                training.conv_autoencoder, filters=(width, 2 * width, 4 * width)))
+            continue
+        if key in ("pooled", "layout"):  # the deeper encoder's latent reads these or not
+            recipe = replace(recipe, build=functools.partial(recipe.build, **{key: value == "1"}))
+            continue
+        kind = type(getattr(recipe, key))
+        recipe = replace(recipe, **{key: value if kind is str else kind(float(value))})
+    return recipe
+
+
+def trained(spec: str, dev: Path, models: Path, domain: str, epochs: int) -> Path:
+    """The encoder of column `spec` trained on `dev` (kept in `models`, reused)."""
+    from lookalike.core import training
+
+    path = models / f"{domain}-{spec.replace('|', '-').replace(',', '-')}-e{epochs}.keras"
+    if path.is_file():
+        return path
+    recipe = parsed(spec)
+    shape = images.Shape(56, recipe.color)
+    _, pixels, fingerprint = read_folder(dev, shape)
+    outcome = training.train(pixels, shape, preset=recipe, epochs=epochs, verbose=2)
+    training.save(outcome, path, {"data": f"{domain}/dev", "data_fingerprint": fingerprint,
+                                  "suite_column": spec})
+    return path
+
+
+def vectors_of(column: str, root: Path, part: Path, paths: list[str], models: Path,
+               domain: str, epochs: int) -> tuple[np.ndarray, str]:
+    """(vectors of the images at `paths` under `part`, the metric to rank them by)."""
+    if column == "pixels":
+        _, pixels, _ = read_folder(part, PIXELS)
+        return pixels.reshape(len(pixels), -1).astype(np.float32), "angular"
+    if column == "phash":
+        import imagehash
+        from PIL import Image
+
+        bits = []
+        for path in paths:
+            with Image.open(part / path) as image:
+                bits.append(imagehash.phash(image).hash.ravel())
+        # The squared distance of 0/1 vectors is their Hamming distance.
+        return np.array(bits, np.float32), "euclidean"
+    from lookalike.core import encoder as encoders
+    from lookalike.core.config import DEFAULT_MODEL
+
+    path = DEFAULT_MODEL if column == "shipped" else trained(
+        column, root / domain / "dev", models, domain, epochs)
+    encoder = encoders.load(path)
+    _, pixels, _ = read_folder(part, encoder.shape)
+    return encoder.encode(pixels), "angular"
+
+
+def measure(kind: str, vectors: np.ndarray, paths: list[str], metric: str) -> dict[str, Any]:
+    order = np.random.default_rng(0).permutation(len(paths))  # ties not by file order
+    vectors = vectors[order]
+    labels = np.array([paths[i].split("/")[0] for i in order])
+    if kind == "labels":
+        exact, _ = evaluate.quality(vectors, labels, K, metric)
+        return {"precision": round(exact.precision, 4)}
+    stems = np.array([Path(paths[i]).stem for i in order])
+    found = evaluate.copies(vectors, labels, stems, K, metric)
+    worst = min(found.first_by_kind, key=lambda kind: found.first_by_kind[kind])
+    return {"first": round(found.first, 4), "recall": round(found.recall, 4),
+            "worst_kind": worst, "worst_first": round(found.first_by_kind[worst], 4),
+            "first_by_kind": {k: round(v, 4) for k, v in found.first_by_kind.items()}}
+
+
+def cell(row: dict[str, Any]) -> str:
+    if "precision" in row:
+        return f"{row['precision']:.3f}"
+    return (f"{row['first']:.3f} / {row['recall']:.3f} "
+            f"({row['worst_kind']} {row['worst_first']:.2f})")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("suite", type=Path, help="the folder scripts/build_suite.py wrote")
+    parser.add_argument("--part", choices=("dev", "heldout"), default="dev")
+    parser.add_argument("--domains", default=None, help="comma-separated (default: all)")
+    parser.add_argument("--encoders", default="pixels,phash,seed,shipped,default",
+                        help="comma-separated columns; ';' separates columns with options")
+    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--models", type=Path, default=Path("bench/results/suite-models"))
+    parser.add_argument("--results", type=Path, default=Path("bench/results/suite.jsonl"))
+    args = parser.parse_args()
+    if not args.suite.is_dir():
+        parser.error(f"{args.suite}: no such folder (make it with scripts/build_suite.py)")
+    domains = (args.domains.split(",") if args.domains else
+               sorted(p.name for p in args.suite.iterdir() if (p / "kind").is_file()))
+    columns = args.encoders.split(";") if ";" in args.encoders else args.encoders.split(",")
+    args.models.mkdir(parents=True, exist_ok=True)
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    table: dict[str, dict[str, str]] = {}
+    for domain in domains:
+        kind = (args.suite / domain / "kind").read_text().strip()
+        part = args.suite / domain / args.part
+        paths, _, _ = read_folder(part, PIXELS)
+        for column in columns:
+            started = time.monotonic()
+            vectors, metric = vectors_of(column, args.suite, part, paths, args.models, domain,
+                                         args.epochs)
+            row = {"measured_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                   "domain": domain, "kind": kind, "part": args.part, "encoder": column,
+                   "epochs": args.epochs, "images": len(paths),
+                   **measure(kind, vectors, paths, metric),
+                   "seconds": round(time.monotonic() - started, 1)}
+            with open(args.results, "a", encoding="utf-8") as out:
+                out.write(json.dumps(row) + "\n")
+            print(json.dumps(row), flush=True)
+            table.setdefault(domain, {})[column] = cell(row)
+    print(f"\n{args.part} parts: precision@{K} for labels; for copies, first neighbour / "
+          f"recall@{K} (the worst kind's first neighbour)\n")
+    print("| domain | " + " | ".join(columns) + " |")
+    print("| --- |" + " --- |" * len(columns))
+    for domain, cells in table.items():
+        print(f"| {domain} | " + " | ".join(cells.get(c, "-") for c in columns) + " |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

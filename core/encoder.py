@@ -1,0 +1,76 @@
+"""Load a `.keras` encoder and encode pixels: all that the service needs of a model.
+
+The encoder maps a (size, size, channels) uint8 image to its latent vector.
+Its first layer rescales 0..255 to 0..1, so the model and its preprocessing
+travel together in one `.keras` file. The model id is the SHA-256 of that
+file (`card.model_id`): a new file makes the library re-encode. Training
+lives in `training`, which the service never imports.
+"""
+from __future__ import annotations
+
+import os
+import zipfile
+from pathlib import Path
+
+# Keep TensorFlow's C++ chatter out of the journal.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from . import card as model_card  # noqa: E402
+from .errors import ModelError  # noqa: E402
+from .images import Shape  # noqa: E402
+
+
+class Encoder:
+    """A loaded encoder: what it reads (`shape`), its latent size and id."""
+
+    def __init__(self, model: keras.Model, shape: Shape, model_id: str, path: Path) -> None:
+        self.model = model
+        self.shape = shape
+        self.model_id = model_id
+        self.path = path
+        self.latent_dim = int(model.output_shape[-1])
+        signature = [tf.TensorSpec([None, shape.size, shape.size, shape.channels], tf.uint8)]
+
+        def encode(pixels: tf.Tensor) -> tf.Tensor:
+            return model(tf.cast(pixels, tf.float32), training=False)
+        self._encode = tf.function(encode, input_signature=signature)
+
+    def warm(self) -> None:
+        """Trace the encoding now (about 0.2 s) rather than on the first image: a service
+        started with nothing new to read would make the first image dropped wait for it."""
+        self.encode(np.zeros((1, self.shape.size, self.shape.size, self.shape.channels),
+                             np.uint8))
+
+    def encode(self, pixels: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        """Latent vectors (n, latent_dim) float32 for images (n, size, size, channels) uint8."""
+        if len(pixels) == 0:
+            return np.zeros((0, self.latent_dim), np.float32)
+        parts = [self._encode(pixels[start:start + batch_size]).numpy()
+                 for start in range(0, len(pixels), batch_size)]
+        return np.concatenate(parts).astype(np.float32, copy=False)
+
+
+def load(path: Path, max_pixels: int = 150_000_000) -> Encoder:
+    """Load a `.keras` encoder without running any code it carries (Keras safe mode)."""
+    if path.suffix != ".keras":
+        raise ModelError(f"{path}: the encoder must be a .keras file")
+    if not path.is_file():
+        raise ModelError(f"{path}: no such encoder file")
+    if not zipfile.is_zipfile(path):  # else Keras says "File not found" of a file that is there
+        raise ModelError(f"{path}: not a .keras file, or a damaged one")
+    try:
+        model = keras.saving.load_model(path, compile=False, safe_mode=True)
+    except Exception as error:  # Keras raises many kinds for a bad file
+        raise ModelError(f"{path}: cannot load the encoder: {error}") from None
+    dims = tuple(model.input_shape)
+    square = len(dims) == 4 and dims[1] == dims[2] and dims[3] in (1, 3)
+    if not square or len(model.output_shape) != 2:
+        raise ModelError(f"{path}: expected an encoder from (size, size, 1 or 3) images "
+                         "to vectors, "
+                         f"got {dims} -> {model.output_shape}")
+    shape = Shape(int(dims[1]), "rgb" if dims[3] == 3 else "grayscale", max_pixels)
+    return Encoder(model, shape, model_card.model_id(path), path)

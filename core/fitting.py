@@ -1,0 +1,147 @@
+"""Fixed layers put after a trained encoder and fitted, not trained, on its training images.
+
+Each function takes an encoder (a Keras model from images to vectors) and
+returns a new one whose extra layers are built-in Keras layers with fixed
+weights, so the whole still loads in Keras's safe mode:
+- `with_mirror`: the sum of the latents of the image and of its mirror image;
+- `with_whitening`: the latent PCA-whitened on the training images;
+- `with_edges`: directions of the brightness gradient on a grid, beside the latent.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+import numpy as np
+
+
+def mirror_image(image: Any, size: int, name: str) -> Any:
+    """The left-right mirror of `image` (batch, size, size, channels), by a fixed
+    permutation of its columns (Keras has no flip layer that is not random)."""
+    layers = keras.layers
+    reverse = layers.Dense(size, use_bias=False, trainable=False, name=name)
+    columns = layers.Permute((1, 3, 2), name=f"{name}_columns")(image)
+    flipped = layers.Permute((1, 3, 2), name=f"{name}_back")(reverse(columns))
+    reverse.set_weights([np.eye(size, dtype=np.float32)[::-1]])
+    return flipped
+
+
+def with_mirror(encoder: keras.Model) -> keras.Model:
+    """`encoder(image) + encoder(mirror image)`: a mirrored copy gets the very same vector."""
+    size = int(encoder.input_shape[1])
+    image = keras.Input(shape=encoder.input_shape[1:], name="image")
+    both = keras.layers.Add(name="mirror_sum")(
+        [encoder(image), encoder(mirror_image(image, size, "mirror"))])
+    return keras.Model(image, both, name="encoder")
+
+
+def whitening(latents: np.ndarray, shrink: float = 0.01) -> tuple[np.ndarray, np.ndarray]:
+    """Kernel and bias of the affine map that PCA-whitens `latents` (n, d).
+
+    Each principal direction is scaled by 1 / sqrt(variance + shrink * mean
+    variance): directions that barely vary are not blown up into noise.
+    """
+    mean = latents.mean(0)
+    covariance = np.cov(latents - mean, rowvar=False)
+    variances, directions = np.linalg.eigh(covariance)
+    variances = np.clip(variances, 0.0, None)
+    order = np.argsort(variances)[::-1]
+    variances, directions = variances[order], directions[:, order]
+    kernel = directions / np.sqrt(variances + shrink * variances.mean() + 1e-12)
+    return kernel.astype(np.float32), (-mean @ kernel).astype(np.float32)
+
+
+def with_whitening(encoder: keras.Model, pixels: np.ndarray) -> keras.Model:
+    """`encoder` followed by a fixed Dense layer that PCA-whitens its latents on `pixels`."""
+    latents = encoder.predict(pixels.astype(np.float32), batch_size=256, verbose=0)
+    kernel, bias = whitening(latents.astype(np.float64))
+    layer = keras.layers.Dense(kernel.shape[1], trainable=False, name="whiten")
+    whitened = keras.Model(encoder.inputs[0], layer(encoder.outputs[0]), name="encoder")
+    layer.set_weights([kernel, bias])
+    return whitened
+
+
+def with_edges(encoder: keras.Model, pixels: np.ndarray, directions: int, weight: float,
+               mirror: bool = False) -> keras.Model:
+    """`encoder`'s latent (scaled to unit length) beside a grid of edge directions.
+
+    The edges: the gradient of the brightness in `directions` directions,
+    rectified and averaged over a 4x4 grid of cells, square-rooted,
+    PCA-whitened on `pixels` (n, size, size, channels) uint8, scaled to unit
+    length, times `weight`. With `mirror`, the mirror image's gradients are
+    added to the image's first, so that a mirrored copy has the same edges.
+    """
+    layers = keras.layers
+    size, channels = int(encoder.input_shape[1]), int(encoder.input_shape[3])
+    if size % 4:
+        raise ValueError(f"edges need an image side divisible by 4, not {size}")
+    image = encoder.inputs[0]
+    gradient = layers.Conv2D(directions, 3, padding="same", use_bias=False, trainable=False,
+                             name="gradient")
+    edges = layers.ReLU(name="gradient_rectify")(
+        gradient(layers.Rescaling(1.0 / 255, name="unit_range")(image)))
+    # 4x4 cells that tile the image exactly, so that the grid mirrors onto itself.
+    pooled = layers.AveragePooling2D(size // 4, name="cells")(edges)
+    flat = layers.Flatten(name="cells_flat")(pooled)
+    width = int(flat.shape[-1])
+    if mirror:
+        # The mirror image's edges are the image's, cells reversed left to right and
+        # each direction a turned to pi - a: a fixed permutation, added.
+        mirrored = layers.Dense(width, use_bias=False, trainable=False, name="edges_mirror")
+        flat = layers.Add(name="edges_mirror_sum")([flat, mirrored(flat)])
+        mirrored.set_weights([mirror_permutation(directions)])
+    roots = square_root(flat, width, 1e-4, "edges_root")
+    whiten = layers.Dense(width, trainable=False, name="edges_whiten")
+    parts = [layers.UnitNormalization(name="latent_unit")(encoder.outputs[0]),
+             layers.Rescaling(weight, name="edges_weight")(
+                 layers.UnitNormalization(name="edges_unit")(whiten(roots)))]
+    kernel = np.zeros((3, 3, channels, directions), np.float32)
+    for k in range(directions):
+        angle = 2 * np.pi * k / directions
+        # Central differences of the channels' mean, along x (columns) and y (rows).
+        kernel[1, 2, :, k] += 0.5 * np.cos(angle) / channels
+        kernel[1, 0, :, k] -= 0.5 * np.cos(angle) / channels
+        kernel[2, 1, :, k] += 0.5 * np.sin(angle) / channels
+        kernel[0, 1, :, k] -= 0.5 * np.sin(angle) / channels
+    gradient.set_weights([kernel])
+    seen = keras.Model(image, roots).predict(pixels.astype(np.float32), batch_size=256,
+                                             verbose=0)
+    whiten.set_weights(list(whitening(seen.astype(np.float64))))
+    return keras.Model(image, layers.Concatenate(name="appearance")(parts), name="encoder")
+
+
+def mirror_permutation(directions: int) -> np.ndarray:
+    """The (4*4*directions)^2 matrix that takes flattened 4x4 cells of `directions`
+    gradient directions to those of the mirror image (row-major cells, direction last)."""
+    size = 4 * 4 * directions
+    matrix = np.zeros((size, size), np.float32)
+    for row in range(4):
+        for column in range(4):
+            for k in range(directions):
+                source = (row * 4 + column) * directions + k
+                target = (row * 4 + 3 - column) * directions + (directions // 2 - k) % directions
+                matrix[source, target] = 1.0
+    return matrix
+
+
+def square_root(values: Any, width: int, smallest: float, name: str) -> Any:
+    """sqrt of `values` (batch, width) >= 0, piecewise linear (Keras has no sqrt layer).
+
+    Knots at 0 and at `smallest` times powers of sqrt(2) up to 1 and beyond:
+    within 3% of the square root from `smallest` up, exact at every knot.
+    """
+    layers = keras.layers
+    knots = [0.0] + list(smallest * np.sqrt(2.0) ** np.arange(
+        int(np.ceil(2 * np.log2(2.0 / smallest))) + 1))
+    knots_arr = np.array(knots)
+    slopes = np.diff(np.sqrt(knots_arr)) / np.diff(knots_arr)
+    steps = np.diff(slopes, prepend=0.0)  # each ReLU adds its change of slope
+    hinge = layers.Dense(len(steps), name=f"{name}_hinge", trainable=False)
+    mix = layers.Dense(1, use_bias=False, name=f"{name}_mix", trainable=False)
+    column = layers.Reshape((width, 1), name=f"{name}_column")(values)
+    hinged = layers.ReLU(name=f"{name}_relu")(hinge(column))
+    out = layers.Reshape((width,), name=f"{name}_row")(mix(hinged))
+    hinge.set_weights([np.ones((1, len(steps)), np.float32),
+                       (-knots_arr[:-1]).astype(np.float32)])
+    mix.set_weights([steps.reshape(-1, 1).astype(np.float32)])
+    return out
