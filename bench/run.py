@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Every performance figure of issue 5 in one run: a table, written into BENCHMARKS.md.
+"""Every performance figure in one run: a table, written into BENCHMARKS.md.
 
     python bench/run.py [--corpus /tmp/corpus] [--quick]
 
@@ -21,8 +21,9 @@ Runs, each in a process of its own and one after the other:
 Prints the tables with the targets beside them and replaces the section
 between the `bench/run.py` markers of BENCHMARKS.md. `--quick` runs small
 sizes (a check that it all works, minutes), and leaves BENCHMARKS.md alone.
-The corpus comes from `python scripts/build_corpus.py /tmp/corpus`, the digits
-(for the real latents) from `python ../shared/tools/make_digits.py /tmp/digits`.
+The corpus comes from `python scripts/build_corpus.py /tmp/corpus`; the digits
+(for the real latents) are scikit-learn's handwritten digits as 56x56 PNGs, a folder
+per label, in /tmp/digits (`write_digits` in tests/conftest.py draws them so).
 """
 from __future__ import annotations
 
@@ -120,7 +121,7 @@ def check_table(rows: list[dict[str, Any]], command: str) -> list[str]:
         f"The check of every results file (`{command}`): a full check searches every image "
         "again (timed on 1,024 of them, in chunks of 64); the check after a clean stop or a "
         "check measures the images changed since against every answered image "
-        "(`daemon/check.py`), a block per idle turn. Not a target of issue 5.",
+        "(`daemon/check.py`), a block per idle turn. Not a target.",
         ["images", "check", "changed images", "seconds in all", "ms per image",
          "slowest step ms"],
         [[f"{r['images']:,}", r["kind"], r["entering"] or "all", f"{r['seconds']:,}",
@@ -143,10 +144,10 @@ def latents_table(rows: list[dict[str, Any]]) -> list[str]:
         f"The index on real latents (`python bench/latents.py "
         f"{LATENTS.relative_to(HERE.parent)} --count 100000`: the shipped encoder's 896 "
         "numbers for the corpus, the digits and altered copies of them), through the "
-        "service's `index.build` and `Searcher`: Annoy on the whole vectors (the default "
-        "until the third session); the two-stage index (`index.dims` 128) as the eleventh "
-        "session left it, 16 trees, search_k 12000 and all of 320 candidates read in full; "
-        "and the default now, 8 trees, search_k 8000, 640 candidates of which the 192 "
+        "service's `index.build` and `Searcher`: Annoy on the whole vectors (`index.dims` "
+        "0); the two-stage index (`index.dims` 128) with 16 trees, search_k 12000 and all "
+        "of 320 candidates read in full; "
+        "and the default, 8 trees, search_k 8000, 640 candidates of which the 192 "
         "whose signs differ least are read in full. "
         "`python bench/index_scale.py --latents FILE --one N` plus the arguments in the "
         "first column.",
@@ -195,8 +196,8 @@ def main() -> None:
         raise SystemExit(f"{args.corpus}: no corpus; make it with "
                          f"`python scripts/build_corpus.py {args.corpus}`")
     if not LATENTS.exists() and not DIGITS.is_dir():  # (bench/latents.py reads them)
-        raise SystemExit(f"{DIGITS}: no digits; make them with "
-                         f"`python ../shared/tools/make_digits.py {DIGITS}`")
+        raise SystemExit(f"{DIGITS}: no digits; scikit-learn's digits as 56x56 PNGs, a "
+                         "folder per label, as `write_digits` in tests/conftest.py draws them")
     quick = args.quick
     count, large = (300, 6) if quick else (2000, 200)
     ingest_command = f"python bench/ingest.py {args.corpus} --count {count} --large {large}"
