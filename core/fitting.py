@@ -5,7 +5,9 @@ returns a new one whose extra layers are built-in Keras layers with fixed
 weights, so the whole still loads in Keras's safe mode:
 - `with_mirror`: the sum of the latents of the image and of its mirror image;
 - `with_whitening`: the latent PCA-whitened on the training images;
-- `with_edges`: directions of the brightness gradient on a grid, beside the latent.
+- `with_edges`: directions of the brightness gradient on a grid, beside the latent;
+- `with_luminance`, `with_colours`: an encoder of grayscale images made to read RGB
+  images by their brightness, with or without a histogram of their colours beside.
 """
 from __future__ import annotations
 
@@ -13,6 +15,16 @@ from typing import Any
 
 import keras
 import numpy as np
+
+# ITU-R 601 luma, as Pillow converts RGB to grayscale ("L").
+LUMA = np.array([0.299, 0.587, 0.114], np.float32)
+# The colour histogram: bins on a grid over two opponent axes (red-green, yellow-blue),
+# each clipped to +-CHROMA_RANGE; the 3x3 bins around grey are left out, so pale
+# colours (the tint of paper, a colour cast) count for nothing and a grayscale copy
+# has no colour at all.
+CHROMA_BINS = 9
+CHROMA_RANGE = 0.6
+GREY_BINS = 1  # bins on each side of grey left out
 
 
 def mirror_image(image: Any, size: int, name: str) -> Any:
@@ -145,3 +157,86 @@ def square_root(values: Any, width: int, smallest: float, name: str) -> Any:
                        (-knots_arr[:-1]).astype(np.float32)])
     mix.set_weights([steps.reshape(-1, 1).astype(np.float32)])
     return out
+
+
+def luminance(pixels: np.ndarray) -> np.ndarray:
+    """The brightness (n, size, size, 1) float32 of RGB images (n, size, size, 3) uint8,
+    computed as `luminance_layer` computes it."""
+    return (pixels.astype(np.float32) @ LUMA)[..., None]
+
+
+def luminance_layer(image: keras.KerasTensor) -> keras.KerasTensor:
+    """A fixed 1x1 convolution from RGB 0..255 to brightness 0..255."""
+    luma = keras.layers.Conv2D(1, 1, use_bias=False, trainable=False, name="luminance")
+    out = luma(image)
+    luma.set_weights([LUMA.reshape(1, 1, 3, 1)])
+    return out
+
+
+def with_luminance(encoder: keras.Model) -> keras.Model:
+    """`encoder` of grayscale images, reading RGB images by their brightness."""
+    size = int(encoder.input_shape[1])
+    image = keras.Input(shape=(size, size, 3), name="image")
+    return keras.Model(image, encoder(luminance_layer(image)), name="encoder")
+
+
+def with_colours(encoder: keras.Model, weight: float) -> keras.Model:
+    """`encoder` of grayscale images reading RGB images by their brightness, beside a
+    histogram of their saturated colours.
+
+    Each pixel's opponent colours (red - green, (red + green) / 2 - blue, in
+    0..1 units, clipped to +-CHROMA_RANGE) are shared between the nearest bins
+    of a CHROMA_BINS x CHROMA_BINS grid (bilinear weights, so a small change
+    of colour moves little); the bins near grey are left out. The shares of
+    the image's pixels, square-rooted (exact colours shared count, however
+    few pixels they cover), times `weight`: an image without saturated
+    colours has zeros there, whatever its tint.
+    """
+    layers = keras.layers
+    size = int(encoder.input_shape[1])
+    bins, spread = CHROMA_BINS, CHROMA_RANGE
+    step = 2 * spread / (bins - 1)
+    image = keras.Input(shape=(size, size, 3), name="image")
+    # Both opponent axes, shifted to 0..2*spread and clipped there.
+    opponent = layers.Conv2D(2, 1, trainable=False, name="opponent")
+    shifted = layers.ReLU(max_value=2 * spread, name="opponent_clip")(
+        opponent(layers.Rescaling(1.0 / 255, name="colour_unit")(image)))
+    # For each axis and bin centre c: (x - c) / step and its negative, then the
+    # triangle max(0, 1 - |x - c| / step).
+    offsets = layers.Conv2D(4 * bins, 1, trainable=False, name="bin_offsets")
+    triangle = layers.Conv2D(2 * bins, 1, trainable=False, name="bin_triangles")
+    near = layers.ReLU(name="bin_share")(triangle(layers.ReLU(name="bin_distance")(
+        offsets(shifted))))
+    kept = [(i, j) for i in range(bins) for j in range(bins)
+            if max(abs(i - bins // 2), abs(j - bins // 2)) > GREY_BINS]
+    along_a = layers.Conv2D(len(kept), 1, use_bias=False, trainable=False, name="bins_red_green")
+    along_b = layers.Conv2D(len(kept), 1, use_bias=False, trainable=False,
+                            name="bins_yellow_blue")
+    shares = layers.GlobalAveragePooling2D(name="colour_shares")(
+        layers.Multiply(name="colour_bins")([along_a(near), along_b(near)]))
+    colours = layers.Rescaling(weight, name="colours_weight")(
+        square_root(shares, len(kept), 1e-4, "colours_root"))
+    whole = layers.Concatenate(name="brightness_and_colours")(
+        [encoder(luminance_layer(image)), colours])
+
+    opponent.set_weights([np.array([[1.0, 0.5], [-1.0, 0.5], [0.0, -1.0]], np.float32)
+                          .reshape(1, 1, 3, 2), np.full(2, spread, np.float32)])
+    kernel = np.zeros((2, 4 * bins), np.float32)
+    bias = np.zeros(4 * bins, np.float32)
+    for axis in range(2):
+        for n in range(bins):
+            plus, minus = (2 * axis) * bins + 2 * n, (2 * axis) * bins + 2 * n + 1
+            kernel[axis, plus], bias[plus] = 1 / step, -n
+            kernel[axis, minus], bias[minus] = -1 / step, n
+    offsets.set_weights([kernel.reshape(1, 1, 2, 4 * bins), bias])
+    pairs = np.zeros((4 * bins, 2 * bins), np.float32)
+    for k in range(2 * bins):
+        pairs[2 * k, k] = pairs[2 * k + 1, k] = -1.0
+    triangle.set_weights([pairs.reshape(1, 1, 4 * bins, 2 * bins), np.ones(2 * bins, np.float32)])
+    pick_a = np.zeros((2 * bins, len(kept)), np.float32)
+    pick_b = np.zeros((2 * bins, len(kept)), np.float32)
+    for column, (i, j) in enumerate(kept):
+        pick_a[i, column] = pick_b[bins + j, column] = 1.0
+    along_a.set_weights([pick_a.reshape(1, 1, 2 * bins, len(kept))])
+    along_b.set_weights([pick_b.reshape(1, 1, 2 * bins, len(kept))])
+    return keras.Model(image, whole, name="encoder")

@@ -407,7 +407,8 @@ def prepare_out(out: Path) -> None:
 
 
 def build(out: Path, cache: Path, size: int, max_per_label: int | None, labels: str,
-          workers: int) -> None:
+          workers: int) -> list[Item]:
+    """Write the corpus to out; returns the written images (label, file name, package)."""
     t0 = time.monotonic()
     apt = Apt(cache)
     prepare_out(out)
@@ -480,6 +481,7 @@ def build(out: Path, cache: Path, size: int, max_per_label: int | None, labels: 
             k += 1
             fname = f"{it.filename[:-4]}~{k}.png"
         used.add((it.label, fname))
+        it.filename = fname
         d = out / it.label
         d.mkdir(exist_ok=True)
         (d / fname).write_bytes(it.png)
@@ -500,6 +502,7 @@ def build(out: Path, cache: Path, size: int, max_per_label: int | None, labels: 
           f"in {time.monotonic() - t0:.0f}s")
     for label in sorted(per_label):
         print(f"  {label:<12} {per_label[label]:6d}")
+    return final
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -88,25 +88,37 @@ def test_save_refuses_a_non_keras_name(tmp_path: Path) -> None:
 
 
 # -- the default preset -----------------------------------------------------------
+COLOUR = Shape(16, "rgb")
+
+
+def coloured(count: int, seed: int) -> np.ndarray:
+    """Blobs in a saturated colour each (red, green or blue, a little of the others), on black."""
+    rng = np.random.default_rng(seed)
+    colours = (np.eye(3)[rng.integers(3, size=count)] * 0.8 + 0.1).reshape(count, 1, 1, 3)
+    return (images_of(count, COLOUR, seed) * colours).astype(np.uint8)
+
+
 def test_default_preset_trains_saves_and_loads_in_safe_mode(tmp_path: Path) -> None:
     recipe = training.PRESETS[training.DEFAULT_PRESET]
-    assert recipe.color == "grayscale"  # a grayscale copy is the same picture
-    pixels = images_of(40, SMALL, seed=4)
-    trained = training.train(pixels, SMALL, preset=training.DEFAULT_PRESET, latent_dim=8,
+    assert (recipe.color, recipe.luminance) == ("rgb", True)
+    pixels = coloured(40, seed=4)
+    trained = training.train(pixels, COLOUR, preset=training.DEFAULT_PRESET, latent_dim=8,
                              epochs=1, batch_size=16, verbose=0)
     info = trained.card
     assert info["preset"] == training.DEFAULT_PRESET == "lookalike"
     assert info["recipe"] == recipe.describe()
-    # The learned latent beside 4x4 cells of 16 edge directions.
-    assert info["epochs_run"] == 1 and info["latent_dim"] == 8 + 16 * 16
+    # The learned latent, 4x4 cells of 16 edge directions, the colour bins but grey's.
+    colour_bins = fitting.CHROMA_BINS ** 2 - (2 * fitting.GREY_BINS + 1) ** 2
+    assert info["epochs_run"] == 1 and info["latent_dim"] == 8 + 16 * 16 + colour_bins
     path = tmp_path / "lookalike.keras"
     training.save(trained, path)
 
     loaded = encoders.load(path)  # safe mode: built-in layers only, no code in the file
-    assert (loaded.shape, loaded.latent_dim) == (SMALL, info["latent_dim"])
-    names = {layer.name for layer in loaded.model.layers}
+    assert (loaded.shape, loaded.latent_dim) == (COLOUR, info["latent_dim"])
+    brightness = loaded.model.get_layer("encoder")  # the part that reads brightness
+    names = {layer.name for layer in brightness.layers}
     assert {"mirror_sum", "whiten", "edges_whiten", "appearance"} <= names
-    kinds = {type(layer).__name__ for layer in loaded.model.layers}
+    kinds = {type(layer).__name__ for layer in loaded.model.layers + brightness.layers}
     assert not any(kind.startswith(("Random", "GaussianNoise", "Lambda")) for kind in kinds)
     latents = loaded.encode(pixels)
     assert np.isfinite(latents).all()
@@ -114,16 +126,40 @@ def test_default_preset_trains_saves_and_loads_in_safe_mode(tmp_path: Path) -> N
     assert np.allclose(latents, trained.encoder(pixels.astype(np.float32), training=False),
                        atol=1e-4)
     # A mirror image has the same vector; the pictures themselves are told apart.
-    mirrored = loaded.encode(pixels[:, :, ::-1].copy())
-    assert np.allclose(mirrored, latents, atol=1e-4)
+    assert np.allclose(loaded.encode(pixels[:, :, ::-1].copy()), latents, atol=1e-4)
     assert not np.allclose(latents[0], latents[1], atol=1e-2)
+    # A grayscale copy: the same brightness part, and no colour at all.
+    grey = np.repeat(fitting.luminance(pixels), 3, axis=-1)  # its own brightness, unrounded
+    grey_latents = loaded.model(grey, training=False).numpy()
+    parts = 8 + 16 * 16
+    assert np.allclose(grey_latents[:, :parts], latents[:, :parts], atol=1e-4)
+    assert np.array_equal(grey_latents[:, parts:], np.zeros_like(grey_latents[:, parts:]))
+    assert (np.abs(latents[:, parts:]).sum(1) > 0.1).all()
     # The learned part is whitened on the training images, then put on the unit sphere.
-    learned = keras.Model(loaded.model.inputs, loaded.model.get_layer("whiten").output)
-    whitened = learned.predict(pixels.astype(np.float32), verbose=0)
+    learned = keras.Model(brightness.inputs, brightness.get_layer("whiten").output)
+    whitened = learned.predict(fitting.luminance(pixels), verbose=0)
     assert np.allclose(whitened.mean(0), 0.0, atol=1e-3)
     covariance = np.cov(whitened, rowvar=False)
     assert np.allclose(covariance - np.diag(np.diag(covariance)), 0.0, atol=1e-2)
     assert np.allclose(np.linalg.norm(latents[:, :8], axis=1), 1.0, atol=1e-5)
+
+
+def test_the_colours_are_a_histogram_of_saturated_colours() -> None:
+    """Bilinear shares of the opponent colours in bins, grey's left out, square-rooted."""
+    learned = keras.Sequential([keras.Input((16, 16, 1)), keras.layers.Flatten(),
+                                keras.layers.Dense(2, name="latent")])
+    encoder = fitting.with_colours(learned, 1.0)
+    pixels = np.zeros((3, 16, 16, 3), np.float32)
+    pixels[0] = [255, 0, 0]  # pure red: red-green 1, yellow-blue 0.5, both past the clip
+    pixels[1] = [200, 190, 170]  # a warm paper tint: near grey
+    pixels[2, :8] = [255, 0, 0]  # half red, half black
+    colours = encoder.predict(pixels, verbose=0)[:, 2:]
+    # Pure red, shifted by the clip's 0.6 to 1.2 and 1.1 in bins 0.15 apart: in bin 8 of
+    # red-green, and two thirds in bin 7, one third in bin 8 of yellow-blue.
+    assert np.allclose(np.sort(colours[0])[-2:], np.sqrt([1 / 3, 2 / 3]), atol=0.03)
+    assert np.allclose(np.sort(colours[0])[:-2], 0.0, atol=1e-6)
+    assert np.array_equal(colours[1], np.zeros_like(colours[1]))
+    assert np.allclose(np.sort(colours[2])[-2:], np.sqrt([1 / 6, 1 / 3]), atol=0.03)
 
 
 def test_brightness_contrast_and_tint_do_not_move_the_learned_latent() -> None:

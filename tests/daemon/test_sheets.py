@@ -136,3 +136,38 @@ def test_where_a_sheet_goes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     assert sheets.target(image, tmp_path / "s.png") == tmp_path / "s.png"
     with pytest.raises(LookalikeError, match="name it .png"):
         sheets.target(image, tmp_path / "s.json")
+
+
+@pytest.mark.slow  # the real process, though pixels need no TensorFlow
+def test_eval_copies_measures_copy_detection_by_kind(digits_root: Path, tmp_path: Path) -> None:
+    """Each sub-folder: a digit and its copies. An identical copy is always found first;
+    every kind is reported, and a sheet is drawn as for labels."""
+    import json
+
+    from PIL import ImageOps
+
+    data = tmp_path / "copies"
+    sources = sorted(digits_root.glob("*/*.png"), key=lambda p: p.name)[:12]
+    for n, source in enumerate(sources):
+        group = data / f"picture{n:02d}"
+        group.mkdir(parents=True)
+        with Image.open(source) as original:
+            original.save(group / "original.png")
+            original.save(group / "same.png")
+            ImageOps.mirror(original).save(group / "mirror.png")
+    out = tmp_path / "copies.png"
+    finished = lookalike("eval", "--data", data, "--copies", "--baseline", "pixels", "-k", "2",
+                         "--json", "--sheet", out, "--sheet-rows", "2", cwd=tmp_path)
+    assert finished.returncode == 0, finished.stderr
+    report = json.loads(finished.stdout)
+    copies = report["copies"]
+    assert set(copies["first_by_kind"]) == {"original", "same", "mirror"}
+    assert copies["first_by_kind"]["same"] == copies["first_by_kind"]["original"] == 1.0
+    # Every group holds one of each kind: the whole is the mean of the kinds.
+    assert copies["first"] == pytest.approx(sum(copies["first_by_kind"].values()) / 3)
+    assert 0.0 < copies["recall"] <= 1.0
+    assert "exact" not in report  # no precision by label: the groups are not labels
+    with Image.open(out) as picture:
+        assert picture.size == sheet.size(rows=2, neighbors=2, title_lines=2)
+    plain = lookalike("eval", "--data", data, "--copies", "--baseline", "pixels", cwd=tmp_path)
+    assert "first neighbour a copy" in plain.stdout and "mirror" in plain.stdout
