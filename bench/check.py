@@ -7,9 +7,9 @@ Seeds a library of `--seeded` images as bench/latency.py does (hard links,
 vectors, every results file marked, the index built as the service builds
 it), then times in this process, on that library and index:
 - a full check, searching every image again: 1,024 images in chunks of 64
-  (the service's SWEEP_CHUNK), each a two-stage search for its 12 nearest;
+  (the service's FULL_CHECK_CHUNK), each a two-stage search for its 12 nearest;
   the time per image, times the library's size, is what a full check costs;
-- the check by measuring (`daemon.check.EnteringCheck`) with the first M
+- the check by measuring (`daemon.check.MeasuringCheck`) with the first M
   rows taken as changed since the last check, for each M of `--entering`:
   every answered image is read and measured against them, block by block,
   as the service's idle turns do. Its whole time, and its slowest step
@@ -56,11 +56,11 @@ def full_check(library: object, built: object, config: object) -> dict[str, obje
 
 
 def measured_check(library: object, entering: int) -> dict[str, object]:
-    from lookalike.core.search import Flat
-    from lookalike.daemon.check import EnteringCheck
+    from lookalike.core.exact import ExactScan
+    from lookalike.daemon.check import MeasuringCheck
 
     ids, vectors, _, _ = library.answered_rows(0, entering)  # type: ignore[attr-defined]
-    check = EnteringCheck(Flat(ids, vectors, "angular"))
+    check = MeasuringCheck(ExactScan(ids, vectors, "angular"))
     started, slowest, touched = time.perf_counter(), 0.0, 0
     while True:
         step = time.perf_counter()

@@ -132,7 +132,10 @@ def lookalike(folder: Path, encoder: object, spent: Path) -> tuple[float, float]
     files and state then go to a new folder in `spent`: moved, not deleted (see the top)."""
     from lookalike.core import config as configuration
     from lookalike.core.store import Library
-    from lookalike.daemon.worker import Tally, Worker
+    from lookalike.daemon.answers import Answers
+    from lookalike.daemon.ingest import Ingest
+    from lookalike.daemon.progress import Tally
+    from lookalike.daemon.searching import SearchState
 
     state = Path(tempfile.mkdtemp(dir=spent))
     config_file = state / "config.yaml"
@@ -140,12 +143,16 @@ def lookalike(folder: Path, encoder: object, spent: Path) -> tuple[float, float]
     config = configuration.load(config_file)
     clock = Clock()
     with Library(config.state_dir / "library.sqlite") as library:
-        worker = Worker(config, library, encoder)  # type: ignore[arg-type]
-        worker.take_scratch()
+        answers = Answers(config, library, encoder)  # type: ignore[arg-type]
+        ingest = Ingest(config, library, encoder, stock=answers.stock)  # type: ignore[arg-type]
+        answers.take_scratch()
         tally = Tally()
-        worker.reconcile(tally)
-        worker.answer_library(worker.searcher(worker.rebuild_if_stale()), tally)
-        worker.close()
+        ingest.reconcile(tally)
+        search = SearchState.load(config, library, encoder.model_id,  # type: ignore[attr-defined]
+                                  ingest.pool, rebuild_if_behind=True)
+        answers.answer_library(search.searcher, tally)
+        ingest.close()
+        answers.close()
     elapsed = clock.stop()
     for results in folder.glob("*.neighbors.json"):
         results.rename(state / results.name)

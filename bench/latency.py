@@ -144,17 +144,17 @@ def seeded_neighbors(ids: np.ndarray, vectors: np.ndarray, pictures: np.ndarray,
     the true 12 nearest of 300 rows searched among all, this finds all at
     10^4 and 10^5, 99.7% at 10^6.
     """
-    from lookalike.core.search import Flat
+    from lookalike.core.exact import ExactScan
 
     everything = None  # (only for a library with few copies of each picture)
     near: list[list] = [[] for _ in ids]
     for picture in np.unique(pictures):
         copies = np.flatnonzero(pictures == picture)
         if len(copies) > k:
-            among = Flat(ids[copies], vectors[copies], "angular")
+            among = ExactScan(ids[copies], vectors[copies], "angular")
         else:
             if everything is None:
-                everything = Flat(ids, vectors, "angular")
+                everything = ExactScan(ids, vectors, "angular")
             among = everything
         for at, found in zip(copies, among.nearest(vectors[copies], k, list(ids[copies])),
                              strict=True):

@@ -46,9 +46,6 @@ class Vectors:
                 model_id: str | None = None) -> tuple[np.ndarray, np.ndarray]:
         return np.arange(1, len(self.matrix) + 1, dtype=np.int64), self.matrix
 
-    def forget_deleted(self, up_to: int) -> int:
-        return 0
-
 
 def library_of(latents: np.ndarray, count: int) -> np.ndarray:
     """`count` vectors: the latents, then noisy copies of them."""
@@ -65,7 +62,7 @@ def measure(latents: Path, count: int) -> dict[str, object]:
     from lookalike.core import config as configuration
     from lookalike.core import index
     from lookalike.core.search import Searcher
-    from lookalike.daemon.worker import REVERSE_CANDIDATES
+    from lookalike.daemon.freshness import REVERSE_CANDIDATES
 
     config = configuration.load(REPO / "config.yaml")
     settings, batch = config.index, config.batch_size
@@ -100,17 +97,17 @@ def measure(latents: Path, count: int) -> dict[str, object]:
 
 def counting_reads(built: object) -> list[int]:
     """Count the full vectors the searches read (none for an exact index)."""
-    rows = getattr(built, "rows", None)
-    if rows is None:
+    full_vectors = getattr(built, "full_vectors", None)  # (a two-stage index's)
+    if full_vectors is None:
         return []
-    read = [0]
-    take = rows.take
+    count = [0]
+    read = full_vectors.read
 
     def counted(items: np.ndarray) -> np.ndarray:
-        read[0] += len(items)
-        return take(items)
-    rows.take = counted
-    return read
+        count[0] += len(items)
+        return read(items)
+    full_vectors.read = counted
+    return count
 
 
 def main() -> None:

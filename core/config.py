@@ -116,11 +116,11 @@ def describe(error: jsonschema.ValidationError) -> list[str]:
     if error.validator == "additionalProperties":
         known = sorted(error.schema.get("properties", {}))
         extra = sorted(set(error.instance) - set(known))
-        return [f"At '{join(where, key)}': unknown key (known here: {', '.join(known)})"
+        return [f"At '{key_path(where, key)}': unknown key (known here: {', '.join(known)})"
                 for key in extra]
     if error.validator == "required":
         missing = [key for key in error.validator_value if key not in error.instance]
-        return [f"At '{join(where, key)}': is required" for key in missing]
+        return [f"At '{key_path(where, key)}': is required" for key in missing]
     if error.validator == "type":
         wanted = error.validator_value
         wanted = " or ".join(wanted) if isinstance(wanted, list) else wanted
@@ -128,7 +128,8 @@ def describe(error: jsonschema.ValidationError) -> list[str]:
     return [f"At '{where}': {error.message}"]
 
 
-def join(parent: str, key: str) -> str:
+def key_path(parent: str, key: str) -> str:
+    """The dotted name of `key` inside the key `parent` ("" at the top)."""
     return f"{parent}.{key}" if parent else key
 
 

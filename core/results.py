@@ -2,11 +2,11 @@
 
 Written atomically: a temporary file (in the state directory's `Scratch`
 when it is on the same disk, else hidden beside the image), one sync for
-a batch, rename. The watcher ignores our results files and temporaries.
+a batch, rename (the steps of `atomic`). The watcher ignores our results
+files and temporaries.
 """
 from __future__ import annotations
 
-import ctypes
 import errno
 import hashlib
 import itertools
@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from .atomic import put_in_place, sync_filesystem
 
 SCHEMA = "lookalike.neighbors/1"
 SUFFIX = ".neighbors.json"
@@ -186,9 +188,8 @@ def write_many(documents: list[tuple[Path, dict[str, Any]]],
         if partial is None:
             continue
         try:
-            os.replace(partial, path)
+            put_in_place(partial, path)
         except OSError as error:
-            Path(partial).unlink(missing_ok=True)
             failures[index] = error
     return failures
 
@@ -308,20 +309,6 @@ def fill(fd: int, partial: str, text: str) -> str:
     finally:
         os.close(fd)
     return partial
-
-
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def sync_filesystem(folder: Path) -> None:
-    """Flush every dirty file of the file system that holds `folder` (Linux syncfs)."""
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        if _libc.syncfs(fd) != 0:
-            number = ctypes.get_errno()
-            raise OSError(number, os.strerror(number), str(folder))
-    finally:
-        os.close(fd)
 
 
 def remove(image: Path) -> bool:

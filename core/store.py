@@ -35,7 +35,7 @@ CREATE TABLE IF NOT EXISTS images (
     generation INTEGER NOT NULL,       -- library generation of the last change
     deleted INTEGER NOT NULL DEFAULT 0,
     answered TEXT,                     -- fingerprint of the results file last written
-    named BLOB,                        -- int64 row ids that results file names
+    named BLOB,                        -- int64 row ids that results file lists
     radius REAL                        -- distance of its k-th neighbour (NULL: fewer than k)
 );
 CREATE INDEX IF NOT EXISTS images_by_generation ON images (generation);
@@ -93,7 +93,7 @@ class Answer:
 
     row_id: int
     fingerprint: str
-    named: list[int]
+    neighbors: list[int]  # the row ids it lists, nearest first
     radius: float | None
 
 
@@ -229,12 +229,13 @@ class Library:
         self.db.execute("BEGIN IMMEDIATE")
         self.db.executemany(
             "UPDATE images SET answered = ?, named = ?, radius = ? WHERE id = ?",
-            ((a.fingerprint, np.asarray(a.named, "<i8").tobytes(), a.radius, a.row_id)
+            ((a.fingerprint, np.asarray(a.neighbors, "<i8").tobytes(), a.radius, a.row_id)
              for a in answers))
         self.db.execute("COMMIT")
 
-    def unanswer(self, ids: Iterable[int]) -> None:
-        """Mark rows whose results file is out of date, until `mark_answered` says otherwise."""
+    def mark_outdated(self, ids: Iterable[int]) -> None:
+        """Mark rows whose results file is out of date, until `mark_answered` says otherwise
+        (a start-up then rewrites them: they count as unanswered)."""
         self.db.execute("BEGIN IMMEDIATE")
         self.db.executemany("UPDATE images SET answered = NULL WHERE id = ?",
                             ((row,) for row in ids))
@@ -251,7 +252,7 @@ class Library:
                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[np.ndarray]]:
         """Up to `limit` live usable rows with a results file, from row id `after` on
         (exclusive), in id order: ids (n,), vectors (n, d), the distance of each one's
-        k-th neighbour (inf where it named fewer than k) and the row ids it names."""
+        k-th neighbour (inf where it listed fewer than k) and the row ids it lists."""
         rows = self.db.execute(
             "SELECT id, latent, radius, named FROM images WHERE id > ? AND deleted = 0 "
             "AND latent IS NOT NULL AND named IS NOT NULL ORDER BY id LIMIT ?",
@@ -260,14 +261,14 @@ class Library:
         radii = np.array([np.inf if row[2] is None else row[2] for row in rows], np.float64)
         return ids, vectors, radii, [np.frombuffer(row[3], "<i8") for row in rows]
 
-    def named(self, ids: Iterable[int]) -> dict[int, np.ndarray]:
-        """The row ids that the results file last written for each row id names."""
+    def neighbors_listed(self, ids: Iterable[int]) -> dict[int, np.ndarray]:
+        """The row ids that the results file last written for each row id lists."""
         return {row: np.frombuffer(blob, "<i8") for row, blob in self.select(
             "SELECT id, named FROM images WHERE named IS NOT NULL AND deleted = 0 "
             "AND id IN ({})", ids)}
 
-    def naming(self, ids: Iterable[int]) -> list[int]:
-        """Live rows whose results file names any of `ids`."""
+    def listing_any(self, ids: Iterable[int]) -> list[int]:
+        """Live rows whose results file lists any of `ids`."""
         wanted = np.fromiter(ids, np.int64)
         if not len(wanted):
             return []
@@ -276,15 +277,15 @@ class Library:
         # us per results file from 10^4 to 3x10^5 rows); this costs a
         # deletion about 1 s per million rows.
         rows, blobs = [], []
-        for row, named in self.db.execute(
+        for row, blob in self.db.execute(
                 "SELECT id, named FROM images WHERE named IS NOT NULL AND deleted = 0"):
             rows.append(row)
-            blobs.append(named)
+            blobs.append(blob)
         if not rows:
             return []
-        named = np.frombuffer(b"".join(blobs), "<i8")
+        listed = np.frombuffer(b"".join(blobs), "<i8")
         owners = np.repeat(np.asarray(rows, np.int64), [len(blob) // 8 for blob in blobs])
-        return sorted(set(owners[np.isin(named, wanted)].tolist()))
+        return sorted(set(owners[np.isin(listed, wanted)].tolist()))
 
     def lookup(self, paths: Iterable[str]) -> dict[str, Record]:
         """The live records of `paths` that the library holds."""

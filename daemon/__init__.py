@@ -1,4 +1,4 @@
-"""lookalike's service around the core: the command, the worker, the watcher."""
+"""lookalike's service around the core: the command, the service's parts, the watcher."""
 import os
 
 # Set before NumPy loads OpenBLAS, which reads it once. OpenBLAS's threads otherwise

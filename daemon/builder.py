@@ -7,7 +7,10 @@ waited up to 5 ms to take it back: a drop answered in 15 ms took 0.6-0.8 s
 during every build of 10^5 images. A process of its own shares no GIL, and
 at a lower priority it takes only the CPU the service leaves.
 
-    python -m lookalike.daemon.builder SETTINGS   (JSON: the fields of `Build`)
+`build_now` is every build of the daemon: in that child process, in the
+service itself when a large arrival cannot wait, and `lookalike rebuild`.
+
+    python -m lookalike.daemon.builder SETTINGS   (JSON: the fields of `BuildSettings`)
 """
 from __future__ import annotations
 
@@ -35,7 +38,7 @@ PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 @dataclass(frozen=True)
-class Build:
+class BuildSettings:
     """What one build needs: the service's settings when it began."""
 
     state_dir: str
@@ -48,19 +51,29 @@ class Build:
     service_pid: int
 
     @classmethod
-    def of(cls, config: Config, model_id: str | None) -> Build:
+    def of(cls, config: Config, model_id: str | None) -> BuildSettings:
         settings = config.index
         return cls(str(config.state_dir), settings.metric, settings.trees, model_id,
                    settings.exact_below, settings.dims, logging.getLogger().getEffectiveLevel(),
                    os.getpid())
 
 
-class Rebuild:
+def build_now(library: Library, settings: BuildSettings) -> index.IndexInfo:
+    """Build the index of `library` in this process and make it current; then drop the
+    library's tombstones that it no longer needs (searches can tell those are gone)."""
+    info = index.build(library, Path(settings.state_dir), metric=settings.metric,
+                       trees=settings.trees, model_id=settings.model_id,
+                       exact_below=settings.exact_below, dims=settings.dims)
+    library.forget_deleted(up_to=info.generation)
+    return info
+
+
+class BuildProcess:
     """A build running in a child process; its log lines go where the service's go."""
 
-    def __init__(self, build: Build) -> None:
+    def __init__(self, settings: BuildSettings) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "lookalike.daemon.builder", json.dumps(asdict(build))],
+            [sys.executable, "-m", "lookalike.daemon.builder", json.dumps(asdict(settings))],
             stdout=subprocess.PIPE, text=True)
 
     def running(self) -> bool:
@@ -90,15 +103,13 @@ def die_with(service: int) -> None:
         sys.exit(1)
 
 
-def main(build: Build) -> int:
+def main(settings: BuildSettings) -> int:
     with contextlib.suppress(OSError):  # a sandbox may forbid it: then at the same priority
         os.nice(NICENESS)
-    setup_logging(build.log_level)
-    state_dir = Path(build.state_dir)
+    setup_logging(settings.log_level)
     try:
-        with Library(state_dir / "library.sqlite") as library:
-            index.build(library, state_dir, metric=build.metric, trees=build.trees,
-                        model_id=build.model_id, exact_below=build.exact_below, dims=build.dims)
+        with Library(Path(settings.state_dir) / "library.sqlite") as library:
+            build_now(library, settings)
     except (LookalikeError, OSError) as error:
         log.error("index rebuild failed: %s", error)
         print(error, flush=True)  # for the service's status
@@ -108,6 +119,6 @@ def main(build: Build) -> int:
 
 if __name__ == "__main__":
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C in a terminal: the service stops us
-    settings = Build(**json.loads(sys.argv[1]))
-    die_with(settings.service_pid)
-    sys.exit(main(settings))
+    given = BuildSettings(**json.loads(sys.argv[1]))
+    die_with(given.service_pid)
+    sys.exit(main(given))

@@ -214,17 +214,18 @@ def neighbors_of(config: Config, image: Path, k: int | None) -> dict[str, Any]:
     if not image.exists():
         raise LookalikeError(f"{image}: no such file")
     encoder = load_encoder(config)
-    from lookalike.daemon.worker import Worker
+    from lookalike.daemon.answers import Answers
+    from lookalike.daemon.searching import open_searcher
 
-    with open_library(config) as library:
-        worker = Worker(config, library, encoder)
-        searcher = worker.searcher(index.load(config.state_dir))
+    with open_library(config) as library:  # (one query: no pool of searching threads)
+        searcher = open_searcher(config, library, index.load(config.state_dir))
         resolved = image.resolve()
         inside = resolved.is_relative_to(config.inbox)
         name = resolved.relative_to(config.inbox).as_posix() if inside else str(image)
         own = library.lookup([name]).get(name) if inside else None
-        document = worker.query(image, name, searcher, exclude=own.id if own else None)
-        worker.close()
+        answers = Answers(config, library, encoder)
+        document = answers.query(image, name, searcher, exclude=own.id if own else None)
+        answers.close()
     return document
 
 
@@ -273,7 +274,7 @@ def status_report(config: Config) -> dict[str, Any]:
 def running_service(state_dir: Path) -> dict[str, Any] | None:
     """What the running service last reported, or None when none holds the state lock."""
     from lookalike.daemon.lock import StateLock
-    from lookalike.daemon.service import status_path
+    from lookalike.daemon.status import status_path
 
     try:
         StateLock(state_dir).release()
@@ -289,13 +290,12 @@ def running_service(state_dir: Path) -> dict[str, Any] | None:
 
 def rebuild(args: argparse.Namespace) -> int:
     from lookalike.core.card import model_id
+    from lookalike.daemon.builder import BuildSettings, build_now
     from lookalike.daemon.lock import StateLock
 
     config = load_config(args)
     with StateLock(config.state_dir), open_library(config) as library:
-        info = index.build(library, config.state_dir, metric=config.index.metric,
-                           trees=config.index.trees, model_id=model_id(config.model),
-                           exact_below=config.index.exact_below, dims=config.index.dims)
+        info = build_now(library, BuildSettings.of(config, model_id(config.model)))
     print(f"index generation {info.generation}: {info.items} items ({info.kind}) "
           f"in {info.seconds} s")
     return 0

@@ -8,6 +8,7 @@ are ours.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import socket
 
@@ -21,6 +22,7 @@ class Notifier:
         usec = os.environ.get("WATCHDOG_USEC", "")
         mine = os.environ.get("WATCHDOG_PID", str(os.getpid())) == str(os.getpid())
         self.watchdog_s = int(usec) / 1e6 if usec.isdigit() and mine else None
+        self.pinged = -math.inf  # when the watchdog was last pinged
 
     def send(self, *fields: str) -> None:
         if not self.address:
@@ -37,8 +39,13 @@ class Notifier:
     def status(self, status: str) -> None:
         self.send(f"STATUS={status}")
 
-    def watchdog(self) -> None:
+    def watchdog_due(self, now: float) -> bool:
+        """Whether systemd's watchdog wants a ping: every quarter of its timeout."""
+        return self.watchdog_s is not None and now - self.pinged >= self.watchdog_s / 4
+
+    def ping(self, now: float) -> None:
         self.send("WATCHDOG=1")
+        self.pinged = now
 
     def stopping(self) -> None:
         self.send("STOPPING=1", "STATUS=stopping")

@@ -9,8 +9,11 @@ from typing import TYPE_CHECKING
 from lookalike.core.config import Config
 from lookalike.core.errors import StateError
 from lookalike.core.store import Library
+from lookalike.daemon.answers import Answers, remove_leftovers
+from lookalike.daemon.ingest import Ingest, create_folders_on_first_run
 from lookalike.daemon.lock import StateLock
-from lookalike.daemon.worker import Tally, Worker, create_folders_on_first_run, remove_leftovers
+from lookalike.daemon.progress import Tally
+from lookalike.daemon.searching import SearchState
 
 if TYPE_CHECKING:
     from lookalike.core.encoder import Encoder
@@ -26,16 +29,20 @@ def run(config: Config, load_encoder: Callable[[Config], Encoder]) -> int:
             raise StateError(f"the inbox {config.inbox} does not exist (is its disk mounted?)")
         if config.query_dir is not None and config.query_dir.is_dir():
             remove_leftovers(config.query_dir)  # (the inbox's: by its scan)
-        worker = Worker(config, library, load_encoder(config))
-        worker.take_scratch()
+        encoder = load_encoder(config)
+        answers = Answers(config, library, encoder)
+        ingest = Ingest(config, library, encoder, stock=answers.stock)
+        answers.take_scratch()
         try:
             tally = Tally()
-            changes = worker.reconcile(tally)
-            searcher = worker.searcher(worker.rebuild_if_stale())
-            worker.answer_library(searcher, tally, changes.unanswered)
-            worker.answer_queries(searcher, tally)
+            changes = ingest.reconcile(tally)
+            search = SearchState.load(config, library, encoder.model_id, ingest.pool,
+                                      rebuild_if_behind=True)
+            answers.answer_library(search.searcher, tally, changes.unanswered)
+            answers.answer_queries(search.searcher, tally)
         finally:
-            worker.close()
+            ingest.close()
+            answers.close()
         tally.seconds = time.monotonic() - started
         counts = library.counts()
     print(f"{counts['images']} images in the library: {tally.line()}")

@@ -7,13 +7,12 @@ sheet shows the original files, the query on the left, then neighbours
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from PIL import Image
 
-from lookalike.core import sheet
+from lookalike.core import atomic, sheet
 from lookalike.core.config import Config
 from lookalike.core.errors import LookalikeError, UnreadableImage
 
@@ -84,11 +83,10 @@ def save(picture: Image.Image, path: Path) -> None:
     kind = image_format(path)
     if kind is None:
         raise LookalikeError(f"{path}: the sheet is a picture: name it .png")
-    partial = path.with_name(f".{path.name}.partial")
-    try:
-        picture.save(partial, format=kind)
-        os.replace(partial, path)
+    try:  # (not synced: a picture to look at, made again at will)
+        with atomic.replacing(path, path.with_name(f".{path.name}.partial"),
+                              durable=False) as partial:
+            picture.save(partial, format=kind)
     except OSError as error:
-        partial.unlink(missing_ok=True)
         raise LookalikeError(f"{path}: cannot write the sheet: "
                              f"{error.strerror or error}") from None

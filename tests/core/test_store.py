@@ -223,31 +223,31 @@ def test_mark_answered(library: Library) -> None:
     assert records["c.jpg"].answered is None
     assert library.generation == generation  # answering is not a change of the library
     assert library.radii(rows.values()) == {rows["a.jpg"]: 0.25, rows["b.jpg"]: None}
-    assert sorted(library.naming([rows["c.jpg"]])) == [rows["b.jpg"]]
-    assert sorted(library.naming([rows["a.jpg"], rows["b.jpg"]])) == sorted(
+    assert sorted(library.listing_any([rows["c.jpg"]])) == [rows["b.jpg"]]
+    assert sorted(library.listing_any([rows["a.jpg"], rows["b.jpg"]])) == sorted(
         [rows["a.jpg"], rows["b.jpg"]])
-    assert library.naming([]) == []
+    assert library.listing_any([]) == []
     library.apply(deletions=["b.jpg"])  # a deleted image's results name nothing any more
-    assert library.naming([rows["c.jpg"]]) == []
+    assert library.listing_any([rows["c.jpg"]]) == []
 
 
-def test_naming_follows_rewritten_results(library: Library) -> None:
+def test_listing_any_follows_rewritten_results(library: Library) -> None:
     library.apply([image("a.jpg", 1), image("b.jpg", 2), image("c.jpg", 3)])
     rows = {path: r.id for path, r in library.records().items()}
     a, b, c = rows["a.jpg"], rows["b.jpg"], rows["c.jpg"]
     library.mark_answered([Answer(a, "1" * 32, [b, c], 0.5), Answer(b, "2" * 32, [a], 0.5),
                            Answer(c, "4" * 32, [], None)])
-    assert library.naming([c]) == [a] and library.naming([a, c]) == [a, b]
+    assert library.listing_any([c]) == [a] and library.listing_any([a, c]) == [a, b]
     library.mark_answered([Answer(a, "3" * 32, [b], 0.5)])  # rewritten: names c no more
-    assert library.naming([c]) == [] and library.naming([b]) == [a]
+    assert library.listing_any([c]) == [] and library.listing_any([b]) == [a]
 
 
-def test_unanswer_marks_results_out_of_date_until_answered_again(library: Library) -> None:
+def test_mark_outdated_marks_results_out_of_date_until_answered_again(library: Library) -> None:
     library.apply([image("a.jpg", 1), image("b.jpg", 2)])
     rows = {path: r.id for path, r in library.records().items()}
     library.mark_answered([Answer(rows["a.jpg"], "1" * 32, [rows["b.jpg"]], 0.25),
                            Answer(rows["b.jpg"], "2" * 32, [rows["a.jpg"]], 0.25)])
-    library.unanswer([rows["a.jpg"]])
+    library.mark_outdated([rows["a.jpg"]])
     records = library.records()
     assert records["a.jpg"].answered is None and records["b.jpg"].answered == "2" * 32
     # Still measured against meanwhile: a later arrival may enter its results too.

@@ -15,15 +15,16 @@ import numpy as np
 import pytest
 
 from lookalike.core import index
+from lookalike.core.index_kinds import OneStageIndex
 from lookalike.core.store import Entry, Library
 from lookalike.daemon import builder
-from lookalike.daemon.builder import Build, Rebuild
+from lookalike.daemon.builder import BuildProcess, BuildSettings, build_now
 
 MODEL = "sha256:" + "d" * 64
 
 
-def settings(state: Path) -> Build:
-    return Build(str(state), "angular", trees=5, model_id=MODEL, exact_below=0, dims=0,
+def settings(state: Path) -> BuildSettings:
+    return BuildSettings(str(state), "angular", trees=5, model_id=MODEL, exact_below=0, dims=0,
                  log_level=logging.INFO, service_pid=os.getpid())
 
 
@@ -38,20 +39,30 @@ def fill(state: Path, count: int, start: int = 0) -> int:
 def test_a_child_process_builds_the_index_of_the_library(tmp_path: Path,
                                                          capfd: pytest.CaptureFixture[str]) -> None:
     generation = fill(tmp_path, 300)
-    assert Rebuild(settings(tmp_path)).wait() is None
+    assert BuildProcess(settings(tmp_path)).wait() is None
     info = index.current_info(tmp_path)
     assert info is not None and (info.generation, info.items, info.kind) == (generation, 300,
                                                                                "annoy")
     loaded = index.load(tmp_path)
-    assert loaded is not None and loaded.annoy is not None
+    assert isinstance(loaded, OneStageIndex)
     assert loaded.annoy.get_n_items() == 300
     assert "index built: 300 items" in capfd.readouterr().err  # its log, where the service's goes
+
+
+def test_a_build_forgets_tombstones_it_no_longer_needs(tmp_path: Path) -> None:
+    fill(tmp_path, 10)
+    with Library(tmp_path / "library.sqlite") as library:
+        library.apply(deletions=["00003.jpg"])
+        gone = library.lookup(["00000.jpg"])["00000.jpg"].id + 3
+        assert gone in library.describe([gone])
+        build_now(library, settings(tmp_path))
+        assert library.describe([gone]) == {}
 
 
 def test_a_failed_build_says_why(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
     fill(tmp_path, 20)
     (tmp_path / "index").write_text("a file where the index folder should be")
-    problem = Rebuild(settings(tmp_path)).wait()
+    problem = BuildProcess(settings(tmp_path)).wait()
     assert problem is not None and "index" in problem
     err = capfd.readouterr().err
     assert "ERROR" in err and "index rebuild failed" in err and "Traceback" not in err
@@ -62,7 +73,7 @@ def test_a_stopped_build_leaves_the_index_in_use_whole(tmp_path: Path) -> None:
     with Library(tmp_path / "library.sqlite") as library:
         index.build(library, tmp_path, metric="angular", trees=5, model_id=MODEL)
     fill(tmp_path, 20_000, start=200)
-    rebuild = Rebuild(settings(tmp_path))
+    rebuild = BuildProcess(settings(tmp_path))
     rebuild.stop()
     assert not rebuild.running()
     loaded = index.load(tmp_path)  # the old index, or the new one if it was done: never half
@@ -90,9 +101,9 @@ def test_a_build_ends_when_the_service_that_started_it_dies(tmp_path: Path) -> N
     os.mkfifo(blocker)  # the build's first file: opening it blocks until a reader comes
     service = textwrap.dedent(f"""\
         import logging, os, time
-        from lookalike.daemon.builder import Build, Rebuild
-        rebuild = Rebuild(Build({str(tmp_path)!r}, "angular", 5, {MODEL!r}, 10**9, 0,
-                                logging.INFO, os.getpid()))
+        from lookalike.daemon.builder import BuildProcess, BuildSettings
+        rebuild = BuildProcess(BuildSettings({str(tmp_path)!r}, "angular", 5, {MODEL!r}, 10**9,
+                                             0, logging.INFO, os.getpid()))
         print(rebuild.process.pid, flush=True)
         time.sleep(1.0)  # the build is blocked by now
         os._exit(9)  # killed: no clean stop of the build
@@ -117,7 +128,7 @@ def test_ctrl_c_is_left_to_the_service_which_stops_its_build(tmp_path: Path,
     generation = fill(tmp_path, 20)
     (tmp_path / "index").mkdir()
     os.mkfifo(tmp_path / "index" / f"{generation}.vectors.npy.partial")  # blocks the build
-    rebuild = Rebuild(replace(settings(tmp_path), exact_below=10**9))
+    rebuild = BuildProcess(replace(settings(tmp_path), exact_below=10**9))
     try:
         time.sleep(1.0)  # past its start-up
         rebuild.process.send_signal(signal.SIGINT)

@@ -448,7 +448,7 @@ def test_results_marked_out_of_date_are_rewritten_by_the_next_run(
     stale.write_text('{"schema": "lookalike.neighbors/1", "status": "ok"}\n')  # as if old
     before = fresh.stat().st_mtime_ns
     with StoredLibrary(tmp_path / "state" / "library.sqlite") as stored:
-        stored.unanswer([stored.records()[names[0]].id])
+        stored.mark_outdated([stored.records()[names[0]].id])
     assert run_once(lookalike, config).summary["written"] == 1
     assert json.loads(stale.read_text())["neighbors"]
     assert fresh.stat().st_mtime_ns == before

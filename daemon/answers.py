@@ -1,0 +1,273 @@
+"""Answers: the results documents of images, and their writes.
+
+`Answers` makes the results document of each library row it is given (its
+neighbours searched, or given when already found), writes the files that
+changed in batches, and remembers in the library what each one says. It
+answers images of the query folder too, and any image for `lookalike
+query`. Which rows to answer is its callers': new and changed images
+(`sync`), those a change made out of date (`freshness`), every one
+(`run --once`).
+"""
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple
+
+from lookalike.core import images, results, scan
+from lookalike.core.config import Config
+from lookalike.core.errors import DiskFull, UnreadableImage, disk_full
+from lookalike.core.exact import Neighbor
+from lookalike.core.search import Searcher
+from lookalike.core.store import Answer, Library, Record
+from lookalike.daemon.progress import Progress, Tally
+
+if TYPE_CHECKING:
+    from lookalike.core.encoder import Encoder
+
+log = logging.getLogger(__name__)
+
+ANSWER_CHUNK = 1024  # results computed, written and synced together
+Names = dict[int, tuple[str, str | None]]  # row id -> path and content hash
+
+
+class ResultsFile(NamedTuple):
+    """A results file to write: where, what, and what the library remembers once written."""
+
+    target: Path
+    document: dict[str, object]
+    answer: Answer
+
+
+Writing = tuple[list[ResultsFile], Future[list[OSError | None]]]  # files in the `writer`
+
+
+class Answers:
+    """Results files of library rows and query images; `writer` writes them in batches."""
+
+    def __init__(self, config: Config, library: Library, encoder: Encoder) -> None:
+        self.config = config
+        self.library = library
+        self.encoder = encoder
+        self.writer = ThreadPoolExecutor(1, thread_name_prefix="results")  # `answer`
+        self.scratch: results.Scratch | None = None  # temporaries of results: `take_scratch`
+        self.stock_blanks = False  # whether the scratch can make inbox results files ahead
+
+    def take_scratch(self) -> None:
+        """Keep temporary results files in the state directory (only its lock holder may).
+
+        Leftovers of a crash are deleted first: they are ours, by name.
+        """
+        folder = self.config.state_dir / "partial"
+        folder.mkdir(exist_ok=True)
+        remove_leftovers(folder)
+        self.scratch = results.Scratch(folder)
+        # A temporary is renamed into the inbox: on another disk it would be made for nothing.
+        self.stock_blanks = same_disk(folder, self.config.inbox)
+
+    def stock(self, count: int) -> None:
+        """`count` inbox results files will be wanted soon: make their temporaries ahead."""
+        if self.scratch is not None and self.stock_blanks:
+            self.scratch.stock(count)
+
+    def close(self) -> None:
+        self.writer.shutdown(wait=True)
+        if self.scratch is not None:
+            self.scratch.close()
+
+    # -- library rows ----------------------------------------------------------
+    def answer(self, searcher: Searcher, row_ids: Iterable[int], tally: Tally,
+               names: Names | None = None,
+               nearby: dict[int, list[Neighbor]] | None = None) -> None:
+        """Write the results file of each row whose results are missing or different.
+
+        `nearby` holds the rows' nearest neighbours when already searched (a
+        wider search's first k are exactly the k nearest). A chunk's files
+        are written in the `writer` thread while the next chunk is searched:
+        the search and the writes' system calls let go of the GIL, so the
+        two cores share what was one core's work.
+        """
+        wanted = list(row_ids)
+        progress = Progress("results", len(wanted))
+        writing: Writing | None = None
+        try:
+            for start in range(0, len(wanted), ANSWER_CHUNK):
+                files = self.results_files(searcher, wanted[start:start + ANSWER_CHUNK], names,
+                                           nearby)
+                documents = [(file.target, file.document) for file in files]
+                last, writing = writing, (
+                    files, self.writer.submit(results.write_many, documents, self.scratch))
+                if last is not None:
+                    tally.answered += self.finish_writing(*last)
+                progress.update(start + ANSWER_CHUNK)
+        finally:
+            if writing is not None:  # (after a failure too: what reached the disk counts)
+                tally.answered += self.finish_writing(*writing)
+
+    def results_files(self, searcher: Searcher, row_ids: list[int], names: Names | None,
+                      nearby: dict[int, list[Neighbor]] | None) -> list[ResultsFile]:
+        """The results files that `row_ids` need, with their neighbours found."""
+        k = self.config.neighbors
+        chunk = self.library.fetch(row_ids)
+        if nearby is None:
+            found = searcher.neighbors_of(self.library.vectors_of(chunk), k)
+        else:
+            found = {row: nearby[row][:k] for row in chunk if row in nearby}
+        known = names if names is not None else self.library.describe(
+            {n.row_id for near in found.values() for n in near})
+        return [file for file in (
+            self.results_file(record, found.get(record.id, []), searcher, known)
+            for record in chunk.values()) if file is not None]
+
+    def finish_writing(self, files: list[ResultsFile],
+                       writing: Future[list[OSError | None]]) -> int:
+        """Wait for `files` to be written and remember those that reached the disk; how
+        many did. A full disk is raised once that is remembered."""
+        failures = writing.result()
+        done = [file.answer for file, failure in zip(files, failures, strict=True)
+                if not self.write_failed(file.target, failure)]
+        self.library.mark_answered(done)
+        raise_if_full(self.config.inbox, failures)
+        return len(done)
+
+    def results_file(self, record: Record, near: list[Neighbor], searcher: Searcher,
+                     names: Names) -> ResultsFile | None:
+        """The results file a row needs, or None when the one on disk says it already."""
+        if record.error_code is not None:
+            document = results.error(record.path, record.error_code,
+                                     record.error_message or record.error_code)
+            near = []
+        else:
+            near = [n for n in near if n.row_id in names]
+            document = self.document(record.path, record.sha256, near, searcher, names)
+        stamp = results.fingerprint(document)
+        target = results.results_path(self.config.inbox / record.path)
+        if stamp == record.answered and target.exists():
+            return None
+        full = len(near) >= self.config.neighbors
+        return ResultsFile(target, document, Answer(record.id, stamp, [n.row_id for n in near],
+                                                    near[-1].distance if full else None))
+
+    def answer_missing(self, searcher: Searcher, tally: Tally,
+                       records: Iterable[Record] | None = None) -> None:
+        """Answer the images of the library whose results file is missing or out of date."""
+        records = self.library.records().values() if records is None else records
+        missing = [r.id for r in records if r.answered is None
+                   or not results.results_path(self.config.inbox / r.path).exists()]
+        self.answer(searcher, missing, tally)
+
+    def answer_library(self, searcher: Searcher, tally: Tally,
+                       unanswered: list[int] | None = None) -> None:
+        """Write every missing or outdated results file of the inbox (`run --once`).
+
+        `unanswered` are those a scan found missing (`Ingest.reconcile`): when the
+        library has not changed since every results file was written, only those are due.
+        """
+        generation = str(self.library.generation)
+        if self.library.meta("answered_generation") == generation:
+            if unanswered is not None:
+                self.answer(searcher, unanswered, tally)
+            else:
+                self.answer_missing(searcher, tally)
+            return
+        records = self.library.records()
+        names = {r.id: (r.path, r.sha256) for r in records.values()}
+        self.answer(searcher, names, tally, names)
+        self.library.set_meta("answered_generation", generation)
+
+    # -- other images -----------------------------------------------------------
+    def answer_queries(self, searcher: Searcher, tally: Tally,
+                       paths: Iterable[str] | None = None) -> None:
+        """Answer query-folder images: `paths`, or every one whose results are missing or old."""
+        folder = self.config.query_dir
+        if folder is None or not folder.is_dir():
+            return
+        if paths is None:
+            generation = str(self.library.generation)
+            settled = self.library.meta("queries_generation") == generation
+            paths = [c.path for c in scan.walk(folder, self.config.exclude)
+                     if not settled or not fresh_results(folder / c.path)]
+            self.library.set_meta("queries_generation", generation)
+        documents = [(results.results_path(folder / relative),
+                      self.query(folder / relative, relative, searcher)) for relative in paths]
+        failures = results.write_many(documents, self.scratch)
+        for (target, document), failure in zip(documents, failures, strict=True):
+            tally.errors += document["status"] == "error"
+            tally.answered += not self.write_failed(target, failure)
+        raise_if_full(folder, failures)
+
+    def query(self, path: Path, name: str, searcher: Searcher,
+              exclude: int | None = None) -> dict[str, object]:
+        """The results document for any image file (not added to the library)."""
+        try:
+            folder = self.config.query_dir
+            problem = scan.link_problem(folder, path) \
+                if folder and path.is_relative_to(folder) else None
+            if problem is not None:
+                raise problem
+            decoded = images.load(path, self.encoder.shape)
+        except UnreadableImage as problem:
+            return results.error(name, problem.code, problem.message)
+        vector = self.encoder.encode(decoded.pixels[None])[0]
+        near = searcher.neighbors(vector, self.config.neighbors, exclude=exclude)
+        names = self.library.describe(n.row_id for n in near)
+        return self.document(name, decoded.sha256, near, searcher, names)
+
+    def document(self, query: str, sha256: str | None, near: list[Neighbor], searcher: Searcher,
+                 names: Names) -> dict[str, object]:
+        found = [results.Found(names[n.row_id][0], n.distance,
+                               sha256 is not None and names[n.row_id][1] == sha256)
+                 for n in near if n.row_id in names]
+        return results.ok(query, self.encoder.model_id, searcher.metric, found,
+                          searcher.generation or 0, searcher.items, searcher.pending)
+
+    @staticmethod
+    def write_failed(target: Path, failure: OSError | None) -> bool:
+        """Whether a write failed; said per file, unless a full disk (said once, raised)."""
+        if failure is not None and not disk_full(failure):
+            log.error("%s: cannot write results: %s", target, failure.strerror or failure)
+        return failure is not None
+
+
+def raise_if_full(folder: Path, failures: Iterable[OSError | None]) -> None:
+    """A full disk under `folder` fails the whole turn: the service then says so once
+    and retries until there is space; the results not written are written then."""
+    full = next((f for f in failures if f is not None and disk_full(f)), None)
+    if full is not None:
+        raise DiskFull(f"the disk of {folder} is full: results files cannot be written "
+                       f"({full.strerror})")
+
+
+def same_disk(one: Path, other: Path) -> bool:
+    try:
+        return os.stat(one).st_dev == os.stat(other).st_dev
+    except OSError:  # a missing inbox (unmounted): no blanks until the next start
+        return False
+
+
+def remove_leftovers(folder: Path, found: Iterable[str] | None = None) -> None:
+    """Delete temporary results files that a crash left behind (ours only, by name):
+    those `found` (relative to `folder`), or every one below it."""
+    removed = 0
+    for path in scan.leftovers(folder) if found is None else (folder / f for f in found):
+        path.unlink(missing_ok=True)
+        removed += 1
+    if removed:
+        log.info("removed %d unfinished results files left by a crash in %s", removed, folder)
+
+
+def fresh_results(image: Path) -> bool:
+    """Whether `image` has a results file written after the image last changed.
+
+    The ctime counts too: `mv`, `cp -p` and `rsync -a` keep an older mtime,
+    but the kernel sets the ctime when a file is created or renamed.
+    """
+    try:
+        status = image.stat()
+        changed = max(status.st_mtime_ns, status.st_ctime_ns)
+        return results.results_path(image).stat().st_mtime_ns >= changed
+    except OSError:
+        return False

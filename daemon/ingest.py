@@ -1,0 +1,207 @@
+"""Ingest: from image files to library rows.
+
+`Ingest` reads and decodes images in a small thread pool, encodes them in
+batches and stores each batch in one library transaction; it forgets the
+images that left the inbox. It does no watching and writes no results:
+`reconcile` compares the inbox with the library (the start-up scan, the
+periodic rescan and `run --once`), and the service hands it what its
+watcher saw.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from lookalike.core import images, results, scan
+from lookalike.core.config import Config
+from lookalike.core.errors import UnreadableImage
+from lookalike.core.store import Entry, Library, Record
+from lookalike.daemon.answers import remove_leftovers
+from lookalike.daemon.progress import Progress, Tally
+
+if TYPE_CHECKING:
+    from lookalike.core.encoder import Encoder
+
+log = logging.getLogger(__name__)
+
+# The least images per batch when more than `ingest.batch_size` wait (a scan's ingest: at
+# start-up, a rescan, `run --once`). Their results are all written at the end, so only
+# throughput counts, and the encoder and the library do more per call in larger
+# batches. The service's turns keep `batch_size`: a burst's first results wait for a
+# whole batch.
+SCAN_BATCH = 256
+
+
+@dataclass(frozen=True)
+class Read:
+    """One file after reading: pixels and hash, or why it is unusable."""
+
+    candidate: scan.Candidate
+    decoded: images.Decoded | None
+    problem: UnreadableImage | None
+
+
+@dataclass
+class Changes:
+    """Row ids a batch touched: stored (new, changed or now unusable) and removed.
+
+    `replaced` are the stored rows that existed before: results may name them.
+    """
+
+    stored: list[int]
+    removed: list[int]
+    replaced: list[int] = field(default_factory=list)
+    unanswered: list[int] = field(default_factory=list)  # unchanged, their results missing
+
+    def __bool__(self) -> bool:
+        return bool(self.stored or self.removed)
+
+
+class Ingest:
+    """Image files read, encoded and stored; `pool` decodes (and lends its threads to
+    searches while idle). `stock` hears how many results files will be wanted soon."""
+
+    def __init__(self, config: Config, library: Library, encoder: Encoder,
+                 stock: Callable[[int], None] = lambda count: None,
+                 interrupted: Callable[[], bool] = lambda: False) -> None:
+        self.config = config
+        self.library = library
+        self.encoder = encoder
+        self.pool = ThreadPoolExecutor(config.decode_threads, thread_name_prefix="decode")
+        self.stock = stock
+        self.interrupted = interrupted  # checked between batches
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+    def reconcile(self, tally: Tally, model_too: bool = True) -> Changes:
+        """Bring the library in line with the inbox: add new, re-read changed, forget gone.
+
+        With `model_too`, images encoded by another model count as changed.
+        Unchanged images whose results file is missing (or out of date) are
+        listed in the changes' `unanswered`; temporaries a crash left go.
+        """
+        survey = scan.survey(self.config.inbox, self.config.exclude)
+        remove_leftovers(self.config.inbox, survey.leftovers)
+        on_disk = {c.path: c for c in survey.candidates}
+        known = self.library.records()
+        changed = [c for path, c in on_disk.items()
+                   if self.needs_reading(known.get(path), c, model_too)]
+        gone = sorted(set(known) - set(on_disk))
+        if known and not on_disk:
+            # An empty mount point looks like an inbox whose images were all deleted.
+            log.warning("the inbox %s holds no images but the library has %d: is its disk "
+                        "unmounted? Forgetting nothing", self.config.inbox, len(known))
+            gone = []
+        if changed or gone:
+            log.info("inbox scan: %d new or changed, %d gone, %d unchanged",
+                     len(changed), len(gone), len(on_disk) - len(changed))
+        stored = self.read_and_store(changed, known, tally)
+        settled = set(on_disk) - {c.path for c in changed}  # (the others: answered as stored)
+        unanswered = [record.id for path, record in known.items() if path in settled and (
+            record.answered is None or not survey.answered(path))]
+        return Changes(stored, self.forget(gone, tally), replaced(changed, known), unanswered)
+
+    def needs_reading(self, record: Record | None, candidate: scan.Candidate,
+                      model_too: bool = True) -> bool:
+        """Whether a file must be (re-)read: new, changed on disk, or encoded by another model."""
+        if record is None:
+            return True
+        if (record.size, record.mtime_ns) != (candidate.size, candidate.mtime_ns):
+            return True
+        return model_too and record.error_code is None and record.model_id != self.encoder.model_id
+
+    def read_and_store(self, candidates: Sequence[scan.Candidate], known: dict[str, Record],
+                       tally: Tally) -> list[int]:
+        """Read, encode and store `candidates` in batches; return the stored row ids."""
+        progress = Progress("ingest", len(candidates))
+        self.stock(len(candidates))  # a results file each, made while encoding
+        size, stored = max(self.config.batch_size, SCAN_BATCH), []
+        reading = self.read_batch(candidates[:size])
+        for start in range(0, len(candidates), size):
+            batch = [future.result() for future in reading]
+            if self.interrupted():
+                log.info("ingest interrupted: %d left for the next start", len(candidates) - start)
+                break
+            # The next batch decodes in the pool while this one is encoded and stored.
+            reading = self.read_batch(candidates[start + size:start + 2 * size])
+            stored += self.store(batch, known, tally)
+            progress.update(start + len(batch))
+        return stored
+
+    def read_batch(self, candidates: Sequence[scan.Candidate]) -> list[Future[Read]]:
+        return [self.pool.submit(self.read, candidate) for candidate in candidates]
+
+    def read(self, candidate: scan.Candidate) -> Read:
+        path = self.config.inbox / candidate.path
+        try:
+            problem = scan.link_problem(self.config.inbox, path)
+            if problem is not None:
+                raise problem
+            return Read(candidate, images.load(path, self.encoder.shape), None)
+        except UnreadableImage as problem:
+            return Read(candidate, None, problem)
+
+    def store(self, batch: list[Read], known: dict[str, Record], tally: Tally) -> list[int]:
+        """Encode the usable reads of a batch and store the batch in one transaction."""
+        usable = [(r.candidate, r.decoded) for r in batch if r.decoded is not None]
+        pixels = [decoded.pixels for _, decoded in usable]
+        latents = self.encoder.encode(np.stack(pixels)) if pixels else []
+        entries = []
+        for (c, decoded), latent in zip(usable, latents, strict=True):
+            entries.append(Entry(c.path, c.size, c.mtime_ns, decoded.sha256,
+                                 self.encoder.model_id, latent))
+            if c.path in known:
+                tally.updated += 1
+            else:
+                tally.added += 1
+            log.debug("%s: encoded", c.path)
+        for read in batch:
+            if read.problem is not None:
+                c = read.candidate
+                entries.append(Entry(c.path, c.size, c.mtime_ns, None, None, None,
+                                     read.problem.code, read.problem.message))
+                tally.errors += 1
+                log.warning("%s: %s (%s)", c.path, read.problem.message, read.problem.code)
+        if not entries:
+            return []
+        self.library.apply(entries)
+        return [record.id for record in self.library.lookup(e.path for e in entries).values()]
+
+    def forget(self, gone: Iterable[str], tally: Tally) -> list[int]:
+        """Drop images that left the inbox, with their results files; return their row ids."""
+        if not self.config.inbox.is_dir():
+            return []  # the whole inbox went (unmounted): that is no deletion
+        records = self.library.lookup(gone)
+        if not records:
+            return []
+        self.library.apply(deletions=records)
+        for path in records:
+            results.remove(self.config.inbox / path)
+        tally.removed += len(records)
+        log.info("forgot %d images that left the inbox", len(records))
+        return [record.id for record in records.values()]
+
+
+def replaced(changed: Iterable[scan.Candidate], known: dict[str, Record]) -> list[int]:
+    """Row ids of the `changed` files that the library held before."""
+    return [known[c.path].id for c in changed if c.path in known]
+
+
+def create_folders_on_first_run(config: Config, library: Library) -> None:
+    """Make missing watched folders for a new library only.
+
+    A missing inbox of a library that has images is an unmounted disk, not
+    a folder to create (creating it would hide the mount point).
+    """
+    if library.generation:
+        return
+    for folder in (config.inbox, config.query_dir):
+        if folder is not None and not folder.exists():
+            folder.mkdir(parents=True)
+            log.info("created %s", folder)
