@@ -6,7 +6,7 @@
 Encodes every image of the folders, then shifted, rescaled-brightness and
 colour-mixed copies of them (drawn at random, seed 0) until `count` vectors:
 a library of that size as the encoder sees it, near-duplicates included,
-which synthetic Gaussian clusters are not (the default's 896 numbers have
+which synthetic Gaussian clusters are not (the default's 456 numbers have
 a flat spectrum: its learned and edge parts are whitened).
 """
 from __future__ import annotations

@@ -142,8 +142,8 @@ def index_table(rows: list[dict[str, Any]]) -> list[str]:
 def latents_table(rows: list[dict[str, Any]]) -> list[str]:
     return table(
         f"The index on real latents (`python bench/latents.py "
-        f"{LATENTS.relative_to(HERE.parent)} --count 100000`: the shipped encoder's 896 "
-        "numbers for the corpus, the digits and altered copies of them), through the "
+        f"{LATENTS.relative_to(HERE.parent)} --count 100000`: the shipped encoder's vectors "
+        "for the corpus, the digits and altered copies of them), through the "
         "service's `index.build` and `Searcher`: Annoy on the whole vectors (`index.dims` "
         "0); the two-stage index (`index.dims` 128) with 16 trees, search_k 12000 and all "
         "of 320 candidates read in full; "

@@ -18,7 +18,8 @@ Encoders (columns):
   trained on the domain's development part;
 - `shipped`: the encoder shipped with lookalike;
 - `default`: `lookalike train` with every default, on the development part;
-- `NAME|option=value,...`: a variant of a preset, for choosing on dev.
+- `NAME|option=value,...`: a variant of a preset, for choosing on dev;
+- `FILE.keras`: an encoder file (an earlier shipped encoder, say).
 
 Labelled domains report precision@12 (exact search); copy domains report the
 share of images whose first neighbour is a copy of the same picture (all
@@ -108,8 +109,12 @@ def vectors_of(column: str, root: Path, part: Path, paths: list[str], models: Pa
     from lookalike.core import encoder as encoders
     from lookalike.core.config import DEFAULT_MODEL
 
-    path = DEFAULT_MODEL if column == "shipped" else trained(
-        column, root / domain / "dev", models, domain, epochs)
+    if column == "shipped":
+        path = DEFAULT_MODEL
+    elif column.endswith(".keras"):
+        path = Path(column)
+    else:
+        path = trained(column, root / domain / "dev", models, domain, epochs)
     encoder = encoders.load(path)
     _, pixels, _ = read_folder(part, encoder.shape)
     return encoder.encode(pixels), "angular"

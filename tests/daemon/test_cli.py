@@ -321,10 +321,10 @@ def test_train_writes_an_encoder_and_its_card(tmp_path: Path, inbox_of: Callable
 
     from lookalike.core.encoder import load as load_encoder
     encoder = load_encoder(out)
-    # --latent sizes the learned part; 4x4 cells of 16 edge directions come beside it
-    assert encoder.latent_dim == card["latent_dim"] == 16 + 16 * 16
-    # the default recipe reads grayscale: a grayscale copy is the same picture
-    assert (encoder.shape.size, encoder.shape.color) == (56, "grayscale")
+    # --latent sizes the learned part; 4x4 cells of 16 edge directions and 72 colour bins
+    # come beside it
+    assert encoder.latent_dim == card["latent_dim"] == 16 + 16 * 16 + 72
+    assert (encoder.shape.size, encoder.shape.color) == (56, "rgb")
 
 
 def test_train_refuses_an_h5_file(tmp_path: Path, inbox_of: Callable[..., list[str]],
