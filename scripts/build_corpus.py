@@ -522,15 +522,21 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--size must be at least 8")
     if args.max_per_label is not None and args.max_per_label < 1:
         ap.error("--max-per-label must be positive")
+    return with_cache(args.cache, "corpus-debs-", lambda cache: build(
+        args.out, cache, args.size, args.max_per_label, args.labels, args.workers))
+
+
+def with_cache(cache: Path | None, prefix: str, run: Callable[[Path], object]) -> int:
+    """run(cache folder) (a temporary one, removed after, when `cache` is None); the exit
+    status: 1, with the error on stderr, when it raises CorpusError."""
     tmp: tempfile.TemporaryDirectory[str] | None = None
     try:
-        if args.cache is None:
-            tmp = tempfile.TemporaryDirectory(prefix="corpus-debs-")
+        if cache is None:
+            tmp = tempfile.TemporaryDirectory(prefix=prefix)
             cache = Path(tmp.name)
         else:
-            cache = args.cache
             cache.mkdir(parents=True, exist_ok=True)
-        build(args.out, cache.resolve(), args.size, args.max_per_label, args.labels, args.workers)
+        run(cache.resolve())
     except CorpusError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -123,6 +123,7 @@ from build_corpus import (  # noqa: E402
     read_members,
     resolve,
     safe,
+    with_cache,
 )
 from build_corpus import build as build_corpus  # noqa: E402
 from eval_split import DEFAULT_LABELS as ICON_HELDOUT_LABELS  # noqa: E402
@@ -1226,22 +1227,8 @@ def main(argv: list[str] | None = None) -> int:
     domains = [d for d in DOMAINS if d in domains]
     if args.workers < 1:
         ap.error("--workers must be at least 1")
-    tmp: tempfile.TemporaryDirectory[str] | None = None
-    try:
-        if args.cache is None:
-            tmp = tempfile.TemporaryDirectory(prefix="suite-debs-")
-            cache = Path(tmp.name)
-        else:
-            cache = args.cache
-            cache.mkdir(parents=True, exist_ok=True)
-        build(args.out.resolve(), cache.resolve(), domains, args.workers)
-    except CorpusError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    finally:
-        if tmp is not None:
-            tmp.cleanup()
-    return 0
+    return with_cache(args.cache, "suite-debs-",
+                      lambda cache: build(args.out.resolve(), cache, domains, args.workers))
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 The digits are scikit-learn's 1,797 real 8x8 scans (10 labels), drawn as
 56x56 PNGs here from scikit-learn's data (`write_digits`). The encoder is the
 seed preset trained for a few epochs on them: real TensorFlow, small enough
-to train once per test session in seconds.
+to train once per run of the tests, in seconds.
 """
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 """Loading and validating config.yaml: every problem at once, each naming its key."""
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,8 @@ import yaml
 from lookalike.core import config as configuration
 from lookalike.core.config import DEFAULT_MODEL
 from lookalike.core.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[2]  # the repository: config.yaml, README.md
 
 
 @pytest.fixture
@@ -270,3 +273,43 @@ def test_config_works_with_the_trained_encoder(make_config: Any, encoder_path: P
     assert config.model == encoder_path.resolve()
     assert config.query_dir is not None and config.query_dir.name == "queries"
     assert config.index.trees == 3
+
+
+def schema_defaults() -> dict[str, Any]:
+    """Every key of core/schema.yaml with a default, dotted ("index.trees"), and its default."""
+    found: dict[str, Any] = {}
+
+    def walk(properties: dict[str, Any], prefix: str) -> None:
+        for key, spec in properties.items():
+            if "properties" in spec:
+                walk(spec["properties"], f"{prefix}{key}.")
+            elif "default" in spec:
+                found[prefix + key] = spec["default"]
+    walk(configuration.schema()["properties"], "")
+    return found
+
+
+def test_the_shipped_config_states_every_default_as_the_schema_has_it() -> None:
+    """core/schema.yaml is the one home of every default: the config.yaml beside the
+    README spells each out, and must not drift from it."""
+    shipped = yaml.safe_load((ROOT / "config.yaml").read_text(encoding="utf-8"))
+    assert shipped["query_dir"] == "./queries"  # a folder of its own for the README's set-up
+    for dotted, default in schema_defaults().items():
+        if dotted == "query_dir":
+            continue
+        value: Any = shipped
+        for part in dotted.split("."):
+            value = value[part]
+        assert value == default, dotted
+
+
+def test_the_readmes_table_gives_every_default_as_the_schema_has_it() -> None:
+    rows = re.findall(r"^\| `([\w.]+)` \| ([^|]+) \|",
+                      (ROOT / "README.md").read_text(encoding="utf-8"), re.MULTILINE)
+    table = {key: shown.strip() for key, shown in rows}
+    for dotted, default in schema_defaults().items():
+        assert dotted in table, dotted
+        shown = table[dotted]
+        expected = '`""`' if default == "" else json.dumps(default) if default is None \
+            else "[]" if default == [] else str(default)
+        assert shown == expected, (dotted, shown, expected)
