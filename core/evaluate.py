@@ -114,7 +114,7 @@ def copies(vectors: np.ndarray, groups: np.ndarray, kinds: np.ndarray, k: int,
     _, group_of, group_sizes = np.unique(groups, return_inverse=True, return_counts=True)
     wanted = np.minimum(k, group_sizes[group_of] - 1)
     alone = wanted == 0
-    recall = np.where(alone, 1.0, same.sum(1) / np.maximum(wanted, 1))
+    recall = same.sum(1) / np.maximum(wanted, 1)
     first = same[:, 0]
     by_kind = {str(kind): float(first[(kinds == kind) & ~alone].mean())
                for kind in sorted(set(kinds[~alone]))}

@@ -211,11 +211,7 @@ def train(pixels: np.ndarray, shape: Shape, *, preset: str | Recipe = "seed",
                           shuffle=False)  # batches() shuffles, seeded
     losses, held_losses = history.history["loss"], history.history["val_loss"]
     best = int(np.argmin(held_losses))
-    encoder = finish(encoder, seen, recipe)
-    if learned_shape != shape and recipe.colours:
-        encoder = fitting.with_colours(encoder, recipe.colours)
-    elif learned_shape != shape:
-        encoder = fitting.with_luminance(encoder)
+    encoder = finish(encoder, seen, recipe, rgb=learned_shape != shape)
     return Training(encoder, {
         "schema": model_card.SCHEMA,
         "preset": name,
@@ -356,8 +352,10 @@ def reconstruction_loss(target: tf.Tensor, output: tf.Tensor) -> tf.Tensor:
     return tf.reduce_mean(tf.square(target - output), axis=(1, 2, 3))
 
 
-def finish(encoder: keras.Model, pixels: np.ndarray, recipe: Recipe) -> keras.Model:
-    """The trained `encoder` with the fixed layers `recipe` adds, fitted on `pixels`."""
+def finish(encoder: keras.Model, pixels: np.ndarray, recipe: Recipe,
+           rgb: bool = False) -> keras.Model:
+    """The trained `encoder` with the fixed layers `recipe` adds, fitted on `pixels`; with
+    `rgb`, made to read RGB images whose luminance it was trained on."""
     if recipe.mirror:
         encoder = fitting.with_mirror(encoder)
     if recipe.whiten:
@@ -365,6 +363,9 @@ def finish(encoder: keras.Model, pixels: np.ndarray, recipe: Recipe) -> keras.Mo
     if recipe.edges:
         encoder = fitting.with_edges(encoder, pixels, recipe.edges, recipe.edges_weight,
                                      mirror=recipe.mirror)
+    if rgb:
+        encoder = (fitting.with_colours(encoder, recipe.colours) if recipe.colours
+                   else fitting.with_luminance(encoder))
     return encoder
 
 
