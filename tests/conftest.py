@@ -8,17 +8,15 @@ to train once per run of the tests, in seconds.
 from __future__ import annotations
 
 import shutil
-import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 from PIL import Image
 
-LOOKALIKE = Path(sys.executable).with_name("lookalike")  # the installed console command
+from tests.helpers import write_config
 
 
 def write_digits(out: Path, count: int | None = None, flat: bool = False) -> dict[str, int]:
@@ -69,14 +67,7 @@ def make_config(tmp_path: Path, encoder_path: Path) -> Callable[..., Path]:
     make_config(index={"trees": 5}).
     """
     def make(**overrides: object) -> Path:
-        settings: dict[str, object] = {"inbox": "./inbox", "query_dir": "./queries",
-                                       "state_dir": "./state", "model": str(encoder_path)}
-        settings.update(overrides)
-        (tmp_path / "inbox").mkdir(exist_ok=True)
-        (tmp_path / "queries").mkdir(exist_ok=True)
-        path = tmp_path / "config.yaml"
-        path.write_text(yaml.safe_dump(settings), encoding="utf-8")
-        return path
+        return write_config(tmp_path, encoder_path, **overrides)
 
     return make
 

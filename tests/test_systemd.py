@@ -7,7 +7,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import LOOKALIKE
+
+from tests.helpers import LOOKALIKE
 
 UNIT = Path(__file__).resolve().parents[1] / "systemd" / "lookalike.service"
 ANALYZE = shutil.which("systemd-analyze")

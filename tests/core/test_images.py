@@ -5,8 +5,6 @@ import hashlib
 import os
 import resource
 import signal
-import struct
-import zlib
 from collections.abc import Callable, Iterator
 from io import BytesIO
 from pathlib import Path
@@ -17,6 +15,7 @@ from PIL import Image, features
 
 from lookalike.core import images
 from lookalike.core.errors import UnreadableImage
+from tests.helpers import png_header_only
 
 GRAY = images.Shape(56, "grayscale")
 RGB = images.Shape(56, "rgb")
@@ -40,17 +39,6 @@ def refused(path: Path, shape: images.Shape = RGB) -> str:
         images.load(path, shape)
     assert caught.value.message  # a reason a person can read
     return caught.value.code
-
-
-def png_header_only(width: int, height: int) -> bytes:
-    """A PNG that declares `width` x `height` grey pixels but carries almost no data."""
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return (struct.pack(">I", len(body)) + kind + body
-                + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF))
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
-            + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b""))
 
 
 @pytest.fixture

@@ -6,16 +6,14 @@ names its config with `-c`.
 """
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-import yaml
 
-LOOKALIKE = Path(sys.executable).with_name("lookalike")  # as tests/conftest.py has it
+from tests.daemon.service import Start, launcher
+from tests.helpers import lookalike_env, run_lookalike, write_config
 
 Lookalike = Callable[..., "subprocess.CompletedProcess[str]"]
 
@@ -27,13 +25,10 @@ def lookalike(tmp_path_factory: pytest.TempPathFactory) -> Lookalike:
     Keyword `timeout` (seconds, default 120) bounds the run: a hang fails the test.
     """
     workdir = tmp_path_factory.mktemp("cwd")  # no config.yaml here to fall back on
-    env = {key: value for key, value in os.environ.items()
-           if key not in ("LOOKALIKE_CONFIG", "JOURNAL_STREAM")}
-    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    env = lookalike_env()
 
     def call(*args: object, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([str(LOOKALIKE), *map(str, args)], cwd=workdir, env=env,
-                              capture_output=True, text=True, timeout=timeout, check=False)
+        return run_lookalike(*args, cwd=workdir, timeout=timeout, env=env)
 
     return call
 
@@ -46,15 +41,7 @@ def config_in(encoder_path: Path) -> Callable[..., Path]:
     top-level keys. The index gets 10 trees unless told otherwise.
     """
     def write(folder: Path, **overrides: object) -> Path:
-        settings: dict[str, object] = {"inbox": "./inbox", "query_dir": "./queries",
-                                       "state_dir": "./state", "model": str(encoder_path),
-                                       "index": {"trees": 10}}
-        settings.update(overrides)
-        (folder / "inbox").mkdir(parents=True, exist_ok=True)
-        (folder / "queries").mkdir(exist_ok=True)
-        path = folder / "config.yaml"
-        path.write_text(yaml.safe_dump(settings), encoding="utf-8")
-        return path
+        return write_config(folder, encoder_path, **{"index": {"trees": 10}, **overrides})
 
     return write
 
@@ -65,3 +52,9 @@ def digit_files(digits_root: Path) -> list[tuple[Path, int]]:
     found = [(path, int(path.parent.name)) for path in digits_root.glob("*/*.png")]
     return sorted(found, key=lambda item: item[0].name)
 
+
+@pytest.fixture
+def start(tmp_path: Path) -> Iterator[Start]:
+    """Start `lookalike run -c CONFIG` (tests.daemon.service.launcher); killed after the test."""
+    with launcher(tmp_path) as launch:
+        yield launch

@@ -8,7 +8,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from test_freshness import clustered, exact  # (tests/daemon is on sys.path)
 
 from lookalike.core import config as configuration
 from lookalike.core.search import Searcher
@@ -16,6 +15,7 @@ from lookalike.core.store import Entry, Library
 from lookalike.daemon import answers as answers_module
 from lookalike.daemon.answers import Answers
 from lookalike.daemon.progress import Tally
+from tests.daemon.vectors import clustered, exact
 
 
 def test_results_written_chunk_by_chunk_are_the_exact_ones_and_a_failure_stays_unanswered(

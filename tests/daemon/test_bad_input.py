@@ -28,8 +28,13 @@ from typing import Any
 import numpy as np
 import pytest
 from PIL import Image
-from test_service import (  # the helpers of the service tests (tests/daemon is on sys.path)
+from watchdog.events import FileOpenedEvent, FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
+
+from lookalike.core import results
+from tests.daemon.service import (
     SCHEMA,
+    SETTINGS,
     SUFFIX,
     Answered,
     fill,
@@ -38,17 +43,10 @@ from test_service import (  # the helpers of the service tests (tests/daemon is 
     problems_of,
     read_results,
 )
-from watchdog.events import FileOpenedEvent, FileSystemEvent, FileSystemEventHandler
-from watchdog.observers import Observer
-
-from lookalike.core import results
+from tests.helpers import png_header_only
 
 pytestmark = pytest.mark.slow
 
-SETTINGS: dict[str, Any] = {
-    "watch": {"settle_s": 0.5, "rescan_interval_s": 0},
-    "index": {"trees": 10, "rebuild_interval_s": 2},
-}
 ANSWER_S = 90.0
 LONG_NAME = "n" * 251 + ".png"  # 255 bytes: the longest a Linux file name can be
 LATIN1_NAME = b"caf\xe9.png"  # not UTF-8: a name from an old Windows share or a camera
@@ -102,20 +100,6 @@ def encoded(image: Image.Image, kind: str, **options: Any) -> bytes:
     out = io.BytesIO()
     image.save(out, kind, **options)
     return out.getvalue()
-
-
-def png_header_only(width: int, height: int) -> bytes:
-    """A PNG that declares `width` x `height` grey pixels but carries almost no data."""
-    import struct
-    import zlib
-
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return (struct.pack(">I", len(body)) + kind + body
-                + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF))
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
-            + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b""))
 
 
 class Opens(FileSystemEventHandler):

@@ -21,6 +21,7 @@ import yaml
 
 from lookalike.core.card import model_id
 from lookalike.daemon.lock import StateLock
+from tests.helpers import refusal
 
 Lookalike = Callable[..., subprocess.CompletedProcess[str]]
 
@@ -32,13 +33,10 @@ LOG_LINE = re.compile(r"^\d\d:\d\d:\d\d (DEBUG|INFO|WARNING) [\w.]+: ")
 
 def one_problem(finished: subprocess.CompletedProcess[str]) -> str:
     """The single `lookalike: ...` line of a refused command; anything else is a log record."""
-    assert finished.returncode != 0
-    assert "Traceback" not in finished.stderr, finished.stderr
-    lines = finished.stderr.splitlines()
-    problems = [line for line in lines if line.startswith("lookalike: ")]
-    assert len(problems) == 1, finished.stderr
-    assert all(line in problems or LOG_LINE.match(line) for line in lines), finished.stderr
-    return problems[0]
+    problem = refusal(finished)
+    assert all(line == problem or LOG_LINE.match(line)
+               for line in finished.stderr.splitlines()), finished.stderr
+    return problem
 
 
 @dataclass

@@ -35,8 +35,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-from test_service import (  # the helpers of the service tests (tests/daemon is on sys.path)
-    LOOKALIKE,
+
+from tests.daemon.service import (
     SUFFIX,
     NotifySocket,
     Run,
@@ -46,7 +46,7 @@ from test_service import (  # the helpers of the service tests (tests/daemon is 
     read_results,
     temporaries,
 )
-from test_service import start as start  # a fixture: the real process, killed after
+from tests.helpers import LOOKALIKE
 
 pytestmark = pytest.mark.slow
 

@@ -12,7 +12,7 @@ import pytest
 
 from lookalike.core import config as configuration
 from lookalike.core.exact import ExactScan
-from lookalike.core.store import Answer, Entry, Library
+from lookalike.core.store import Answer, Library
 from lookalike.daemon import freshness as freshness_module
 from lookalike.daemon.answers import Answers
 from lookalike.daemon.check import FullCheck, MeasuringCheck
@@ -20,9 +20,7 @@ from lookalike.daemon.freshness import Freshness
 from lookalike.daemon.ingest import Changes
 from lookalike.daemon.progress import Tally
 from lookalike.daemon.searching import SearchState
-
-K = 12
-MODEL = "m"
+from tests.daemon.vectors import MODEL, K, clustered, exact, store
 
 
 @pytest.fixture
@@ -40,20 +38,6 @@ def freshness_of(library: Library, make_config: Callable[..., Path]) -> Freshnes
     return Freshness(config, library, search, answers, Tally(), clock=lambda: 0.0)
 
 
-def clustered(count: int, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    centres = rng.normal(size=(20, 16))
-    return (centres[rng.integers(0, 20, count)] + 0.5 * rng.normal(size=(count, 16))
-            ).astype(np.float32)
-
-
-def store(library: Library, vectors: np.ndarray, first: int) -> list[int]:
-    names = [f"{first + n}.png" for n in range(len(vectors))]
-    library.apply(Entry(name, 1, 1, None, MODEL, vector) for name, vector in zip(
-        names, vectors, strict=True))
-    return [library.lookup([name])[name].id for name in names]
-
-
 def answer_exactly(library: Library, rows: list[int]) -> None:
     """Mark `rows` answered with their exact k nearest, as a results file would say."""
     ids, vectors = library.vectors()
@@ -62,12 +46,6 @@ def answer_exactly(library: Library, rows: list[int]) -> None:
                                                       list(wanted))
     library.mark_answered(Answer(row, "f", [n.row_id for n in found], found[-1].distance)
                           for row, found in zip(wanted, near, strict=True))
-
-
-def exact(library: Library) -> dict[int, list[int]]:
-    ids, vectors = library.vectors()
-    near = ExactScan(ids, vectors, "angular").nearest(vectors, K, list(ids))
-    return {int(row): [n.row_id for n in found] for row, found in zip(ids, near, strict=True)}
 
 
 def test_new_images_enter_the_results_they_belong_in_without_a_search(

@@ -26,9 +26,8 @@ import yaml
 
 from lookalike.core.card import model_id
 from lookalike.core.store import Library as StoredLibrary
+from tests.daemon.service import SCHEMA, SUFFIX, results_of
 
-SUFFIX = ".neighbors.json"
-SCHEMA = "lookalike.neighbors/1"
 SUMMARY = re.compile(r"^(?P<images>\d+) images in the library: (?P<added>\d+) added, "
                      r"(?P<updated>\d+) updated, (?P<removed>\d+) removed, "
                      r"(?P<unusable>\d+) unusable, (?P<written>\d+) results written in [\d.]+ s$")
@@ -68,12 +67,6 @@ def user_files(folder: Path) -> dict[str, str]:
     return {path.relative_to(folder).as_posix(): hashlib.sha256(path.read_bytes()).hexdigest()
             for path in sorted(folder.rglob("*"))
             if path.is_file() and not path.name.endswith(SUFFIX)}
-
-
-def results_of(folder: Path) -> dict[str, dict[str, object]]:
-    """Every results file below `folder`, parsed, by the relative path of its image."""
-    return {path.relative_to(folder).as_posix()[:-len(SUFFIX)]: json.loads(path.read_text("utf-8"))
-            for path in sorted(folder.rglob("*" + SUFFIX))}
 
 
 def mtimes(folder: Path) -> dict[str, int]:

@@ -22,15 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_service import (  # the helpers of the service tests (tests/daemon is on sys.path)
-    LOOKALIKE,
-    SUFFIX,
-    fill,
-    launcher,
-    problems_of,
-    read_results,
-    wait_answered,
-)
 from watchdog.events import (
     DirCreatedEvent,
     FileClosedEvent,
@@ -42,12 +33,19 @@ from watchdog.events import (
 )
 from watchdog.observers import Observer
 
+from tests.daemon.service import (
+    SETTINGS,
+    SUFFIX,
+    fill,
+    launcher,
+    problems_of,
+    read_results,
+    wait_answered,
+)
+from tests.helpers import LOOKALIKE
+
 pytestmark = pytest.mark.slow
 
-SETTINGS: dict[str, Any] = {
-    "watch": {"settle_s": 0.5, "rescan_interval_s": 0},
-    "index": {"trees": 10, "rebuild_interval_s": 2},
-}
 ANSWER_S = 60.0
 VICTIM = "do not write here\n"
 

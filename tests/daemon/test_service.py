@@ -9,168 +9,49 @@ TensorFlow's import (3-4 s), so a test makes several checks on one process.
 """
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import os
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
-import sys
 import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import pytest
 import yaml
 from PIL import Image
 
-LOOKALIKE = Path(sys.executable).with_name("lookalike")  # as tests/conftest.py has it
-SUFFIX = ".neighbors.json"
-SCHEMA = "lookalike.neighbors/1"
-TEMP_PREFIX = ".lookalike-"
-K = 12
-START_S = 90.0  # TensorFlow's import and the start-up scan, on a loaded CI machine
-ANSWER_S = 60.0  # from a file's arrival to its results file, with a burst ahead of it
-SETTINGS: dict[str, Any] = {
-    "watch": {"settle_s": 0.5, "rescan_interval_s": 0},
-    "index": {"trees": 10, "rebuild_interval_s": 2},
-}
+from tests.daemon.service import (
+    ANSWER_S,
+    SCHEMA,
+    SETTINGS,
+    START_S,
+    SUFFIX,
+    TEMP_PREFIX,
+    Answered,
+    K,
+    NotifySocket,
+    Start,
+    fill,
+    launcher,
+    names,
+    problems_of,
+    read_results,
+    results_of,
+    temporaries,
+    wait_answered,
+)
+from tests.helpers import LOOKALIKE
 
 pytestmark = pytest.mark.slow
-
-T = TypeVar("T")
-
-
-# -- waiting -------------------------------------------------------------------
-def wait_for(predicate: Callable[[], T | None], timeout: float, what: str = "a condition",
-             alive: Callable[[], str | None] = lambda: None) -> T:
-    """Poll `predicate` every 50 ms until it returns something true; return that.
-
-    `alive` returns a reason to give up early (the process died) or None.
-    """
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        dead = alive()
-        if dead is not None:
-            raise AssertionError(f"while waiting for {what}: {dead}")
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.05)
-
-
-# -- the service process -----------------------------------------------------------
-@dataclass
-class Run:
-    """One `lookalike run` process; its stderr goes to `log`."""
-
-    process: subprocess.Popen[bytes]
-    log: Path
-    state_dir: Path
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def text(self) -> str:
-        return self.log.read_text(encoding="utf-8", errors="replace")
-
-    def tail(self, lines: int = 40) -> str:
-        return "\n".join(self.text().splitlines()[-lines:])
-
-    def dead(self) -> str | None:
-        code = self.process.poll()
-        return None if code is None else f"lookalike exited with {code}; its log:\n{self.tail()}"
-
-    def wait(self, predicate: Callable[[], T | None], timeout: float = ANSWER_S,
-             what: str = "a condition") -> T:
-        """wait_for, giving up when the process dies; the log's tail goes with a failure."""
-        try:
-            return wait_for(predicate, timeout, what, self.dead)
-        except AssertionError as failure:
-            if "log:" in str(failure):
-                raise
-            raise AssertionError(f"{failure}\nlog tail:\n{self.tail()}") from None
-
-    def status(self) -> dict[str, Any] | None:
-        """What the service last wrote to state/service.json, if this process wrote it."""
-        try:
-            report: dict[str, Any] = json.loads((self.state_dir / "service.json").read_text())
-        except (OSError, ValueError):
-            return None
-        return report if report.get("pid") == self.pid else None
-
-    def ready(self, timeout: float = START_S) -> dict[str, Any]:
-        """Wait until the start-up scan is done (service.json written by this process)."""
-        return self.wait(lambda: self.running_status(), timeout, "service.json of this process")
-
-    def running_status(self) -> dict[str, Any] | None:
-        report = self.status()
-        return report if report is not None and report["state"] == "running" else None
-
-    def terminate(self, timeout: float = 10.0) -> int:
-        """SIGTERM; the exit code (the test fails if it takes longer than `timeout`)."""
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            raise AssertionError(f"no exit {timeout} s after SIGTERM; log:\n{self.tail()}") \
-                from None
-
-    def kill(self) -> None:
-        self.process.kill()
-        self.process.wait(10)
-
-
-Start = Callable[..., Run]
-
-
-@contextlib.contextmanager
-def launcher(folder: Path) -> Iterator[Start]:
-    """Start `lookalike run -c CONFIG` (extra environment as keywords); kill leftovers after.
-
-    Each process's stderr goes to `folder/run-N.log`, printed at the end (pytest shows it
-    when a test fails).
-    """
-    runs: list[Run] = []
-
-    def launch(config: Path, **environment: str) -> Run:
-        env = {key: value for key, value in os.environ.items()
-               if key not in ("LOOKALIKE_CONFIG", "JOURNAL_STREAM", "NOTIFY_SOCKET",
-                              "WATCHDOG_USEC", "WATCHDOG_PID")}
-        env.update(TF_CPP_MIN_LOG_LEVEL="2", **environment)
-        log = folder / f"run-{len(runs) + 1}.log"
-        with open(log, "wb") as stderr:
-            process = subprocess.Popen([str(LOOKALIKE), "run", "-c", str(config)], cwd=folder,
-                                       env=env, stdin=subprocess.DEVNULL,
-                                       stdout=subprocess.DEVNULL, stderr=stderr)
-        state_dir = config.parent / yaml.safe_load(config.read_text())["state_dir"]
-        runs.append(Run(process, log, state_dir.resolve()))
-        return runs[-1]
-
-    try:
-        yield launch
-    finally:
-        for run in runs:
-            if run.process.poll() is None:
-                run.kill()
-            print(f"---- {run.log.name} (exit {run.process.returncode}) ----\n{run.text()}")
-
-
-@pytest.fixture
-def start(tmp_path: Path) -> Iterator[Start]:
-    with launcher(tmp_path) as launch:
-        yield launch
 
 
 def configure(make_config: Callable[..., Path], **overrides: Any) -> Path:
@@ -185,21 +66,6 @@ def configure(make_config: Callable[..., Path], **overrides: Any) -> Path:
 
 
 # -- images ----------------------------------------------------------------------
-@pytest.fixture(scope="session")
-def digits(digits_root: Path) -> list[tuple[Path, int]]:
-    """Every digit image with its label, in the order of the data set."""
-    found = [(path, int(path.parent.name)) for path in digits_root.glob("*/*.png")]
-    return sorted(found, key=lambda item: item[0].name)
-
-
-def fill(folder: Path, sources: list[tuple[Path, int]]) -> list[str]:
-    """Copy digit images into `folder` under their own names; return the names."""
-    folder.mkdir(parents=True, exist_ok=True)
-    for source, _ in sources:
-        shutil.copy(source, folder / source.name)
-    return [source.name for source, _ in sources]
-
-
 def big_png(source: Path, side: int = 800) -> bytes:
     """The digit of `source` blown up to side x side with noise: a large PNG (~side² bytes)."""
     gray = np.asarray(Image.open(source).convert("L").resize((side, side)), dtype=np.int16)
@@ -221,95 +87,6 @@ def write_slowly(path: Path, data: bytes, seconds: float = 3.0, chunks: int = 40
             time.sleep(seconds / chunks)  # the pace of the copy, not a wait for the service
 
 
-# -- results files -------------------------------------------------------------------
-def results_of(folder: Path) -> dict[str, dict[str, Any]]:
-    """Every results file below `folder`, parsed, by the relative path of its image."""
-    found = {}
-    for path in folder.rglob("*" + SUFFIX):
-        try:
-            found[path.relative_to(folder).as_posix()[:-len(SUFFIX)]] = \
-                json.loads(path.read_text("utf-8"))
-        except FileNotFoundError:
-            continue  # removed between listing and reading
-    return found
-
-
-def read_results(image: Path) -> dict[str, Any] | None:
-    try:
-        document: dict[str, Any] = json.loads(Path(str(image) + SUFFIX).read_text("utf-8"))
-    except FileNotFoundError:
-        return None
-    return document
-
-
-def names(document: dict[str, Any]) -> list[str]:
-    return [n["path"] for n in document.get("neighbors", [])]
-
-
-def problems_of(document: dict[str, Any] | None, query: str, inbox: Path,
-                k: int = K) -> list[str]:
-    """What is wrong with the results of inbox image `query` (empty: a complete, valid file)."""
-    if document is None:
-        return [f"{query}: no results file"]
-    if document.get("schema") != SCHEMA or document.get("status") != "ok":
-        return [f"{query}: not an ok {SCHEMA} document: {document}"]
-    found = []
-    if document.get("query") != query:
-        found.append(f"{query}: query is {document.get('query')!r}")
-    neighbors = document["neighbors"]
-    paths = names(document)
-    if len(neighbors) != k:
-        found.append(f"{query}: {len(neighbors)} neighbours, not {k}")
-    if [n["rank"] for n in neighbors] != list(range(1, len(neighbors) + 1)):
-        found.append(f"{query}: ranks {[n['rank'] for n in neighbors]}")
-    if query in paths:
-        found.append(f"{query}: names itself")
-    if len(set(paths)) != len(paths):
-        found.append(f"{query}: names a neighbour twice: {paths}")
-    missing = [path for path in paths if not (inbox / path).is_file()]
-    if missing:
-        found.append(f"{query}: names files that do not exist: {missing}")
-    distances = [n["distance"] for n in neighbors]
-    if distances != sorted(distances):
-        found.append(f"{query}: distances out of order: {distances}")
-    return found
-
-
-class Answered:
-    """A predicate for Run.wait: true once every image has complete, valid results.
-
-    `problems` keeps what was wrong at the last look, for the message of a timeout.
-    """
-
-    def __init__(self, inbox: Path, images: list[str], k: int = K) -> None:
-        self.inbox, self.images, self.k = inbox, images, k
-        self.problems: list[str] = []
-
-    def __call__(self) -> bool:
-        self.problems = []
-        for image in self.images:
-            self.problems += problems_of(read_results(self.inbox / image), image, self.inbox,
-                                         self.k)
-            if len(self.problems) > 10:
-                break
-        return not self.problems
-
-
-def wait_answered(run: Run, inbox: Path, images: list[str], k: int = K,
-                  timeout: float = ANSWER_S) -> dict[str, dict[str, Any]]:
-    """Wait until every image has complete, valid results; return them."""
-    answered = Answered(inbox, images, k)
-    try:
-        run.wait(answered, timeout, f"valid results for {len(images)} images")
-    except AssertionError as failure:
-        raise AssertionError(f"{failure}\nstill wrong: {answered.problems}") from None
-    return {image: read_results(inbox / image) or {} for image in images}
-
-
-def temporaries(folder: Path) -> list[str]:
-    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob(TEMP_PREFIX + "*"))
-
-
 def library_rows(state_dir: Path) -> dict[str, dict[str, Any]]:
     """The library's images table, read-only, by path."""
     database = sqlite3.connect(f"file:{state_dir / 'library.sqlite'}?mode=ro", uri=True)
@@ -322,59 +99,6 @@ def library_rows(state_dir: Path) -> dict[str, dict[str, Any]]:
 
 
 # -- systemd's notify socket -------------------------------------------------------------
-class NotifySocket:
-    """systemd's end of NOTIFY_SOCKET: a thread reads each datagram as it comes, as PID 1 does.
-
-    Reading at once matters: the kernel queues only a few datagrams per socket
-    (net.unix.max_dgram_qlen), and a sender blocks when the queue is full.
-    """
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(str(path))
-        self.sock.settimeout(0.05)
-        self.received: list[tuple[float, str]] = []  # (time.monotonic(), message)
-        self.lock = threading.Lock()
-        self.done = threading.Event()
-        self.reader = threading.Thread(target=self.read, name="notify socket", daemon=True)
-        self.reader.start()
-
-    def read(self) -> None:
-        while not self.done.is_set():
-            try:
-                message = self.sock.recv(4096).decode()
-            except TimeoutError:
-                continue
-            with self.lock:
-                self.received.append((time.monotonic(), message))
-
-    def close(self) -> None:
-        self.done.set()
-        self.reader.join()
-        self.sock.close()
-
-    @property
-    def messages(self) -> list[str]:
-        with self.lock:
-            return [message for _, message in self.received]
-
-    def lines(self, after: int = 0) -> list[str]:
-        """Every line of the messages from number `after` on."""
-        return [line for message in self.messages[after:] for line in message.splitlines()]
-
-    def saw(self, line: str, after: int = 0) -> bool:
-        return line in self.lines(after)
-
-    def saw_prefix(self, prefix: str, after: int = 0) -> bool:
-        return any(line.startswith(prefix) for line in self.lines(after))
-
-    def count_between(self, line: str, since: float, until: float) -> int:
-        with self.lock:
-            return sum(line in message.splitlines() for at, message in self.received
-                       if since <= at <= until)
-
-
 @pytest.fixture
 def notify_socket(tmp_path: Path) -> Iterator[NotifySocket]:
     folder = tmp_path
@@ -392,7 +116,7 @@ def notify_socket(tmp_path: Path) -> Iterator[NotifySocket]:
 # -- 1. a burst of 200, arriving every way a file arrives ---------------------------------------
 def test_a_burst_of_200_images_arriving_every_way_is_answered_whole(
         tmp_path: Path, make_config: Callable[..., Path], start: Start,
-        digits: list[tuple[Path, int]]) -> None:
+        digit_files: list[tuple[Path, int]]) -> None:
     config = configure(make_config, log_level="debug")
     inbox = tmp_path / "inbox"
     run = start(config)
@@ -400,13 +124,13 @@ def test_a_burst_of_200_images_arriving_every_way_is_answered_whole(
 
     staging, outside = tmp_path / "staging", tmp_path / "outside"
     staging.mkdir()
-    source = {path.name: path for path, _ in digits[:200]}
-    copied = [path.name for path, _ in digits[:120]]
-    renamed = [path.name for path, _ in digits[120:160]]
-    nested = [f"batch/{path.name}" for path, _ in digits[160:180]] + \
-             [f"batch/deeper/{path.name}" for path, _ in digits[180:199]]
+    source = {path.name: path for path, _ in digit_files[:200]}
+    copied = [path.name for path, _ in digit_files[:120]]
+    renamed = [path.name for path, _ in digit_files[120:160]]
+    nested = [f"batch/{path.name}" for path, _ in digit_files[160:180]] + \
+             [f"batch/deeper/{path.name}" for path, _ in digit_files[180:199]]
     slow = "slow/big.png"
-    data = big_png(digits[199][0])
+    data = big_png(digit_files[199][0])
     (inbox / "slow").mkdir()
     writer = threading.Thread(target=write_slowly, args=(inbox / slow, data), name="slow copy")
     writer.start()
@@ -457,12 +181,12 @@ def namers(image: str, documents: dict[str, dict[str, Any]]) -> list[str]:
 
 def test_deleted_edited_and_moved_images_change_the_results_of_the_others(
         tmp_path: Path, make_config: Callable[..., Path], start: Start,
-        digits: list[tuple[Path, int]]) -> None:
+        digit_files: list[tuple[Path, int]]) -> None:
     config = configure(make_config)
     inbox = tmp_path / "inbox"
-    images = fill(inbox, digits[:50]) + [f"album/{name}" for name in
-                                         fill(inbox / "album", digits[50:60])]
-    labels = {source.name: label for source, label in digits[:60]}
+    images = fill(inbox, digit_files[:50]) + [f"album/{name}" for name in
+                                         fill(inbox / "album", digit_files[50:60])]
+    labels = {source.name: label for source, label in digit_files[:60]}
     run = start(config)
     run.ready()
     before = wait_answered(run, inbox, images)
@@ -485,7 +209,7 @@ def test_deleted_edited_and_moved_images_change_the_results_of_the_others(
                  key=lambda image: (len(namers(image, after_delete)), image))
     named_by = namers(edited, after_delete)
     assert named_by
-    replacement = next(source for source, label in digits[60:] if label != labels[edited])
+    replacement = next(source for source, label in digit_files[60:] if label != labels[edited])
     mtimes = {image: Path(str(inbox / image) + SUFFIX).stat().st_mtime_ns
               for image in named_by}
     shutil.copyfile(replacement, inbox / edited)
@@ -528,10 +252,10 @@ def test_deleted_edited_and_moved_images_change_the_results_of_the_others(
 # -- 3. SIGTERM, images while down, start-up rescan; the notify protocol -----------------------
 def test_sigterm_exits_0_and_a_restart_answers_what_came_while_down(
         tmp_path: Path, make_config: Callable[..., Path], start: Start,
-        digits: list[tuple[Path, int]], notify_socket: NotifySocket) -> None:
+        digit_files: list[tuple[Path, int]], notify_socket: NotifySocket) -> None:
     config = configure(make_config)
     inbox = tmp_path / "inbox"
-    images = fill(inbox, digits[:30])
+    images = fill(inbox, digit_files[:30])
     run = start(config, NOTIFY_SOCKET=str(notify_socket.path), WATCHDOG_USEC="4000000")
     run.wait(lambda: notify_socket.saw("READY=1"), START_S, "READY=1 on NOTIFY_SOCKET")
     ready_at = len(notify_socket.messages)
@@ -545,7 +269,7 @@ def test_sigterm_exits_0_and_a_restart_answers_what_came_while_down(
     before = len(notify_socket.messages)
 
     # SIGTERM in the middle of a burst: the batch in hand is finished or handed back
-    burst = fill(inbox, digits[30:230])
+    burst = fill(inbox, digit_files[30:230])
     run.wait(lambda: sum(Path(str(inbox / image) + SUFFIX).exists() for image in burst) >= 5,
              what="the first results of the burst")
     started = time.monotonic()
@@ -559,7 +283,7 @@ def test_sigterm_exits_0_and_a_restart_answers_what_came_while_down(
         "the burst was all answered before SIGTERM: nothing left to prove"
 
     # while it is down: ten new images (one in a new folder), one deleted
-    fresh = fill(inbox, digits[230:239]) + fill(inbox / "later", digits[239:240])
+    fresh = fill(inbox, digit_files[230:239]) + fill(inbox / "later", digit_files[239:240])
     fresh[-1] = f"later/{fresh[-1]}"
     gone = images[0]
     (inbox / gone).unlink()
@@ -599,7 +323,7 @@ class Crash:
 
 @pytest.fixture(scope="module")
 def crash(tmp_path_factory: pytest.TempPathFactory, encoder_path: Path,
-          digits: list[tuple[Path, int]]) -> Iterator[Crash]:
+          digit_files: list[tuple[Path, int]]) -> Iterator[Crash]:
     """300 images copied into a running service, SIGKILL after the first results, restart."""
     root = tmp_path_factory.mktemp("crash")
     settings = {"inbox": "./inbox", "query_dir": None, "state_dir": "./state",
@@ -610,7 +334,7 @@ def crash(tmp_path_factory: pytest.TempPathFactory, encoder_path: Path,
     with launcher(root) as launch:
         run = launch(config)
         run.ready()
-        images = fill(inbox, digits[:300])
+        images = fill(inbox, digit_files[:300])
         run.wait(lambda: len(list(inbox.glob("*" + SUFFIX))) >= 5, ANSWER_S,
                  "the first results files")
         run.process.send_signal(signal.SIGKILL)
@@ -663,10 +387,10 @@ def test_restart_after_sigkill_leaves_no_temporary_files(crash: Crash) -> None:
 # -- 5. one state directory, one service ------------------------------------------------------
 def test_a_second_instance_on_the_same_state_refuses_and_the_first_goes_on(
         tmp_path: Path, make_config: Callable[..., Path], start: Start,
-        digits: list[tuple[Path, int]]) -> None:
+        digit_files: list[tuple[Path, int]]) -> None:
     config = configure(make_config)
     inbox = tmp_path / "inbox"
-    images = fill(inbox, digits[:20])
+    images = fill(inbox, digit_files[:20])
     first = start(config)
     first.ready()
 
@@ -682,7 +406,7 @@ def test_a_second_instance_on_the_same_state_refuses_and_the_first_goes_on(
     assert f"pid {first.pid}" in lines[0] and str(first.state_dir) in lines[0], lines[0]
 
     assert first.process.poll() is None
-    (inbox / "after.png").write_bytes(digits[20][0].read_bytes())
+    (inbox / "after.png").write_bytes(digit_files[20][0].read_bytes())
     wait_answered(first, inbox, [*images, "after.png"])
     assert first.terminate() == 0
 
@@ -690,23 +414,23 @@ def test_a_second_instance_on_the_same_state_refuses_and_the_first_goes_on(
 # -- 6 and 9. the query folder; unusable files -----------------------------------------------
 def test_query_images_are_answered_not_added_and_unusable_files_get_error_results(
         tmp_path: Path, make_config: Callable[..., Path], start: Start,
-        digits: list[tuple[Path, int]]) -> None:
+        digit_files: list[tuple[Path, int]]) -> None:
     config = configure(make_config, watch={"exclude": ["drafts/*"]})
     inbox, queries = tmp_path / "inbox", tmp_path / "queries"
-    images = fill(inbox, digits[:40])
+    images = fill(inbox, digit_files[:40])
     run = start(config)
     run.ready()
     wait_answered(run, inbox, images)
 
-    shutil.copy(digits[40][0], queries / "look.png")
+    shutil.copy(digit_files[40][0], queries / "look.png")
     (inbox / "empty.jpg").write_bytes(b"")
     (inbox / "notes.jpg").write_text("shopping: milk, eggs\n", encoding="utf-8")
-    whole = digits[41][0].read_bytes()
+    whole = digit_files[41][0].read_bytes()
     (inbox / "truncated.png").write_bytes(whole[:len(whole) // 2])
     ignored = [".hidden.png", "drafts/draft.png"]  # hidden; excluded by watch.exclude
     (inbox / "drafts").mkdir()
     for name in ignored:
-        shutil.copy(digits[43][0], inbox / name)
+        shutil.copy(digit_files[43][0], inbox / name)
 
     query = run.wait(lambda: read_results(queries / "look.png"), what="the query's results")
     assert not problems_of(query, "look.png", inbox), query
@@ -722,7 +446,7 @@ def test_query_images_are_answered_not_added_and_unusable_files_get_error_result
         assert (inbox / name).exists()  # the user's file stays
 
     # the service goes on: a good image after the bad ones is answered, and names no bad one
-    shutil.copy(digits[42][0], inbox / "good.png")
+    shutil.copy(digit_files[42][0], inbox / "good.png")
     answered = wait_answered(run, inbox, [*images, "good.png"])
     assert not any(set(names(document)) & set(expected) for document in answered.values())
     rows = library_rows(run.state_dir)
@@ -732,7 +456,7 @@ def test_query_images_are_answered_not_added_and_unusable_files_get_error_result
     assert not [name for name in ignored if Path(str(inbox / name) + SUFFIX).exists()]
 
     # a query image replaced is answered again; one deleted loses its results file
-    shutil.copyfile(digits[44][0], queries / "look.png")
+    shutil.copyfile(digit_files[44][0], queries / "look.png")
     run.wait(lambda: (read_results(queries / "look.png") or query)["neighbors"]
              != query["neighbors"], what="new results for the replaced query image")
     (queries / "look.png").unlink()
@@ -746,10 +470,10 @@ def test_query_images_are_answered_not_added_and_unusable_files_get_error_result
 # -- 7. the inbox vanishes (an unmounted disk) and comes back ---------------------------------
 def test_a_vanished_inbox_forgets_nothing_and_the_service_resumes_when_it_returns(
         tmp_path: Path, make_config: Callable[..., Path], start: Start,
-        digits: list[tuple[Path, int]]) -> None:
+        digit_files: list[tuple[Path, int]]) -> None:
     config = configure(make_config)
     inbox, away = tmp_path / "inbox", tmp_path / "inbox.away"
-    images = fill(inbox, digits[:30])
+    images = fill(inbox, digit_files[:30])
     run = start(config)
     run.ready()
     wait_answered(run, inbox, images)
@@ -767,7 +491,7 @@ def test_a_vanished_inbox_forgets_nothing_and_the_service_resumes_when_it_return
     os.rename(away, inbox)
     run.wait(lambda: (run.status() or {}).get("folders", {}).get("inbox") == "watched",
              what="service.json to report the inbox watched again")
-    shutil.copy(digits[30][0], inbox / "back.png")
+    shutil.copy(digit_files[30][0], inbox / "back.png")
     wait_answered(run, inbox, [*images, "back.png"])
     assert not [row for row in library_rows(run.state_dir).values() if row["deleted"]]
     assert run.terminate() == 0
@@ -776,10 +500,10 @@ def test_a_vanished_inbox_forgets_nothing_and_the_service_resumes_when_it_return
 # -- 8. SIGHUP reloads the config ----------------------------------------------------------
 def test_sighup_reloads_the_config(
         tmp_path: Path, make_config: Callable[..., Path], start: Start,
-        digits: list[tuple[Path, int]]) -> None:
+        digit_files: list[tuple[Path, int]]) -> None:
     config = configure(make_config)
     inbox = tmp_path / "inbox"
-    images = fill(inbox, digits[:30])
+    images = fill(inbox, digit_files[:30])
     run = start(config)
     run.ready()
     wait_answered(run, inbox, images)
@@ -788,7 +512,7 @@ def test_sighup_reloads_the_config(
     run.process.send_signal(signal.SIGHUP)
     run.wait(lambda: "config reloaded from" in run.text(), 10, "the log to say it reloaded")
     assert "restart to apply: decode_threads" in run.text()
-    shutil.copy(digits[30][0], inbox / "after.png")
+    shutil.copy(digit_files[30][0], inbox / "after.png")
     document = run.wait(lambda: read_results(inbox / "after.png"), what="results of after.png")
     assert not problems_of(document, "after.png", inbox, k=5), document
     assert run.process.poll() is None
@@ -798,11 +522,11 @@ def test_sighup_reloads_the_config(
 # -- beyond the issue's list: what these tests found wrong -------------------------------------
 def test_an_inbox_that_returns_as_a_new_folder_is_watched_again(
         tmp_path: Path, make_config: Callable[..., Path], start: Start,
-        digits: list[tuple[Path, int]]) -> None:
+        digit_files: list[tuple[Path, int]]) -> None:
     """A disk mounted again gives the inbox path a new folder (inode), not the one that left."""
     config = configure(make_config)
     inbox, away = tmp_path / "inbox", tmp_path / "inbox.away"
-    images = fill(inbox, digits[:20])
+    images = fill(inbox, digit_files[:20])
     run = start(config)
     run.ready()
     wait_answered(run, inbox, images)
@@ -813,7 +537,7 @@ def test_an_inbox_that_returns_as_a_new_folder_is_watched_again(
     shutil.copytree(away, inbox)  # the same files, in a new folder at the same path
     run.wait(lambda: (run.status() or {}).get("folders", {}).get("inbox") == "watched",
              what="service.json to report the inbox watched again")
-    shutil.copy(digits[20][0], inbox / "back.png")
+    shutil.copy(digit_files[20][0], inbox / "back.png")
     wait_answered(run, inbox, [*images, "back.png"], timeout=10)  # ~1 s when it works
     assert run.terminate() == 0
 
@@ -826,17 +550,17 @@ def cpu_seconds(pid: int) -> float:
 
 def test_a_file_being_written_slowly_does_not_keep_the_service_busy(
         tmp_path: Path, make_config: Callable[..., Path], start: Start,
-        digits: list[tuple[Path, int]], notify_socket: NotifySocket) -> None:
+        digit_files: list[tuple[Path, int]], notify_socket: NotifySocket) -> None:
     """A slow upload can take hours; waiting for it to settle must not burn a CPU, nor flood
     systemd with watchdog pings (WATCHDOG_USEC 4 s: one every 2 s is plenty)."""
     config = configure(make_config)
     inbox = tmp_path / "inbox"
-    images = fill(inbox, digits[:20])
+    images = fill(inbox, digit_files[:20])
     run = start(config, NOTIFY_SOCKET=str(notify_socket.path), WATCHDOG_USEC="4000000")
     run.ready()
     wait_answered(run, inbox, images)
 
-    data, chunks, seconds = big_png(digits[20][0], side=300), 20, 2.0
+    data, chunks, seconds = big_png(digit_files[20][0], side=300), 20, 2.0
     size = -(-len(data) // chunks)
     with open(inbox / "upload.png", "wb") as out:
         cpu, since = cpu_seconds(run.pid), time.monotonic()
@@ -857,7 +581,7 @@ def test_a_file_being_written_slowly_does_not_keep_the_service_busy(
 
 def test_a_new_image_enters_the_results_of_every_image_it_is_near(
         tmp_path: Path, make_config: Callable[..., Path], start: Start,
-        digits: list[tuple[Path, int]], encoder_path: Path) -> None:
+        digit_files: list[tuple[Path, int]], encoder_path: Path) -> None:
     """DESIGN: "When a new image enters the top-k of an existing image, that image's results
     file is rewritten". Chosen here: the digit that enters the 12 nearest of the most
     library images; each of them must come to name it, whether the update on arrival
@@ -868,7 +592,7 @@ def test_a_new_image_enters_the_results_of_every_image_it_is_near(
 
     encoder = load_encoder(encoder_path)
     vectors = encoder.encode(np.stack([imaging.load(source, encoder.shape).pixels
-                                       for source, _ in digits]))
+                                       for source, _ in digit_files]))
     unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
     size = 150
     between = np.sqrt(np.clip(2 - 2 * unit[:size] @ unit[:size].T, 0, None))  # angular
@@ -882,19 +606,19 @@ def test_a_new_image_enters_the_results_of_every_image_it_is_near(
 
     config = configure(make_config)
     inbox = tmp_path / "inbox"
-    images = fill(inbox, digits[:size])
+    images = fill(inbox, digit_files[:size])
     run = start(config)
     run.ready()
     answered = wait_answered(run, inbox, images)
-    dropped = digits[new][0].name
+    dropped = digit_files[new][0].name
     for a in near:  # the service measures as we do
-        image = digits[a][0].name
+        image = digit_files[a][0].name
         assert abs(answered[image]["neighbors"][-1]["distance"] - radius[a]) < 1e-4
 
-    shutil.copy(digits[new][0], inbox / dropped)
+    shutil.copy(digit_files[new][0], inbox / dropped)
     wait_answered(run, inbox, [*images, dropped])
     for a in near:
-        image = digits[a][0].name
+        image = digit_files[a][0].name
         run.wait(lambda: dropped in names(read_results(inbox / image) or {}), 5,  # noqa: B023
                  f"{image}'s results to name {dropped}, now nearer than its 12th neighbour")
     assert run.terminate() == 0
@@ -902,14 +626,14 @@ def test_a_new_image_enters_the_results_of_every_image_it_is_near(
 
 def test_above_exact_below_the_service_searches_in_two_stages_and_finds_the_exact_answers(
         tmp_path: Path, make_config: Callable[..., Path], start: Start,
-        digits: list[tuple[Path, int]], encoder_path: Path) -> None:
+        digit_files: list[tuple[Path, int]], encoder_path: Path) -> None:
     """Annoy on vectors projected to 8 numbers (of the test encoder's 32), its candidates
     ranked on the full ones: with more candidates than images, every results file lists
     what exact search finds."""
     from lookalike.core import images as imaging
     from lookalike.core.encoder import load as load_encoder
 
-    sources = digits[:80]
+    sources = digit_files[:80]
     encoder = load_encoder(encoder_path)
     vectors = encoder.encode(np.stack([imaging.load(source, encoder.shape).pixels
                                        for source, _ in sources]))

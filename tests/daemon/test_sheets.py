@@ -1,10 +1,7 @@
 """`lookalike sheet` and `lookalike eval --sheet` end to end: real process, real PNG files."""
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,25 +13,8 @@ from lookalike.core import sheet
 from lookalike.core.errors import LookalikeError
 from lookalike.core.sheet import CELL
 from lookalike.daemon import evaluation, sheets
-
-LOOKALIKE = Path(sys.executable).with_name("lookalike")  # as tests/conftest.py has it
-
-
-def lookalike(*args: object, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {key: value for key, value in os.environ.items()
-           if key not in ("LOOKALIKE_CONFIG", "JOURNAL_STREAM")}
-    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
-    return subprocess.run([str(LOOKALIKE), *map(str, args)], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=120, check=False)
-
-
-def refusal(finished: subprocess.CompletedProcess[str]) -> str:
-    """The one `lookalike: ...` line of a refused command."""
-    assert finished.returncode != 0
-    assert "Traceback" not in finished.stderr, finished.stderr
-    problems = [line for line in finished.stderr.splitlines() if line.startswith("lookalike: ")]
-    assert len(problems) == 1, finished.stderr
-    return problems[0]
+from tests.helpers import refusal
+from tests.helpers import run_lookalike as lookalike
 
 
 def frame_at(picture: Image.Image, row: int, column: int, title_lines: int) -> tuple[int, ...]:

@@ -4,8 +4,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from test_freshness import MODEL, clustered, store  # (tests/daemon is on sys.path)
-
 from lookalike.core import config as configuration
 from lookalike.core.store import Library
 from lookalike.daemon import status as status_module
@@ -14,6 +12,7 @@ from lookalike.daemon.progress import Tally
 from lookalike.daemon.searching import SearchState
 from lookalike.daemon.status import Status
 from lookalike.daemon.watcher import Arrivals
+from tests.daemon.vectors import MODEL, clustered, store
 
 
 def test_during_a_burst_the_status_line_counts_the_library_every_half_minute_at_most(

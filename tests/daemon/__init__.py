@@ -1,0 +1,1 @@
+"""Tests of lookalike.daemon and the `lookalike` command."""

@@ -1,0 +1,66 @@
+"""Helpers shared by test modules: the installed command, configs, odd image files."""
+from __future__ import annotations
+
+import os
+import struct
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import yaml
+
+LOOKALIKE = Path(sys.executable).with_name("lookalike")  # the installed console command
+
+
+def lookalike_env(*dropped: str) -> dict[str, str]:
+    """This process's environment for a `lookalike` child: no LOOKALIKE_CONFIG or
+    JOURNAL_STREAM (nor the `dropped` names), TensorFlow's log quiet."""
+    env = {key: value for key, value in os.environ.items()
+           if key not in ("LOOKALIKE_CONFIG", "JOURNAL_STREAM", *dropped)}
+    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    return env
+
+
+def run_lookalike(*args: object, cwd: Path, timeout: float = 120.0,
+                  env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run `lookalike ARGS...` in `cwd`; return the finished process (stdout and stderr as
+    text). A run longer than `timeout` seconds fails the test."""
+    return subprocess.run([str(LOOKALIKE), *map(str, args)], cwd=cwd,
+                          env=lookalike_env() if env is None else env,
+                          capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def refusal(finished: subprocess.CompletedProcess[str]) -> str:
+    """The one `lookalike: ...` line of a refused command."""
+    assert finished.returncode != 0
+    assert "Traceback" not in finished.stderr, finished.stderr
+    problems = [line for line in finished.stderr.splitlines() if line.startswith("lookalike: ")]
+    assert len(problems) == 1, finished.stderr
+    return problems[0]
+
+
+def write_config(folder: Path, encoder_path: Path, **overrides: object) -> Path:
+    """Write FOLDER/config.yaml (inbox/, queries/ and state/ beside it); return its path.
+
+    Keyword arguments override top-level keys.
+    """
+    settings: dict[str, object] = {"inbox": "./inbox", "query_dir": "./queries",
+                                   "state_dir": "./state", "model": str(encoder_path)}
+    settings.update(overrides)
+    (folder / "inbox").mkdir(parents=True, exist_ok=True)
+    (folder / "queries").mkdir(exist_ok=True)
+    path = folder / "config.yaml"
+    path.write_text(yaml.safe_dump(settings), encoding="utf-8")
+    return path
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG that declares `width` x `height` grey pixels but carries almost no data."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return (struct.pack(">I", len(body)) + kind + body
+                + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+            + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b""))
