@@ -25,6 +25,7 @@ import tensorflow as tf  # noqa: E402
 
 from . import card as model_card  # noqa: E402
 from . import fitting  # noqa: E402
+from .atomic import replacing  # noqa: E402
 from .errors import ModelError  # noqa: E402
 from .images import Shape  # noqa: E402
 
@@ -375,9 +376,9 @@ def save(training: Training, path: Path, extra: dict[str, Any] | None = None) ->
         raise ModelError(f"{path}: the encoder is saved in the native format: "
                          "the name must end in .keras")
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.stem}.partial.keras")
-    training.encoder.save(partial)
-    os.replace(partial, path)
+    # Keras saves only to a name that ends in .keras.
+    with replacing(path, partial=path.with_name(f".{path.stem}.partial.keras")) as partial:
+        training.encoder.save(partial)
     identity = model_card.model_id(path)
     model_card.write(path, {**training.card, **(extra or {}), "model_id": identity,
                             "saved_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")})
