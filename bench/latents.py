@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Real latent vectors for index benchmarks: the shipped encoder's, many of them.
 
-    python bench/latents.py OUT.npy --count 100000 [--images /tmp/corpus /tmp/digits]
+    python bench/latents.py OUT.npy --count 100000 [--images FOLDER ...]
 
 Encodes every image of the folders, then shifted, rescaled-brightness and
 colour-mixed copies of them (drawn at random, seed 0) until `count` vectors:
@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 
 SHIFT, BRIGHTNESS, OFFSET, MIX = 6, (0.7, 1.2), 20, 0.08
+HELDOUT = [Path("/tmp/suite") / domain / "heldout"
+           for domain in ("digits", "icons", "glyphs", "photos", "textures")]
 
 
 def variants(pixels: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
@@ -37,8 +39,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path)
     parser.add_argument("--count", type=int, default=100_000)
-    parser.add_argument("--images", type=Path, nargs="+",
-                        default=[Path("/tmp/corpus"), Path("/tmp/digits")])
+    parser.add_argument("--images", type=Path, nargs="+", default=HELDOUT,
+                        help="folders of images (default: the evaluation suite's held-out "
+                             "parts in /tmp/suite)")
     args = parser.parse_args()
     from lookalike.core.config import DEFAULT_MODEL
     from lookalike.core.encoder import load as load_encoder
@@ -46,9 +49,8 @@ def main() -> None:
 
     missing = [str(folder) for folder in args.images if not folder.is_dir()]
     if missing:  # (a missing folder would make other latents, and other figures, silently)
-        raise SystemExit(f"no such folder: {', '.join(missing)}; the corpus comes from "
-                         "scripts/build_corpus.py; the digits are scikit-learn's as 56x56 PNGs, "
-                         "a folder per label (as `write_digits` in tests/conftest.py draws them)")
+        raise SystemExit(f"no such folder: {', '.join(missing)}; the suite comes from "
+                         "`python scripts/build_suite.py /tmp/suite`")
     encoder = load_encoder(DEFAULT_MODEL)
     pixels = np.concatenate([read_folder(folder, encoder.shape)[1] for folder in args.images])
     rng = np.random.default_rng(0)

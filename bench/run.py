@@ -21,9 +21,8 @@ Runs, each in a process of its own and one after the other:
 Prints the tables with the targets beside them and replaces the section
 between the `bench/run.py` markers of BENCHMARKS.md. `--quick` runs small
 sizes (a check that it all works, minutes), and leaves BENCHMARKS.md alone.
-The corpus comes from `python scripts/build_corpus.py /tmp/corpus`; the digits
-(for the real latents) are scikit-learn's handwritten digits as 56x56 PNGs, a folder
-per label, in /tmp/digits (`write_digits` in tests/conftest.py draws them so).
+The corpus comes from `python scripts/build_corpus.py /tmp/corpus`; the images of
+the real latents from `python scripts/build_suite.py /tmp/suite` (its held-out parts).
 """
 from __future__ import annotations
 
@@ -40,7 +39,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 BENCHMARKS = HERE.parent / "BENCHMARKS.md"
 LATENTS = HERE / "results" / "latents-100000.npy"
-DIGITS = Path("/tmp/digits")  # bench/latents.py's default, beside the corpus
+SUITE = Path("/tmp/suite")  # bench/latents.py encodes its held-out parts
 BEGIN, END = "<!-- bench/run.py: begin -->", "<!-- bench/run.py: end -->"
 
 
@@ -143,7 +142,7 @@ def latents_table(rows: list[dict[str, Any]]) -> list[str]:
     return table(
         f"The index on real latents (`python bench/latents.py "
         f"{LATENTS.relative_to(HERE.parent)} --count 100000`: the shipped encoder's vectors "
-        "for the corpus, the digits and altered copies of them), through the "
+        "for the evaluation suite's held-out images and altered copies of them), through the "
         "service's `index.build` and `Searcher`: Annoy on the whole vectors (`index.dims` "
         "0); the two-stage index (`index.dims` 128) with 16 trees, search_k 12000 and all "
         "of 320 candidates read in full; "
@@ -195,9 +194,9 @@ def main() -> None:
     if not args.corpus.is_dir():
         raise SystemExit(f"{args.corpus}: no corpus; make it with "
                          f"`python scripts/build_corpus.py {args.corpus}`")
-    if not LATENTS.exists() and not DIGITS.is_dir():  # (bench/latents.py reads them)
-        raise SystemExit(f"{DIGITS}: no digits; scikit-learn's digits as 56x56 PNGs, a "
-                         "folder per label, as `write_digits` in tests/conftest.py draws them")
+    if not LATENTS.exists() and not SUITE.is_dir():  # (bench/latents.py reads it)
+        raise SystemExit(f"{SUITE}: no evaluation suite; make it with "
+                         f"`python scripts/build_suite.py {SUITE}`")
     quick = args.quick
     count, large = (300, 6) if quick else (2000, 200)
     ingest_command = f"python bench/ingest.py {args.corpus} --count {count} --large {large}"
