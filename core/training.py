@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -140,12 +140,9 @@ class Recipe:
     edges_weight: float = 1.0
 
     def describe(self) -> dict[str, Any]:
-        """The training options, for the model card."""
-        return {"color": self.color, "luminance": self.luminance, "colours": self.colours,
-                "augment": self.augment, "jitter": self.jitter,
-                "flip": self.flip, "contrast": self.contrast, "temperature": self.temperature,
-                "learning_rate": self.learning_rate, "mirror": self.mirror,
-                "whiten": self.whiten, "edges": self.edges, "edges_weight": self.edges_weight}
+        """The training options, for the model card: every field but the architecture."""
+        return {option.name: getattr(self, option.name) for option in fields(self)
+                if option.name != "build"}
 
 
 PRESETS: dict[str, Recipe] = {
