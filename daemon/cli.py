@@ -109,7 +109,7 @@ def parser() -> argparse.ArgumentParser:
                                    "BENCHMARKS.md) or seed (the article's)")
     train_parser.add_argument("--color", choices=("rgb", "grayscale"), default=None,
                               help="colour mode of the encoder's input (default: the "
-                                   "recipe's: grayscale for lookalike, rgb for seed)")
+                                   "recipe's, rgb)")
     train_parser.add_argument("--size", type=positive, default=56, help="input side in pixels")
     train_parser.add_argument("--latent", type=positive, default=128,
                               help="size of the learned latent (the default recipe adds "
