@@ -13,6 +13,13 @@ without holding the GIL and without parsing the header in Python: a
 256x256 JPEG, resize included, decodes in two thirds of the time, on one
 thread or two. Anything else, and any JPEG simplejpeg refuses, goes to
 Pillow, which also says what is wrong.
+
+HEIC/HEIF (every iPhone's photos) are read through pillow-heif, whose opener
+is registered once, here, before anything asks Pillow which extensions it
+opens; AVIF is Pillow's own. Both declare their size before decoding, so the
+pixel limit applies first; pillow-heif turns the picture upright as it
+decodes (and resets the EXIF orientation, which would turn it again), and
+decodes an embedded thumbnail when one still covers the output.
 """
 from __future__ import annotations
 
@@ -27,10 +34,17 @@ from io import BytesIO
 from pathlib import Path
 
 import numpy as np
+import pillow_heif
 import simplejpeg
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import UnreadableImage
+
+# Depth maps and auxiliary images (an iPhone portrait's) are never read: not opened.
+pillow_heif.register_heif_opener(depth_images=False, aux_images=False)
+# The formats whose draft mode decodes less than the whole picture: JPEG at a
+# smaller scale, HEIF an embedded thumbnail that still covers the wanted size.
+DRAFTED = ("JPEG", "HEIF")
 
 COLORS = {"rgb": "RGB", "grayscale": "L"}
 WHITE = {"RGB": (255, 255, 255), "L": 255}
@@ -141,7 +155,8 @@ def upright(data: bytes, mode: str, max_pixels: int,
     """The first frame of an image file's bytes, upright, in `mode` ("RGB" or "L").
 
     Transparency is flattened onto white. A JPEG decodes at the smallest
-    scale that still covers `draft`. Raises UnreadableImage saying why not.
+    scale that still covers `draft`, a HEIC its smallest thumbnail that does
+    (if any). Raises UnreadableImage saying why not.
     """
     try:
         with warnings.catch_warnings():
@@ -154,7 +169,7 @@ def upright(data: bytes, mode: str, max_pixels: int,
                     raise UnreadableImage(
                         "too_many_pixels",
                         f"{width}x{height} pixels is more than the limit of {max_pixels:,}")
-                if image.format == "JPEG" and draft is not None:
+                if image.format in DRAFTED and draft is not None:
                     image.draft(mode if image.mode != "CMYK" else None, draft)
                 image.seek(0)  # the first frame of an animation
                 image.load()

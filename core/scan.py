@@ -19,7 +19,10 @@ from pathlib import Path
 
 from PIL import Image
 
-from . import results
+from . import (
+    images,  # noqa: F401  (registers HEIC before the extensions are listed)
+    results,
+)
 from .errors import UnreadableImage
 
 log = logging.getLogger(__name__)

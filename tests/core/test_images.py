@@ -83,9 +83,18 @@ def save_gray_jpeg(path: Path) -> None:
     noise(64, 64).convert("L").save(path, "JPEG")
 
 
+def save_heic(path: Path) -> None:
+    noise(64, 48).save(path, "HEIF", quality=90)  # (pillow-heif's writer)
+
+
+def save_avif(path: Path) -> None:
+    noise(64, 48).save(path, "AVIF", quality=90)
+
+
 FORMATS: dict[str, Callable[[Path], None]] = {
     "x.jpg": save_jpeg, "x.png": save_png, "x.webp": save_webp, "x.tif": save_tiff,
     "x.bmp": save_bmp, "gray.png": save_gray_png, "gray.jpg": save_gray_jpeg,
+    "x.heic": save_heic, "x.avif": save_avif,
 }
 
 
@@ -215,6 +224,49 @@ def test_exif_orientation_is_applied(tmp_path: Path) -> None:
 
     plain = images.load(tmp_path / "plain.jpg", GRAY).pixels[:, :, 0].astype(int)
     assert plain[:, :24].mean() < 30 and plain[:, 32:].mean() > 225
+
+
+@pytest.mark.parametrize("kind", ["HEIF", "AVIF"])
+def test_a_turned_heic_or_avif_comes_out_upright_turned_once(tmp_path: Path, kind: str) -> None:
+    import pillow_heif
+
+    stored = halves(80, 40, 0, 255).convert("RGB")  # as the camera's sensor saw it
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display", as an iPhone held upright
+    if kind == "HEIF":  # as an iPhone writes it: a rotation box (irot) and the EXIF tag
+        pillow_heif.from_pillow(stored).save(tmp_path / "turned", quality=95,
+                                             exif=exif.tobytes())
+    else:
+        stored.save(tmp_path / "turned", kind, quality=95, exif=exif)
+    assert b"irot" in (tmp_path / "turned").read_bytes()
+    upright = images.load(tmp_path / "turned", GRAY).pixels[:, :, 0].astype(int)
+    # As for the JPEG above: the stored left edge at the top, turned once, not twice.
+    assert upright[:24].mean() < 30 and upright[32:].mean() > 225
+    assert abs(upright[:, :24].mean() - upright[:, 32:].mean()) < 20
+
+
+def test_heic_over_the_pixel_limit_is_refused_before_decoding(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pillow_heif.as_plugin import HeifImageFile
+
+    noise(400, 300).save(tmp_path / "big.heic", "HEIF")
+
+    def decode(self: object) -> None:
+        raise AssertionError("decoded an image over the limit")
+
+    monkeypatch.setattr(HeifImageFile, "load", decode)
+    with pytest.raises(UnreadableImage) as caught:
+        images.load(tmp_path / "big.heic", images.Shape(56, "rgb", max_pixels=100_000))
+    assert (caught.value.code, "400x300" in caught.value.message) == ("too_many_pixels", True)
+
+
+@pytest.mark.parametrize("kind", ["HEIF", "AVIF"])
+def test_truncated_heic_and_avif_are_refused(tmp_path: Path, kind: str) -> None:
+    stream = BytesIO()
+    noise(200, 150).save(stream, kind, quality=90)
+    (tmp_path / "cut").write_bytes(stream.getvalue()[:len(stream.getvalue()) // 2])
+    # (Pillow's AVIF reader cannot even open half a file: "not_an_image")
+    assert refused(tmp_path / "cut") in ("truncated", "corrupt", "not_an_image")
 
 
 @pytest.mark.parametrize("shape", [GRAY, RGB], ids=str)

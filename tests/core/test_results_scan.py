@@ -226,6 +226,8 @@ def test_eps_is_refused(name: str) -> None:
 def test_image_extensions_are_the_ones_pillow_opens() -> None:
     extensions = scan.image_extensions()
     assert {".jpg", ".jpeg", ".png", ".gif", ".webp", ".tif", ".tiff", ".bmp"} <= extensions
+    assert {".heic", ".heif", ".avif"} <= extensions  # iPhone photos, and AVIF
+    assert scan.wanted("IMG_0001.HEIC") and scan.wanted("trip/x.avif")
     assert not {".eps", ".ps", ".txt", ".json"} & extensions
 
 
