@@ -4,24 +4,21 @@ The encoder maps a (size, size, channels) uint8 image to its latent vector.
 Its first layer rescales 0..255 to 0..1, so the model and its preprocessing
 travel together in one `.keras` file. The model id is the SHA-256 of that
 file (`card.model_id`): a new file makes the library re-encode. Training
-lives in `training`, which the service never imports.
+lives in `training`, which the service never imports. (What TensorFlow
+prints as it loads is the command's to quiet: `daemon.tensorflow_log`.)
 """
 from __future__ import annotations
 
-import os
 import zipfile
 from pathlib import Path
 
-# Keep TensorFlow's C++ chatter out of the journal.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import keras
+import numpy as np
+import tensorflow as tf
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
-from . import card as model_card  # noqa: E402
-from .errors import ModelError  # noqa: E402
-from .images import Shape  # noqa: E402
+from . import card as model_card
+from .errors import ModelError
+from .images import Shape
 
 
 class Encoder:

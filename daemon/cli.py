@@ -23,6 +23,7 @@ from lookalike.core import index
 from lookalike.core.config import Config
 from lookalike.core.errors import ConfigError, LookalikeError
 from lookalike.core.store import Library
+from lookalike.daemon import tensorflow_log
 from lookalike.daemon.logs import setup_logging
 
 if TYPE_CHECKING:
@@ -150,9 +151,10 @@ def open_library(config: Config) -> Library:
 
 def load_encoder(config: Config) -> Encoder:
     """The configured encoder; its shape must agree with `image.size` and `image.color`."""
+    started = time.monotonic()
+    tensorflow_log.quiet()
     from lookalike.core import encoder as encoders  # TensorFlow loads here, only when encoding
 
-    started = time.monotonic()
     encoder = encoders.load(config.model, config.image.max_pixels)
     problems = []
     if config.image.size not in (None, encoder.shape.size):

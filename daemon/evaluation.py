@@ -27,7 +27,7 @@ from lookalike.core import config as configuration
 from lookalike.core import evaluate, images, sheet
 from lookalike.core.config import DEFAULT_MODEL
 from lookalike.core.errors import LookalikeError
-from lookalike.daemon import sheets
+from lookalike.daemon import sheets, tensorflow_log
 from lookalike.daemon.training import read_folder
 
 log = logging.getLogger(__name__)
@@ -43,6 +43,7 @@ def run(args: argparse.Namespace) -> int:
     if args.baseline == "pixels":
         shape, name = images.Shape(56, "grayscale"), "raw grayscale pixels 56x56"
     else:
+        tensorflow_log.quiet()
         from lookalike.core.encoder import load as load_encoder  # TensorFlow loads here
         encoder = load_encoder(args.model or settings["model"])
         shape, name = encoder.shape, f"{Path(encoder.path).name} ({encoder.model_id[:19]}…)"

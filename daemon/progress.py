@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 
 log = logging.getLogger(__name__)
 
@@ -21,6 +21,18 @@ class Tally:
     removed: int = 0
     answered: int = 0
     seconds: float = 0.0
+
+    def copy(self) -> Tally:
+        return replace(self)
+
+    def since(self, before: Tally) -> Tally:
+        """What was done after `before`, an earlier copy of this tally."""
+        return Tally(**{f.name: getattr(self, f.name) - getattr(before, f.name)
+                        for f in fields(self)})
+
+    def __bool__(self) -> bool:
+        """Whether anything was done (time alone is not)."""
+        return any(getattr(self, f.name) for f in fields(self) if f.name != "seconds")
 
     def line(self) -> str:
         took = f" in {self.seconds:.1f} s" if self.seconds else ""

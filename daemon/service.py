@@ -127,8 +127,9 @@ class Service:
         def rebuild_due(now: float) -> bool:  # (the old model's index stays until re-encoded)
             return not reencoding.active and search.rebuild_due(now)
 
-        def report_burst(now: float) -> None:
-            self.burst.report(now, busy=bool(sync.batch) or len(self.arrivals) > 0)
+        def report_burst(now: float) -> None:  # (a burst ends once the results it changed are)
+            self.burst.report(now, busy=bool(sync.batch) or len(self.arrivals) > 0
+                              or bool(freshness.outdated))
 
         return Scheduler(
             before=[Job("reload", lambda now: self.signals.reload, self.reload),
@@ -161,6 +162,7 @@ class Service:
         now = self.clock()  # the periods count from the end of the start-up
         self.search.last_rebuild = self.sync.last_rescan = self.status.last = \
             self.burst.since = now
+        self.burst.skip(now)
         counts = self.library.counts()
         log.info("ready: %d images in the library, index generation %s, watching %s",
                  counts["images"], self.search.generation,

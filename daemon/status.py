@@ -104,20 +104,32 @@ class Status:
 
 
 class BurstProgress:
-    """During a burst, one log line every few seconds: answered so far, waiting, rate."""
+    """During a burst, one log line every few seconds: answered so far, waiting, rate;
+    at its end, one line of what it did (added, changed, removed, unusable, results files
+    written) and how long it took."""
 
     def __init__(self, arrivals: Arrivals, tally: Tally) -> None:
         self.arrivals = arrivals
         self.tally = tally
         self.since = -math.inf  # when the rate is counted from (the start counts)
         self.count = 0  # images answered by then
+        self.idle = tally.copy()  # the tally when last idle: a burst's work is what follows
+        self.idle_at = -math.inf
+        self.bursting = False
 
     def report(self, now: float, busy: bool) -> None:
         tally = self.tally
         answered = tally.added + tally.updated + tally.errors
         if not busy:  # idle: a later burst's rate counts from its start
+            if self.bursting:
+                done = tally.since(self.idle)
+                done.seconds = now - self.idle_at
+                log.info("burst: %s", done.line())
+                self.bursting = False
+            self.skip(now)
             self.since, self.count = now, answered
             return
+        self.bursting = True
         if now - self.since < BURST_EVERY_S:
             return
         waiting = len(self.arrivals)
@@ -125,6 +137,10 @@ class BurstProgress:
             rate = (answered - self.count) / (now - self.since)
             log.info("burst: %d images read, %d waiting (%.0f/s)", answered, waiting, rate)
         self.since, self.count = now, answered
+
+    def skip(self, now: float) -> None:
+        """What was done until now is not the next burst's (a scan says what it did)."""
+        self.idle, self.idle_at = self.tally.copy(), now
 
 
 def status_path(state_dir: Path) -> Path:

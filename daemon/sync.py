@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from dataclasses import dataclass, field
 
 from lookalike.core import results
@@ -89,12 +90,18 @@ class FolderSync:
         self.last_rescan = now
 
     def rescan(self) -> None:
-        """Reconcile the inbox with the library, and answer whatever has no results."""
+        """Reconcile the inbox with the library, and answer whatever has no results; say
+        in one line what that did, if anything."""
+        before, started = self.tally.copy(), time.monotonic()
         changes = self.ingest.reconcile(self.tally, model_too=False)
         self.follow(changes)
         searcher = self.search.searcher
         self.answers.answer(searcher, changes.unanswered, self.tally)
         self.answers.answer_queries(searcher, self.tally)
+        done = self.tally.since(before)
+        if done:
+            done.seconds = time.monotonic() - started
+            log.info("scan: %s", done.line())
 
     # -- what the watcher saw ---------------------------------------------------
     def arrivals_due(self, now: float) -> bool:

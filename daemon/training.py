@@ -12,6 +12,7 @@ import numpy as np
 
 from lookalike.core import images, scan
 from lookalike.core.errors import LookalikeError, UnreadableImage
+from lookalike.daemon import tensorflow_log
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +26,7 @@ def run(args: argparse.Namespace) -> int:
         raise LookalikeError(f"--size {args.size}: must be a multiple of 8")
     if next(iter(scan.walk(args.data)), None) is None:  # said before TensorFlow loads
         raise LookalikeError(f"{args.data}: 0 usable images; training needs at least 10")
+    tensorflow_log.quiet()
     from lookalike.core import training  # TensorFlow loads here
 
     _, recipe = training.recipe_of(args.preset)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import struct
 import subprocess
 import sys
@@ -15,11 +16,11 @@ LOOKALIKE = Path(sys.executable).with_name("lookalike")  # the installed console
 
 def lookalike_env(*dropped: str) -> dict[str, str]:
     """This process's environment for a `lookalike` child: no LOOKALIKE_CONFIG or
-    JOURNAL_STREAM (nor the `dropped` names), TensorFlow's log quiet."""
-    env = {key: value for key, value in os.environ.items()
-           if key not in ("LOOKALIKE_CONFIG", "JOURNAL_STREAM", *dropped)}
-    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
-    return env
+    JOURNAL_STREAM (nor the `dropped` names), and no TF_CPP_MIN_LOG_LEVEL: keeping
+    TensorFlow's log out of the journal is the command's own job."""
+    return {key: value for key, value in os.environ.items()
+            if key not in ("LOOKALIKE_CONFIG", "JOURNAL_STREAM", "TF_CPP_MIN_LOG_LEVEL",
+                           *dropped)}
 
 
 def run_lookalike(*args: object, cwd: Path, timeout: float = 120.0,
@@ -29,6 +30,17 @@ def run_lookalike(*args: object, cwd: Path, timeout: float = 120.0,
     return subprocess.run([str(LOOKALIKE), *map(str, args)], cwd=cwd,
                           env=lookalike_env() if env is None else env,
                           capture_output=True, text=True, timeout=timeout, check=False)
+
+
+# A line that TensorFlow or absl wrote: "I0000 00:00:1796562917.466772   4916 port.cc:153] ...",
+# absl's banner, or TensorFlow's Python logger's.
+TENSORFLOW_LINE = re.compile(
+    r"^[IWEF]\d{4} |absl|InitializeLog|oneDNN|tensorflow|cpu_feature_guard", re.IGNORECASE)
+
+
+def tensorflow_lines(stderr: str) -> list[str]:
+    """The lines of a `lookalike` process's stderr that TensorFlow or absl wrote."""
+    return [line for line in stderr.splitlines() if TENSORFLOW_LINE.search(line)]
 
 
 def refusal(finished: subprocess.CompletedProcess[str]) -> str:
