@@ -7,7 +7,8 @@ has a `generation` that each committed change raises by one; every row
 carries the generation of its last change, so "everything since generation
 N" is one indexed query. A deleted image stays as a tombstone until an index
 built after its deletion is in use, so searches can tell that an index item
-is gone.
+is gone; it keeps its vector meanwhile, for a file that arrives with the
+same bytes.
 """
 from __future__ import annotations
 
@@ -48,6 +49,12 @@ CREATE INDEX IF NOT EXISTS images_deleted ON images (generation) WHERE deleted =
 -- `lookalike status` read this, not the table (10^6: 2.6 s at every start).
 CREATE INDEX IF NOT EXISTS images_models ON images (model_id)
     WHERE deleted = 0 AND latent IS NOT NULL;
+-- Rows by the first 16 hex digits of their content's hash (a quarter of the whole
+-- hash's size): a file moved or copied within the inbox takes its vector from a row
+-- with the same bytes (`core.twins`), a tombstone's too. (Not "WHERE latent IS NOT
+-- NULL": queries of the vectors of a model would scan this index instead of theirs.)
+CREATE INDEX IF NOT EXISTS images_by_content ON images (substr(sha256, 1, 16))
+    WHERE sha256 IS NOT NULL;
 """
 
 
@@ -218,8 +225,10 @@ class Library:
                     "radius = NULL",
                     (entry.path, entry.size, entry.mtime_ns, entry.sha256, entry.model_id,
                      latent, entry.error_code, entry.error_message, generation))
+            # A tombstone keeps its vector until it goes: a file that arrives with its bytes
+            # (the other end of a move) takes it rather than being encoded again.
             self.db.executemany(
-                "UPDATE images SET deleted = 1, latent = NULL, answered = NULL, named = NULL, "
+                "UPDATE images SET deleted = 1, answered = NULL, named = NULL, "
                 "radius = NULL, generation = ? "
                 "WHERE path = ? AND deleted = 0", ((generation, path) for path in deletions))
         return generation
@@ -305,9 +314,10 @@ class Library:
             f"SELECT {RECORD_COLUMNS} FROM images WHERE deleted = 0 AND id IN ({{}})", ids)}
 
     def vectors_of(self, ids: Iterable[int]) -> dict[int, np.ndarray]:
-        """The latent vector of each usable row id."""
+        """The latent vector of each live usable row id."""
         return {row: np.frombuffer(blob, "<f4").astype(np.float32) for row, blob in self.select(
-            "SELECT id, latent FROM images WHERE latent IS NOT NULL AND id IN ({})", ids)}
+            "SELECT id, latent FROM images WHERE latent IS NOT NULL AND deleted = 0 "
+            "AND id IN ({})", ids)}
 
     def select(self, sql: str, values: Iterable[object]) -> Iterator[tuple]:  # type: ignore[type-arg]
         """Run `sql` (with one `IN ({})`) over `values` in chunks SQLite accepts."""

@@ -2,13 +2,16 @@
 
 `Ingest` reads and decodes images in a small thread pool, encodes them in
 batches and stores each batch in one library transaction; it forgets the
-images that left the inbox. It does no watching and writes no results:
+images that left the inbox. A file with the bytes of a library row (moved
+within the inbox, or copied) takes that row's vector and is not decoded
+(`core.twins`). It does no watching and writes no results:
 `reconcile` compares the inbox with the library (the start-up scan, the
 periodic rescan and `run --once`), and the service hands it what its
 watcher saw.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -21,6 +24,7 @@ from lookalike.core import images, results, scan
 from lookalike.core.config import Config
 from lookalike.core.errors import UnreadableImage
 from lookalike.core.store import Entry, Library, Record
+from lookalike.core.twins import Twins
 from lookalike.daemon.answers import remove_leftovers
 from lookalike.daemon.progress import Progress, Tally
 
@@ -39,11 +43,13 @@ SCAN_BATCH = 256
 
 @dataclass(frozen=True)
 class Read:
-    """One file after reading: pixels and hash, or why it is unusable."""
+    """One file after reading: its hash with its pixels or with a library row's vector
+    for the same bytes, or why it is unusable."""
 
     candidate: scan.Candidate
     decoded: images.Decoded | None
     problem: UnreadableImage | None
+    twin: tuple[str, np.ndarray] | None = None  # (SHA-256, vector): no pixels to encode
 
 
 @dataclass
@@ -73,11 +79,13 @@ class Ingest:
         self.library = library
         self.encoder = encoder
         self.pool = ThreadPoolExecutor(config.decode_threads, thread_name_prefix="decode")
+        self.twins = Twins(config.state_dir / "library.sqlite", encoder.model_id)
         self.stock = stock
         self.interrupted = interrupted  # checked between batches
 
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
+        self.twins.close()
 
     def reconcile(self, tally: Tally, model_too: bool = True) -> Changes:
         """Bring the library in line with the inbox: add new, re-read changed, forget gone.
@@ -138,12 +146,19 @@ class Ingest:
         return [self.pool.submit(self.read, candidate) for candidate in candidates]
 
     def read(self, candidate: scan.Candidate) -> Read:
+        """Read, hash and decode one file, unless a library row holds its bytes' vector."""
         path = self.config.inbox / candidate.path
         try:
             problem = scan.link_problem(self.config.inbox, path)
             if problem is not None:
                 raise problem
-            return Read(candidate, images.load(path, self.encoder.shape), None)
+            data = images.read(path)
+            sha256 = hashlib.sha256(data).hexdigest()
+            latent = self.twins.find(sha256, len(data))
+            if latent is not None:
+                return Read(candidate, None, None, (sha256, latent))
+            pixels = images.decode(data, self.encoder.shape)
+            return Read(candidate, images.Decoded(pixels, sha256), None)
         except UnreadableImage as problem:
             return Read(candidate, None, problem)
 
@@ -152,15 +167,23 @@ class Ingest:
         usable = [(r.candidate, r.decoded) for r in batch if r.decoded is not None]
         pixels = [decoded.pixels for _, decoded in usable]
         latents = self.encoder.encode(np.stack(pixels)) if pixels else []
+        tally.encoded += len(usable)
+        hashed = [(c, decoded.sha256, latent)
+                  for (c, decoded), latent in zip(usable, latents, strict=True)]
+        twins = [(r.candidate, *r.twin) for r in batch if r.twin is not None]
+        tally.reused += len(twins)
         entries = []
-        for (c, decoded), latent in zip(usable, latents, strict=True):
-            entries.append(Entry(c.path, c.size, c.mtime_ns, decoded.sha256,
-                                 self.encoder.model_id, latent))
+        for c, sha256, latent in hashed + twins:
+            entries.append(Entry(c.path, c.size, c.mtime_ns, sha256, self.encoder.model_id,
+                                 latent))
             if c.path in known:
                 tally.updated += 1
             else:
                 tally.added += 1
+        for c, _, _ in hashed:
             log.debug("%s: encoded", c.path)
+        for c, _, _ in twins:
+            log.debug("%s: the vector of the same bytes in the library", c.path)
         for read in batch:
             if read.problem is not None:
                 c = read.candidate

@@ -20,6 +20,8 @@ class Tally:
     errors: int = 0
     removed: int = 0
     answered: int = 0
+    encoded: int = 0  # of the added and updated: those read, decoded and encoded
+    reused: int = 0  # ... and those that took the vector of a row with the same bytes
     seconds: float = 0.0
 
     def copy(self) -> Tally:
@@ -37,7 +39,8 @@ class Tally:
     def line(self) -> str:
         took = f" in {self.seconds:.1f} s" if self.seconds else ""
         return (f"{self.added} added, {self.updated} updated, {self.removed} removed, "
-                f"{self.errors} unusable, {self.answered} results written{took}")
+                f"{self.errors} unusable, {self.answered} results written; {self.encoded} "
+                f"encoded, {self.reused} reused (same bytes){took}")
 
 
 class Progress:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import shutil
 import signal
 import sqlite3
@@ -228,19 +229,39 @@ def test_deleted_edited_and_moved_images_change_the_results_of_the_others(
         old, new = dict(pairs(after_delete[image])), dict(pairs(after_edit[image]))
         assert new.get(edited) != old[edited], f"{image} keeps the old distance to {edited}"
 
-    # moves: one image into a new sub-folder, one out of the inbox, a whole folder out
+    # moves within the inbox: one image into a new sub-folder, a whole folder into another;
+    # each takes its vector from the library rather than being decoded and encoded again
+    said = len(run.text())
     within = next(image for image in rest if "/" not in image and image != edited)
     (inbox / "moved").mkdir()
     os.rename(inbox / within, inbox / "moved" / within)
+    (inbox / "trips").mkdir()
+    os.rename(inbox / "album", inbox / "trips" / "album")
+    album = [image for image in rest if image.startswith("album/")]
+    trip = [f"trips/{image}" for image in album]
+    rest = [image for image in rest if image not in (within, *album)] + [f"moved/{within}"]
+    for image in (within, *album):
+        run.wait(forgotten(image), what=f"{image} to leave every results file")
+    wait_answered(run, inbox, rest + trip)
+
+    def counted() -> tuple[int, int]:  # (encoded, reused) of the bursts since the moves
+        bursts = [re.search(r"; (\d+) encoded, (\d+) reused", line)
+                  for line in run.text()[said:].splitlines() if " burst: " in line]
+        return (sum(int(b.group(1)) for b in bursts if b),
+                sum(int(b.group(2)) for b in bursts if b))
+
+    run.wait(lambda: counted()[1] >= 1 + len(album), what="the bursts of the moves to end")
+    assert counted() == (0, 1 + len(album))
+
+    # moves out: one image, a whole folder
     out = next(image for image in rest if "/" not in image and image not in (edited, within))
     os.rename(inbox / out, tmp_path / out)
-    os.rename(inbox / "album", tmp_path / "album")
-    album = [image for image in rest if image.startswith("album/")]
-    rest = [image for image in rest if image not in (within, out, *album)] + [f"moved/{within}"]
-    for image in (within, out, *album):
+    os.rename(inbox / "trips", tmp_path / "trips")
+    rest = [image for image in rest if image != out]
+    for image in (out, *trip):
         run.wait(forgotten(image), what=f"{image} to leave every results file")
     final = wait_answered(run, inbox, rest)
-    moved_out = sorted(p.name for p in (tmp_path / "album").iterdir())  # images and results
+    moved_out = sorted(p.name for p in (tmp_path / "trips/album").iterdir())  # with results
     assert moved_out == sorted(name for image in album
                                for name in (image[6:], image[6:] + SUFFIX))
     live = {path for path, row in library_rows(run.state_dir).items() if not row["deleted"]}

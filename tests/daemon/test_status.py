@@ -58,4 +58,5 @@ def test_a_burst_ends_with_one_line_of_what_it_did(tmp_path: Path,
         burst.report(104.5, busy=False)
         burst.report(105.0, busy=False)  # idle again: no second line
     assert [r.getMessage() for r in caplog.records] == [
-        "burst: 780 added, 2 updated, 3 removed, 1 unusable, 803 results written in 3.5 s"]
+        "burst: 780 added, 2 updated, 3 removed, 1 unusable, 803 results written; "
+        "0 encoded, 0 reused (same bytes) in 3.5 s"]
