@@ -52,6 +52,8 @@ class Config:
     neighbors: int
     settle_s: float
     rescan_interval_s: float
+    watch_mode: str  # auto, events or poll
+    poll_interval_s: float
     exclude: tuple[str, ...]
     batch_size: int
     decode_threads: int
@@ -163,6 +165,8 @@ def build(settings: dict[str, Any], base: Path, source: Path) -> Config:
         neighbors=settings["search"]["neighbors"],
         settle_s=float(settings["watch"]["settle_s"]),
         rescan_interval_s=float(settings["watch"]["rescan_interval_s"]),
+        watch_mode=settings["watch"]["mode"],
+        poll_interval_s=float(settings["watch"]["poll_interval_s"]),
         exclude=tuple(settings["watch"]["exclude"]),
         batch_size=settings["ingest"]["batch_size"],
         decode_threads=settings["ingest"]["decode_threads"],

@@ -250,12 +250,22 @@ def status(args: argparse.Namespace) -> int:
     if stale:
         print(f"          {sum(stale.values())} vectors from another model await re-encoding")
     if service:
-        folders = ", ".join(f"{root} {state}" for root, state in service["folders"].items())
+        folders = ", ".join(f"{root} {state}{watched_how(service, root)}"
+                            for root, state in service["folders"].items())
         print(f"service   running (pid {service['pid']}) since {service['started_at']}: "
               f"{service['queue']} queued, {folders}")
     else:
         print("service   not running")
     return 0
+
+
+def watched_how(service: dict[str, Any], root: str) -> str:
+    """" (polled every 30 s, nfs4)" or " (events, ext4)": how the service watches `root`."""
+    how = service.get("watch", {}).get(root)
+    if not how:
+        return ""
+    mode = f"polled every {how['poll_interval_s']:g} s" if how["mode"] == "poll" else "events"
+    return f" ({mode}, {how['file_system']})"
 
 
 def status_report(config: Config) -> dict[str, Any]:

@@ -51,7 +51,8 @@ log = logging.getLogger(__name__)
 
 RETRY_S = 10  # seconds between attempts while turns fail
 # Settings that a reload cannot change: they shape what is already running.
-RESTART_KEYS = ("inbox", "query_dir", "state_dir", "model", "image", "decode_threads")
+RESTART_KEYS = ("inbox", "query_dir", "state_dir", "model", "image", "watch_mode",
+                "poll_interval_s", "decode_threads")
 
 
 class Signals:
@@ -106,13 +107,13 @@ class Service:
         if config.query_dir is not None:
             roots["queries"] = config.query_dir
         self.arrivals = Arrivals(roots, config.settle_s, config.exclude, clock)
-        self.watcher = Watcher(self.arrivals)
+        self.watcher = Watcher(self.arrivals, config.watch_mode, config.poll_interval_s)
         self.sync = FolderSync(config, library, self.arrivals, self.watcher, self.ingest,
                                self.answers, self.search, self.freshness, self.reencoding,
                                self.tally)
         self.status = Status(config.state_dir, library, self.arrivals, self.search,
                              self.sync.missing, self.tally, self.notifier, lambda: self.fault,
-                             clock)
+                             clock, watching=lambda: self.watcher.watching)
         self.burst = BurstProgress(self.arrivals, self.tally)
         self.scheduler = self.jobs()
 

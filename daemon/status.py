@@ -20,7 +20,7 @@ from lookalike.core.store import Library
 from lookalike.daemon.notify import Notifier
 from lookalike.daemon.progress import Tally
 from lookalike.daemon.searching import SearchState
-from lookalike.daemon.watcher import Arrivals
+from lookalike.daemon.watcher import Arrivals, Watching
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,7 @@ class Status:
     notifier: Notifier
     fault: Callable[[], str | None]
     clock: Callable[[], float]
+    watching: Callable[[], dict[str, Watching]] = field(default=lambda: {})  # by root
     started_at: str = field(default_factory=lambda: now_utc(), init=False)
     counted: tuple[int, int] = field(default=(-1, 0), init=False)  # the library generation
                                                                    # last counted, its images
@@ -94,6 +95,10 @@ class Status:
             "fault": self.fault(),
             "folders": {root: ("missing" if root in self.missing else "watched")
                         for root in self.arrivals.roots},
+            "watch": {root: {"mode": how.mode, "file_system": how.file_system,
+                             "poll_interval_s": how.poll_interval_s if how.mode == "poll"
+                             else None}
+                      for root, how in self.watching().items()},
             "totals": self.tally.__dict__,
         }
         try:  # not synced: it is rewritten every few seconds

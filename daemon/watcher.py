@@ -4,7 +4,9 @@ The watchdog handler only notes a path (coalescing repeated events); the
 service asks `Arrivals.ready` for the paths that are complete: closed after
 writing, moved into place, gone, or with size and mtime unchanged for the
 settle time. Reading a file that is still being written is what this
-prevents.
+prevents. Each watched folder is watched by the kernel's events or polled
+(`watch.mode`; `auto` polls network shares and FUSE file systems, whose
+changes made elsewhere send no events: `mounts`, `polling`).
 """
 from __future__ import annotations
 
@@ -34,6 +36,7 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 
 from lookalike.core import scan
+from lookalike.daemon import mounts, polling
 
 log = logging.getLogger(__name__)
 
@@ -232,18 +235,33 @@ class Overflow(logging.Handler):
             self.happened.set()
 
 
-class Watcher:
-    """A watchdog observer on each watched folder that exists; `watch` again when one returns."""
+@dataclass(frozen=True)
+class Watching:
+    """How one watched folder is watched: "events" or "poll", and its file system."""
 
-    def __init__(self, arrivals: Arrivals) -> None:
+    mode: str
+    file_system: str
+    poll_interval_s: float
+
+
+class Watcher:
+    """A watchdog watch on each watched folder that exists, by events or polled (`mode`:
+    auto, events or poll); `watch` again when one returns."""
+
+    def __init__(self, arrivals: Arrivals, mode: str = "events", poll_interval_s: float = 30.0,
+                 file_system: Callable[[Path], mounts.FileSystem] = mounts.file_system) -> None:
         self.arrivals = arrivals
-        self.observer: BaseObserver = observer()
-        self.watched: dict[str, tuple[object, tuple[int, int]]] = {}
+        self.mode, self.poll_interval_s, self.file_system = mode, poll_interval_s, file_system
+        self.observers: dict[str, BaseObserver] = {
+            "events": observer(), "poll": polling.poller(poll_interval_s)}
+        self.watched: dict[str, tuple[str, object, tuple[int, int]]] = {}
+        self.watching: dict[str, Watching] = {}  # how each folder is watched (last chosen)
         self.overflow = Overflow()
 
     def start(self) -> None:
         logging.getLogger("watchdog").addHandler(self.overflow)
-        self.observer.start()
+        for running in self.observers.values():
+            running.start()
         self.watch()
 
     def events_lost(self) -> bool:
@@ -252,23 +270,40 @@ class Watcher:
         self.overflow.happened.clear()
         return lost
 
+    def choose(self, root: str, folder: Path) -> Watching:
+        """Events or polling for `folder`, by `mode`; logged when it is a new choice."""
+        kind = self.file_system(folder)
+        mode = self.mode if self.mode != "auto" else "poll" if kind.remote else "events"
+        chosen = Watching(mode, kind.kind, self.poll_interval_s)
+        if self.watching.get(root) != chosen:
+            why = f"watch.mode {self.mode}" if self.mode != "auto" else (
+                "changes made elsewhere send no events" if kind.remote
+                else "its changes send events")
+            how = (f"polled every {self.poll_interval_s:g} s" if mode == "poll"
+                   else "watched by file events")
+            log.info("%s %s is on %s (%s): %s", root, folder, kind.kind, why, how)
+        self.watching[root] = chosen
+        return chosen
+
     def watch(self) -> list[str]:
         """Watch each folder that exists and is not watched yet; return the ones now watched."""
         started = []
         for root, folder in self.arrivals.roots.items():
             identity = folder_identity(folder)
-            watch, watched_identity = self.watched.get(root, (None, None))
+            mode, watch, watched_identity = self.watched.get(root, ("", None, None))
             if watch is not None and identity == watched_identity:
                 continue
             if watch is not None:  # gone, or a new folder at that path (a disk mounted again)
                 with contextlib.suppress(KeyError):  # its emitter may have stopped already
-                    self.observer.unschedule(watch)  # type: ignore[arg-type]
+                    self.observers[mode].unschedule(watch)  # type: ignore[arg-type]
                 del self.watched[root]
             if identity is not None:
+                chosen = self.choose(root, folder)
                 try:
-                    watch = self.observer.schedule(Handler(self.arrivals, root), str(folder),
-                                                   recursive=True, event_filter=EVENTS)
-                    self.watched[root] = (watch, identity)
+                    watch = self.observers[chosen.mode].schedule(
+                        Handler(self.arrivals, root), str(folder), recursive=True,
+                        event_filter=EVENTS)
+                    self.watched[root] = (chosen.mode, watch, identity)
                     started.append(root)
                 except OSError as error:  # e.g. the inotify watch limit
                     log.warning("cannot watch %s: %s; relying on periodic rescans", folder, error)
@@ -276,5 +311,7 @@ class Watcher:
 
     def stop(self) -> None:
         logging.getLogger("watchdog").removeHandler(self.overflow)
-        self.observer.stop()
-        self.observer.join(timeout=5)
+        for running in self.observers.values():
+            running.stop()
+        for running in self.observers.values():
+            running.join(timeout=5)
