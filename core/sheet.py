@@ -2,7 +2,8 @@
 
 Pure Pillow. The caller decides what each tile shows (a picture, caption
 lines, an optional frame colour); `render` lays the rows out on white and
-returns the image. `thumbnail` reads an original image file for a tile.
+returns the image. Names in any script are drawn with a font that has their
+glyphs (`lettering`). `thumbnail` reads an original image file for a tile.
 Every size is a layout constant below, so a sheet's size is known in
 advance: see `size`.
 """
@@ -10,12 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import cache
 from pathlib import Path
 
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
-from . import images
+from . import images, lettering
+from .lettering import Font
 
 Color = tuple[int, int, int]
 
@@ -25,7 +26,6 @@ CELL = THUMB + 2 * FRAME  # a tile's picture with its frame
 SPACE = 8  # between neighbours
 GAP = 28  # between the query and its first neighbour (a rule runs down its middle)
 MARGIN = 14  # around the whole sheet
-FONT_SIZE = 12
 LINE = 15  # height of a caption or title line
 CAPTION_TOP = 4  # between a picture's frame and its caption
 CAPTION_LINES = 2  # caption lines under every tile
@@ -85,7 +85,8 @@ def render(rows: Sequence[Row], title: Sequence[str] = ()) -> Image.Image:
     draw = ImageDraw.Draw(sheet)
     width = sheet.width - 2 * MARGIN
     for n, line in enumerate(title):
-        draw.text((MARGIN, MARGIN + n * LINE), shorten(line, width), fill=INK, font=font())
+        shown, face = fitted(line, width)
+        draw.text((MARGIN, MARGIN + n * LINE), shown, fill=INK, font=face)
     for r, row in enumerate(rows):
         x, y = tile_origin(r, 0, len(title))
         place(sheet, draw, row.query, x, y)
@@ -107,15 +108,15 @@ def place(sheet: Image.Image, draw: ImageDraw.ImageDraw, tile: Tile, x: int, y: 
     if tile.picture is None:
         draw.rectangle([x + FRAME, y + FRAME, x + FRAME + THUMB - 1, y + FRAME + THUMB - 1],
                        fill=(240, 240, 240))
-        draw.text((x + CELL // 2, y + CELL // 2), "missing", fill=MUTED, font=font(),
-                  anchor="mm")
+        draw.text((x + CELL // 2, y + CELL // 2), "missing", fill=MUTED,
+                  font=lettering.builtin(), anchor="mm")
     else:
         sheet.paste(letterbox(tile.picture, THUMB), (x + FRAME, y + FRAME))
     top = y + CELL + CAPTION_TOP
     for n, line in enumerate(tile.caption[:CAPTION_LINES]):
         # A caption may reach into the space after its tile: names need every pixel.
-        draw.text((x, top + n * LINE), shorten(line, CELL + SPACE - 2),
-                  fill=INK if n == 0 else MUTED, font=font())
+        shown, face = fitted(line, CELL + SPACE - 2)
+        draw.text((x, top + n * LINE), shown, fill=INK if n == 0 else MUTED, font=face)
 
 
 def letterbox(picture: Image.Image, side: int) -> Image.Image:
@@ -147,12 +148,20 @@ def thumbnail(path: Path, max_pixels: int, side: int = THUMB) -> Image.Image:
     return letterbox(picture, side)
 
 
-def shorten(text: str, width: int) -> str:
-    """`text` cut with "..." to fit `width` pixels, keeping twice as much of its end.
+def fitted(text: str, width: int) -> tuple[str, Font]:
+    """`text` as drawn (its script's font; see `lettering`), shortened to fit `width`
+    pixels, and the font to draw it with."""
+    shown, face = lettering.lettered(text)
+    return shorten(shown, width, face), face
+
+
+def shorten(text: str, width: int, face: Font | None = None) -> str:
+    """`text` cut with "..." to fit `width` pixels in `face` (Pillow's own font by default),
+    keeping twice as much of its end.
 
     File names tend to share their beginnings and differ at their ends.
     """
-    measure = font().getlength
+    measure = (face or lettering.builtin()).getlength
     if measure(text) <= width:
         return text
     head, tail = text[:len(text) // 3], text[len(text) // 3:]
@@ -164,9 +173,3 @@ def shorten(text: str, width: int) -> str:
         if measure(head + "..." + tail) <= width:
             return head + "..." + tail
     return ""
-
-
-@cache
-def font() -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
-    # Pillow's built-in font: nothing to install, the same on every machine.
-    return ImageFont.load_default(FONT_SIZE)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lookalike.core import sheet
+from lookalike.core import lettering, sheet
 from lookalike.core.errors import UnreadableImage
 from lookalike.core.sheet import (
     CAPTION_LINES,
@@ -153,6 +153,6 @@ def test_thumbnail_of_no_image_says_why(tmp_path: Path) -> None:
 def test_long_names_are_shortened_in_the_middle() -> None:
     name = "a-very-long-file-name-of-some-camera-upload-20240101-123456.png"
     short = sheet.shorten(name, CELL)
-    assert sheet.font().getlength(short) <= CELL
+    assert lettering.builtin().getlength(short) <= CELL
     assert short.startswith("a-ver") and short.endswith(".png") and "..." in short
     assert sheet.shorten("1.png", CELL) == "1.png"

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageDraw
 
-from lookalike.core import sheet
+from lookalike.core import lettering, sheet
 from lookalike.core.errors import LookalikeError
 from lookalike.core.sheet import CELL
 from lookalike.daemon import evaluation, sheets
@@ -30,15 +30,17 @@ def test_sheet_of_an_inbox_image(make_config: Callable[..., Path],
                                  tmp_path: Path) -> None:
     config = make_config()
     names = inbox_of(tmp_path / "inbox", 40)
+    japanese = "ねこの写真_0003.png"  # a name in another script, as many users' are
+    (tmp_path / "inbox" / names[3]).rename(tmp_path / "inbox" / japanese)
     built = lookalike("run", "--once", "-c", config, cwd=tmp_path)
     assert built.returncode == 0, built.stderr
     here = tmp_path / "here"
     here.mkdir()
 
-    finished = lookalike("sheet", tmp_path / "inbox" / names[3], "-k", "5", "-c", config,
+    finished = lookalike("sheet", tmp_path / "inbox" / japanese, "-k", "5", "-c", config,
                          cwd=here)
     assert finished.returncode == 0, finished.stderr
-    written = here / f"{names[3]}.sheet.png"  # the default: beside us, named after the image
+    written = here / f"{japanese}.sheet.png"  # the default: beside us, named after the image
     assert finished.stdout.strip() == str(written)
     with Image.open(written) as picture:
         assert picture.format == "PNG"
@@ -51,6 +53,16 @@ def test_sheet_of_an_inbox_image(make_config: Callable[..., Path],
                        y + CELL - sheet.FRAME))
     assert np.asarray(inside.convert("L")).min() < 100  # a digit's dark ink
     assert sorted(p.name for p in here.iterdir()) == [written.name]  # no temporary left
+    if lettering.lettered(japanese)[1] is not lettering.builtin():  # a Japanese font here
+        # the query's name under its tile, in its own glyphs: as drawn with that font
+        x, y = sheet.tile_origin(0, 0, 1)
+        top = y + CELL + sheet.CAPTION_TOP + sheet.LINE
+        drawn = np.asarray(rgb.crop((x, top, x + CELL + sheet.SPACE - 2, top + sheet.LINE)))
+        shown, face = sheet.fitted(japanese, CELL + sheet.SPACE - 2)
+        expected = Image.new("RGB", (CELL + sheet.SPACE - 2, sheet.LINE), sheet.WHITE)
+        ImageDraw.Draw(expected).text((0, 0), shown, fill=sheet.MUTED, font=face)
+        assert np.array_equal(drawn, np.asarray(expected))
+        assert "ね" in shown  # drawn, not escaped
 
 
 @pytest.mark.slow
