@@ -160,11 +160,13 @@ class Answers:
         self.answer(searcher, missing, tally)
 
     def answer_library(self, searcher: Searcher, tally: Tally,
-                       unanswered: list[int] | None = None) -> None:
+                       unanswered: list[int] | None = None,
+                       carried: dict[int, list[Neighbor]] | None = None) -> None:
         """Write every missing or outdated results file of the inbox (`run --once`).
 
         `unanswered` are those a scan found missing (`Ingest.reconcile`): when the
         library has not changed since every results file was written, only those are due.
+        `carried` are rows' neighbours known without a search (`moves.carried`).
         """
         generation = str(self.library.generation)
         if self.library.meta("answered_generation") == generation:
@@ -175,7 +177,9 @@ class Answers:
             return
         records = self.library.records()
         names = {r.id: (r.path, r.sha256) for r in records.values()}
-        self.answer(searcher, names, tally, names)
+        known = carried or {}
+        self.answer(searcher, [row for row in names if row in known], tally, names, known)
+        self.answer(searcher, [row for row in names if row not in known], tally, names)
         self.library.set_meta("answered_generation", generation)
 
     # -- other images -----------------------------------------------------------

@@ -49,7 +49,8 @@ class Read:
     candidate: scan.Candidate
     decoded: images.Decoded | None
     problem: UnreadableImage | None
-    twin: tuple[str, np.ndarray] | None = None  # (SHA-256, vector): no pixels to encode
+    twin: tuple[str, int, np.ndarray] | None = None  # (SHA-256, the row with those bytes,
+                                                     # its vector): no pixels to encode
 
 
 @dataclass
@@ -63,6 +64,10 @@ class Changes:
     removed: list[int]
     replaced: list[int] = field(default_factory=list)
     unanswered: list[int] = field(default_factory=list)  # unchanged, their results missing
+    moved: dict[int, int] = field(default_factory=dict)  # stored row -> the row it came
+                                                         # from, forgotten in the same scan
+    last_lists: dict[int, np.ndarray] = field(default_factory=dict)  # what those rows'
+                                                                   # results files listed
 
     def __bool__(self) -> bool:
         return bool(self.stored or self.removed)
@@ -109,11 +114,19 @@ class Ingest:
         if changed or gone:
             log.info("inbox scan: %d new or changed, %d gone, %d unchanged",
                      len(changed), len(gone), len(on_disk) - len(changed))
-        stored = self.read_and_store(changed, known, tally)
+        twins: dict[int, int] = {}
+        stored = self.read_and_store(changed, known, tally, twins)
         settled = set(on_disk) - {c.path for c in changed}  # (the others: answered as stored)
         unanswered = [record.id for path, record in known.items() if path in settled and (
             record.answered is None or not survey.answered(path))]
-        return Changes(stored, self.forget(gone, tally), replaced(changed, known), unanswered)
+        leaving = {known[path].id: known[path] for path in gone}
+        moved = {row: twin for row, twin in twins.items() if twin in leaving}
+        # (read before the rows go: a forgotten row's list goes with it)
+        last_lists = self.library.neighbors_listed(
+            twin for twin in moved.values() if leaving[twin].answered is not None)
+        return Changes(stored, self.forget(gone, tally), replaced(changed, known), unanswered,
+                       moved, {row: last_lists[twin] for row, twin in moved.items()
+                               if twin in last_lists})
 
     def needs_reading(self, record: Record | None, candidate: scan.Candidate,
                       model_too: bool = True) -> bool:
@@ -125,8 +138,11 @@ class Ingest:
         return model_too and record.error_code is None and record.model_id != self.encoder.model_id
 
     def read_and_store(self, candidates: Sequence[scan.Candidate], known: dict[str, Record],
-                       tally: Tally) -> list[int]:
-        """Read, encode and store `candidates` in batches; return the stored row ids."""
+                       tally: Tally, twins: dict[int, int] | None = None) -> list[int]:
+        """Read, encode and store `candidates` in batches; return the stored row ids.
+
+        `twins` hears, of each stored row that took another row's vector, that row's id.
+        """
         progress = Progress("ingest", len(candidates))
         self.stock(len(candidates))  # a results file each, made while encoding
         size, stored = max(self.config.batch_size, SCAN_BATCH), []
@@ -138,7 +154,7 @@ class Ingest:
                 break
             # The next batch decodes in the pool while this one is encoded and stored.
             reading = self.read_batch(candidates[start + size:start + 2 * size])
-            stored += self.store(batch, known, tally)
+            stored += self.store(batch, known, tally, twins)
             progress.update(start + len(batch))
         return stored
 
@@ -154,15 +170,16 @@ class Ingest:
                 raise problem
             data = images.read(path)
             sha256 = hashlib.sha256(data).hexdigest()
-            latent = self.twins.find(sha256, len(data))
-            if latent is not None:
-                return Read(candidate, None, None, (sha256, latent))
+            twin = self.twins.find(sha256, len(data))
+            if twin is not None:
+                return Read(candidate, None, None, (sha256, *twin))
             pixels = images.decode(data, self.encoder.shape)
             return Read(candidate, images.Decoded(pixels, sha256), None)
         except UnreadableImage as problem:
             return Read(candidate, None, problem)
 
-    def store(self, batch: list[Read], known: dict[str, Record], tally: Tally) -> list[int]:
+    def store(self, batch: list[Read], known: dict[str, Record], tally: Tally,
+              twins: dict[int, int] | None = None) -> list[int]:
         """Encode the usable reads of a batch and store the batch in one transaction."""
         usable = [(r.candidate, r.decoded) for r in batch if r.decoded is not None]
         pixels = [decoded.pixels for _, decoded in usable]
@@ -170,10 +187,10 @@ class Ingest:
         tally.encoded += len(usable)
         hashed = [(c, decoded.sha256, latent)
                   for (c, decoded), latent in zip(usable, latents, strict=True)]
-        twins = [(r.candidate, *r.twin) for r in batch if r.twin is not None]
-        tally.reused += len(twins)
+        taken = [(r.candidate, r.twin[0], r.twin[2]) for r in batch if r.twin is not None]
+        tally.reused += len(taken)
         entries = []
-        for c, sha256, latent in hashed + twins:
+        for c, sha256, latent in hashed + taken:
             entries.append(Entry(c.path, c.size, c.mtime_ns, sha256, self.encoder.model_id,
                                  latent))
             if c.path in known:
@@ -182,7 +199,7 @@ class Ingest:
                 tally.added += 1
         for c, _, _ in hashed:
             log.debug("%s: encoded", c.path)
-        for c, _, _ in twins:
+        for c, _, _ in taken:
             log.debug("%s: the vector of the same bytes in the library", c.path)
         for read in batch:
             if read.problem is not None:
@@ -194,7 +211,11 @@ class Ingest:
         if not entries:
             return []
         self.library.apply(entries)
-        return [record.id for record in self.library.lookup(e.path for e in entries).values()]
+        rows = self.library.lookup(e.path for e in entries)
+        if twins is not None:
+            twins.update({rows[r.candidate.path].id: r.twin[1] for r in batch
+                          if r.twin is not None and r.candidate.path in rows})
+        return [record.id for record in rows.values()]
 
     def forget(self, gone: Iterable[str], tally: Tally) -> list[int]:
         """Drop images that left the inbox, with their results files; return their row ids."""

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from lookalike.core.config import Config
 from lookalike.core.errors import StateError
 from lookalike.core.store import Library
+from lookalike.daemon import moves
 from lookalike.daemon.answers import Answers, remove_leftovers
 from lookalike.daemon.ingest import Ingest, create_folders_on_first_run
 from lookalike.daemon.lock import StateLock
@@ -38,7 +39,8 @@ def run(config: Config, load_encoder: Callable[[Config], Encoder]) -> int:
             changes = ingest.reconcile(tally)
             search = SearchState.load(config, library, encoder.model_id, ingest.pool,
                                       rebuild_if_behind=True)
-            answers.answer_library(search.searcher, tally, changes.unanswered)
+            carried = moves.carried(library, changes, search.searcher.metric, config.neighbors)
+            answers.answer_library(search.searcher, tally, changes.unanswered, carried)
             answers.answer_queries(search.searcher, tally)
         finally:
             ingest.close()

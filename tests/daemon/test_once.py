@@ -20,7 +20,9 @@ import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 import yaml
 
@@ -465,3 +467,40 @@ def test_a_results_file_deleted_by_hand_is_written_again_alone(
     gone.unlink()
     assert run_once(lookalike, config).summary["written"] == 1
     assert json.loads(gone.read_text())["query"] == names[3]
+
+
+# -- a folder moved within the inbox ------------------------------------------------------
+def test_a_folder_moved_within_the_inbox_is_answered_as_before_without_encoding(
+        tmp_path: Path, config_in: Callable[..., Path], digit_files: list[tuple[Path, int]],
+        lookalike: Callable[..., subprocess.CompletedProcess[str]]) -> None:
+    config = config_in(tmp_path)
+    inbox = tmp_path / "inbox"
+    (inbox / "scans").mkdir()
+    for n, (source, _) in enumerate(digit_files[:80]):  # half of them in scans/
+        shutil.copy(source, inbox / ("scans" if n % 2 else ".") / source.name)
+    run_once(lookalike, config)
+    before = results_of(inbox)
+    (inbox / "archive").mkdir()
+    (inbox / "scans").rename(inbox / "archive" / "scans 2024")  # mv
+
+    moved = run_once(lookalike, config)
+    assert {key: moved.summary[key] for key in ("added", "removed", "encoded", "reused")} == {
+        "added": 40, "removed": 40, "encoded": 0, "reused": 40}
+    after = results_of(inbox)
+
+    def names_of(document: dict[str, Any]) -> list[str]:
+        return [n["path"] for n in document["neighbors"]]
+
+    def renamed(path: str) -> str:
+        return "archive/scans 2024/" + path[6:] if path.startswith("scans/") else path
+
+    assert set(after) == {renamed(image) for image in before}
+    for image, document in before.items():
+        now = after[renamed(image)]
+        assert now["query"] == renamed(image) and now["status"] == "ok"
+        # the same neighbours at the same distances, under their new names (measured again
+        # in float64: a search's float32 scores leave up to 3e-4 near 0, and near-ties may
+        # change places)
+        assert {renamed(n["path"]) for n in document["neighbors"]} == set(names_of(now)), image
+        assert np.allclose([n["distance"] for n in document["neighbors"]],
+                           [n["distance"] for n in now["neighbors"]], atol=1e-3), image

@@ -1,0 +1,61 @@
+"""Results carried across a move: each image's neighbours are its last ones, renamed.
+
+When a scan did nothing but move images (every image it stored took the
+vector of one it forgot: `Changes.moved`), the library holds the same
+vectors as before under other row ids, so each image's k nearest are the
+ones its last results file listed, the moved ones under their new ids.
+Every results file is still rewritten (paths in it changed), but from
+those lists measured again, k distances an image, not from a search of the
+whole library. An image whose last list cannot be trusted (its results out
+of date, a neighbour gone, a short list) is left to the search.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+
+from lookalike.core.exact import Neighbor, distance
+from lookalike.core.store import Library
+from lookalike.daemon.ingest import Changes
+
+CHUNK = 4096  # rows measured at a time: their vectors and their neighbours' in memory
+
+
+def only_moves(changes: Changes) -> bool:
+    """Whether a scan's changes are moves alone: the library's vectors are as they were."""
+    return bool(changes.moved) and set(changes.stored) == set(changes.moved) \
+        and set(changes.removed) == set(changes.moved.values())
+
+
+def carried(library: Library, changes: Changes, metric: str,
+            k: int) -> dict[int, list[Neighbor]]:
+    """Each live row's k nearest, from the lists its results last said (see the top);
+    rows left out are to be searched. Empty unless the changes are moves alone."""
+    if not only_moves(changes):
+        return {}
+    renamed = {old: new for new, old in changes.moved.items()}
+    records = library.records()
+    rows = [r.id for r in records.values() if r.error_code is None and (
+        r.id in changes.last_lists or (r.answered is not None and r.id not in changes.moved))]
+    found: dict[int, list[Neighbor]] = {}
+    for start in range(0, len(rows), CHUNK):
+        chunk = rows[start:start + CHUNK]
+        listed = library.neighbors_listed(r for r in chunk if r not in changes.moved)
+        listed.update({r: changes.last_lists[r] for r in chunk if r in changes.last_lists})
+        lists = {row: [renamed.get(int(n), int(n)) for n in last]
+                 for row, last in listed.items()}
+        vectors = library.vectors_of({*lists, *(n for last in lists.values() for n in last)})
+        for row, last in lists.items():
+            if len(last) < k or row not in vectors or any(n not in vectors for n in last):
+                continue  # short (a small library, or k grew), or it named an image now gone
+            found[row] = list(measured(row, last, vectors, metric))
+    return found
+
+
+def measured(row: int, last: list[int], vectors: dict[int, np.ndarray],
+             metric: str) -> Iterator[Neighbor]:
+    """`last` measured again from `row`, nearest first."""
+    distances = distance(np.stack([vectors[n] for n in last]), vectors[row], metric)
+    for d, n in sorted(zip(distances.tolist(), last, strict=True)):
+        yield Neighbor(n, d)
