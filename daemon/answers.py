@@ -104,6 +104,7 @@ class Answers:
                     tally.answered += self.finish_writing(*last)
                 progress.update(start + ANSWER_CHUNK)
         finally:
+            progress.finish()
             if writing is not None:  # (after a failure too: what reached the disk counts)
                 tally.answered += self.finish_writing(*writing)
 

@@ -147,15 +147,19 @@ class Ingest:
         self.stock(len(candidates))  # a results file each, made while encoding
         size, stored = max(self.config.batch_size, SCAN_BATCH), []
         reading = self.read_batch(candidates[:size])
-        for start in range(0, len(candidates), size):
-            batch = [future.result() for future in reading]
-            if self.interrupted():
-                log.info("ingest interrupted: %d left for the next start", len(candidates) - start)
-                break
-            # The next batch decodes in the pool while this one is encoded and stored.
-            reading = self.read_batch(candidates[start + size:start + 2 * size])
-            stored += self.store(batch, known, tally, twins)
-            progress.update(start + len(batch))
+        try:
+            for start in range(0, len(candidates), size):
+                batch = [future.result() for future in reading]
+                if self.interrupted():
+                    log.info("ingest interrupted: %d left for the next start",
+                             len(candidates) - start)
+                    break
+                # The next batch decodes in the pool while this one is encoded and stored.
+                reading = self.read_batch(candidates[start + size:start + 2 * size])
+                stored += self.store(batch, known, tally, twins)
+                progress.update(start + len(batch))
+        finally:
+            progress.finish()
         return stored
 
     def read_batch(self, candidates: Sequence[scan.Candidate]) -> list[Future[Read]]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
 from typing import TextIO
 
 
@@ -18,14 +19,61 @@ class OneLine(logging.Formatter):
         return super().formatMessage(record).replace("\r", "\\r").replace("\n", "\\n")
 
 
+class LiveLine:
+    """The one line a terminal shows of long work (`progress.Progress`), kept under the
+    log: each log record is written above it, and it is drawn again below."""
+
+    text = ""
+    lock = threading.RLock()
+
+    @staticmethod
+    def available() -> bool:
+        """Whether stderr is a terminal (not the journal, a pipe or a file)."""
+        try:
+            return sys.stderr.isatty() and not os.environ.get("JOURNAL_STREAM")
+        except (AttributeError, ValueError):  # replaced, or closed
+            return False
+
+    @classmethod
+    def show(cls, text: str) -> None:
+        with cls.lock:
+            cls.text = text
+            cls.draw()
+
+    @classmethod
+    def clear(cls) -> None:
+        with cls.lock:
+            if cls.text:
+                cls.text = ""
+                sys.stderr.write(ERASE)
+                sys.stderr.flush()
+
+    @classmethod
+    def draw(cls) -> None:
+        sys.stderr.write(ERASE + cls.text)
+        sys.stderr.flush()
+
+
+ERASE = "\r\x1b[K"  # back to the line's start, and erase it
+
+
 class Stderr(logging.StreamHandler):  # type: ignore[type-arg]
-    """Writes to whatever `sys.stderr` is at the time of each record.
+    """Writes to whatever `sys.stderr` is at the time of each record, above the live
+    line of long work if one is shown.
 
     `tensorflow_log.quiet` points it past the filter it puts on descriptor 2.
     """
 
     def __init__(self) -> None:
         super().__init__(sys.stderr)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        with LiveLine.lock:
+            if LiveLine.text:
+                sys.stderr.write(ERASE)
+            super().emit(record)
+            if LiveLine.text:
+                LiveLine.draw()
 
     @property  # type: ignore[override]
     def stream(self) -> TextIO:

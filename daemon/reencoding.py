@@ -62,6 +62,7 @@ class Reencoding:
             self.finish()
 
     def finish(self) -> None:
+        self.progress.finish()
         self.search.rebuild_now()
         log.info("re-encoded %d images; rewriting the results that changed", self.total)
         self.answers.answer_library(self.search.searcher, self.tally)
