@@ -1,30 +1,34 @@
 #!/usr/bin/env python3
-"""Bulk ingest: lookalike against the seed article's pipeline, same images, encoder, run.
+"""Bulk ingest: the `lookalike run --once` command against the seed article's pipeline.
 
-    python bench/ingest.py SOURCE_DIR [--count 2000] [--large 40] [--json FILE]
+    python bench/ingest.py SOURCE_DIR [--count 12480 100000] [--large 224] [--json FILE]
 
-Makes three corpora from the images under SOURCE_DIR (e.g. the corpus of
-scripts/build_corpus.py): (a) `--count` 256x256 JPEGs, as the article's
-KaoKore faces; (b) `--large` 4000x3000 JPEGs (12 megapixels, upscaled);
-(c) `--count` images of 256 to 1024 pixels, a third each PNG, WebP and JPEG.
-For each, in this one process and with the same default encoder:
-- article: per image tf.io.read_file -> tf.image.decode_jpeg (decode_image
-  for the mixed folder) -> tf.image.resize to 56x56, stack, encoder.predict,
-  Annoy build (10 trees): it writes nothing;
-- lookalike: the `run --once` pipeline on a fresh state (scan, decode in
-  threads with JPEG draft mode, encode in batches, SQLite, index, a results
-  file per image);
+Makes corpora of distinct images from the images under SOURCE_DIR (e.g. the
+corpus of scripts/build_corpus.py; a source used again is cropped a little
+differently, so no two files share their bytes, which lookalike would read
+once): (a) for each `--count`, that many 256x256 JPEGs, as the article's
+KaoKore faces; (b) `--large` 4096x4096 JPEGs (16.8 megapixels, upscaled);
+(c) the first `--count` images of 256 to 1024 pixels, a third each PNG,
+WebP and JPEG. For each:
+- article: in this process, per image tf.io.read_file -> tf.image.decode_jpeg
+  (decode_image for the mixed folder) -> tf.image.resize to 56x56, stack,
+  encoder.predict, Annoy build (10 trees): it writes nothing;
+- lookalike: the command a user runs, `lookalike run --once`, on a fresh
+  state (scan, decode in threads with JPEG draft mode, encode in batches,
+  SQLite, index, a results file per image), less the wall time of the same
+  command on a folder of one image (start-up and loading the encoder); its
+  peak resident memory;
 - the limits behind it: decoding alone (lookalike's decoder, in its two
   threads), encoding alone (batches of 256) and writing the results files
-  alone (as lookalike writes them, one sync per batch).
+  alone (as lookalike writes them, one sync per batch), in this process.
 Each pipeline runs `--repeats` times (3), alternating, after a sync of the
-disk, and its fastest run counts. Nothing is deleted until the end: a run's
-results files and state are moved aside instead. This disk is ext4 without
-a journal, where a new file skips every inode freed in the last minute or
-more (the kernel's `recently_deleted`, which perf shows taking most of a
-create): after a run's files were deleted, the next run's file creation
-cost up to 700 us each instead of about 20 us, which only lookalike pays,
-since the article writes nothing.
+disk; the fastest run of each counts, and the ratio of each round is shown
+too. Nothing is deleted until the end: a run's results files and state are
+moved aside instead. On ext4 without a journal a new file skips every inode
+freed in the last minute or more (the kernel's `recently_deleted`): after a
+run's files were deleted, the next run's file creation cost up to 700 us
+each instead of about 20 us, which only lookalike pays, since the article
+writes nothing.
 Prints images per second for each and the ratio, and the CPU time per image
 (all threads) of each pipeline's fastest run with the cores it kept busy:
 whether lookalike is faster by doing less or by using both cores. --json
@@ -36,6 +40,8 @@ import argparse
 import gc
 import json
 import os
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -49,15 +55,23 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 def make_corpus(sources: list[Path], out: Path, count: int, size: tuple[int, int] | None,
                 formats: tuple[str, ...] = ("jpg",)) -> None:
-    """`count` images from `sources`; size None: 256 to 1024 pixels a side, at random."""
+    """`count` distinct images from `sources`; size None: 256 to 1024 pixels a side, at
+    random. Each pass over the sources after the first crops them a few pixels further in."""
     out.mkdir(parents=True)
     rng = np.random.default_rng(0)
     for n in range(count):
         side = size or (int(rng.integers(256, 1025)), int(rng.integers(256, 1025)))
         kind = formats[n % len(formats)]
+        again = n // len(sources)  # how many times this source was used before
         with Image.open(sources[n % len(sources)]) as image:
-            image.convert("RGB").resize(side, Image.Resampling.BILINEAR).save(
-                out / f"{n:06d}.{kind}", quality=90)
+            picture = image.convert("RGB")
+            if again:
+                width, height = picture.size
+                left, top = again % 8 + 1, again // 8 % 8 + 1
+                picture = picture.crop((left, top, max(left + 1, width - 1),
+                                        max(top + 1, height - 1)))
+            picture.resize(side, Image.Resampling.BILINEAR).save(out / f"{n:06d}.{kind}",
+                                                                 quality=90)
 
 
 class Clock:
@@ -127,43 +141,45 @@ def limits(folder: Path, encoder: object, spent: Path) -> dict[str, float]:
             "write": len(files) / write}
 
 
-def lookalike(folder: Path, encoder: object, spent: Path) -> tuple[float, float]:
-    """Wall and CPU seconds of `run --once` on `folder` from a fresh state. Its results
-    files and state then go to a new folder in `spent`: moved, not deleted (see the top)."""
-    from lookalike.core import config as configuration
-    from lookalike.core.store import Library
-    from lookalike.daemon.answers import Answers
-    from lookalike.daemon.ingest import Ingest
-    from lookalike.daemon.progress import Tally
-    from lookalike.daemon.searching import SearchState
+LOOKALIKE = Path(sys.executable).with_name("lookalike")
 
+
+def command(folder: Path, spent: Path) -> tuple[float, float, float]:
+    """Wall and CPU seconds and peak resident MB of `lookalike run --once` on `folder`,
+    from a fresh state. Its results files and state then go to a new folder in `spent`:
+    moved, not deleted (see the top)."""
     state = Path(tempfile.mkdtemp(dir=spent))
     config_file = state / "config.yaml"
-    config_file.write_text(f"inbox: {folder}\nstate_dir: {state}/state\n")
-    config = configuration.load(config_file)
-    clock = Clock()
-    with Library(config.state_dir / "library.sqlite") as library:
-        answers = Answers(config, library, encoder)  # type: ignore[arg-type]
-        ingest = Ingest(config, library, encoder, stock=answers.stock)  # type: ignore[arg-type]
-        answers.take_scratch()
-        tally = Tally()
-        ingest.reconcile(tally)
-        search = SearchState.load(config, library, encoder.model_id,  # type: ignore[attr-defined]
-                                  ingest.pool, rebuild_if_behind=True)
-        answers.answer_library(search.searcher, tally)
-        ingest.close()
-        answers.close()
-    elapsed = clock.stop()
+    config_file.write_text(f"inbox: {folder}\nquery_dir: null\nstate_dir: {state}/state\n")
+    with open(state / "log", "w+b") as log:
+        started = time.perf_counter()
+        process = subprocess.Popen([str(LOOKALIKE), "run", "--once", "-c", str(config_file)],
+                                   stdout=log, stderr=log)
+        _, status, usage = os.wait4(process.pid, 0)  # this child's own CPU time and peak
+        wall = time.perf_counter() - started
+        process.returncode = os.waitstatus_to_exitcode(status)
+        if process.returncode:
+            log.seek(0)
+            raise SystemExit(f"lookalike run --once failed ({process.returncode}):\n"
+                             f"{log.read().decode(errors='replace')[-3000:]}")
     for results in folder.glob("*.neighbors.json"):
         results.rename(state / results.name)
-    return elapsed
+    return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
+
+
+def lookalike(folder: Path, one: Path, spent: Path) -> tuple[float, float, float]:
+    """`command` on `folder`, less its wall and CPU seconds on `one`, a folder of one image."""
+    start_wall, start_cpu, _ = command(one, spent)
+    wall, cpu, peak = command(folder, spent)
+    return wall - start_wall, cpu - start_cpu, peak
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("source", type=Path)
-    parser.add_argument("--count", type=int, default=2000)
-    parser.add_argument("--large", type=int, default=40)
+    parser.add_argument("--count", type=int, nargs="+", default=[12_480],
+                        help="sizes of the 256x256 JPEG corpora (the first: of the mixed one)")
+    parser.add_argument("--large", type=int, default=224)
     parser.add_argument("--repeats", type=int, default=3, help="runs of each; the fastest counts")
     parser.add_argument("--json", type=Path, default=None, help="write the rows here")
     args = parser.parse_args()
@@ -172,29 +188,35 @@ def main() -> None:
 
     encoder = load_encoder(DEFAULT_MODEL)
     gc.collect()
-    gc.freeze()  # as `lookalike run` does once its encoder is loaded
-    encoder.warm()  # traced once, outside the timings, as the service does before READY
+    gc.freeze()
+    encoder.warm()  # traced once, outside the timings
     sources = sorted(p for p in args.source.rglob("*") if p.suffix.lower() in (".png", ".jpg"))
     corpora: list[tuple[str, int, tuple[int, int] | None, tuple[str, ...]]] = [
-        ("256x256 JPEG", args.count, (256, 256), ("jpg",)),
-        ("12 MP JPEG", args.large, (4000, 3000), ("jpg",)),
-        ("mixed PNG, WebP, JPEG", args.count, None, ("png", "webp", "jpg"))]
+        *(("256x256 JPEG", count, (256, 256), ("jpg",)) for count in args.count),
+        ("16.8 MP JPEG", args.large, (4096, 4096), ("jpg",)),
+        ("mixed PNG, WebP, JPEG", args.count[0], None, ("png", "webp", "jpg"))]
     rows: list[dict[str, object]] = []
     with tempfile.TemporaryDirectory() as home:
         spent = Path(home) / "spent"
         spent.mkdir()
+        one = Path(home) / "one"
+        make_corpus(sources, one, 1, (256, 256))
         for name, count, size, formats in corpora:
             folder = Path(home) / f"corpus{len(rows)}"
             make_corpus(sources, folder, count, size, formats)
-            theirs, ours = (np.inf, np.inf), (np.inf, np.inf)  # the fastest (wall, CPU) of each
+            theirs, ours = (np.inf, np.inf), (np.inf, np.inf, 0.0)  # the fastest of each
+            rounds = []
             for _ in range(args.repeats):  # alternating, so both meet the same moments
                 os.sync()  # the corpus (or the last run's results) on disk, not in flight
-                theirs = min(theirs, article(folder, encoder))
+                article_run = article(folder, encoder)
                 os.sync()
-                ours = min(ours, lookalike(folder, encoder, spent))
+                lookalike_run = lookalike(folder, one, spent)
+                rounds.append(round(article_run[0] / lookalike_run[0], 2))
+                theirs, ours = min(theirs, article_run), min(ours, lookalike_run)
             os.sync()
             row = {"corpus": name, "images": count, "article": round(count / theirs[0]),
                    "lookalike": round(count / ours[0]), "ratio": round(theirs[0] / ours[0], 2),
+                   "rounds": rounds, "peak_mb": round(ours[2]),
                    # CPU per image and cores kept busy: whether a ratio comes from doing
                    # less work or from doing it on both cores
                    "article_cpu_ms": round(theirs[1] / count * 1e3, 2),
@@ -205,12 +227,14 @@ def main() -> None:
             rows.append(row)
             print(json.dumps(row), flush=True)
     print("\n| corpus | images | article images/s | lookalike images/s | lookalike ÷ article "
-          "| article CPU ms per image (cores) | lookalike CPU ms per image (cores) "
+          "(each round) | lookalike peak MB | article CPU ms per image (cores) "
+          "| lookalike CPU ms per image (cores) "
           "| decode alone | encode alone | results writing alone |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
         print(f"| {r['corpus']} | {r['images']} | {r['article']} | {r['lookalike']} | "
-              f"{r['ratio']:.2f} | {r['article_cpu_ms']} ({r['article_cores']}) | "
+              f"{r['ratio']:.2f} ({', '.join(map(str, r['rounds']))}) | {r['peak_mb']} | "
+              f"{r['article_cpu_ms']} ({r['article_cores']}) | "
               f"{r['lookalike_cpu_ms']} ({r['lookalike_cores']}) | "
               f"{r['decode']} | {r['encode']} | {r['write']} |")
     if args.json:
