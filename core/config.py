@@ -50,6 +50,7 @@ class Config:
     image: ImageSettings
     index: IndexSettings
     neighbors: int
+    strictness: str  # of near-duplicates: strict, normal or loose (core.copies.LEVELS)
     settle_s: float
     rescan_interval_s: float
     watch_mode: str  # auto, events or poll
@@ -163,6 +164,7 @@ def build(settings: dict[str, Any], base: Path, source: Path) -> Config:
                             index["exact_below"], index["dims"], index["candidates"],
                             index["rescore"]),
         neighbors=settings["search"]["neighbors"],
+        strictness=settings["duplicates"]["strictness"],
         settle_s=float(settings["watch"]["settle_s"]),
         rescan_interval_s=float(settings["watch"]["rescan_interval_s"]),
         watch_mode=settings["watch"]["mode"],

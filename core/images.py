@@ -111,13 +111,22 @@ def load(path: Path, shape: Shape) -> Decoded:
 
 
 def decode(data: bytes, shape: Shape) -> np.ndarray:
+    return decode_sized(data, shape)[0]
+
+
+def decode_sized(data: bytes, shape: Shape) -> tuple[np.ndarray, tuple[int, int]]:
+    """The encoder's pixels of an image file's bytes, and the picture's upright width and
+    height (as `lookalike duplicates` reports them)."""
     side = (shape.size, shape.size)
-    converted = plain_jpeg(data, shape)
-    if converted is None:
+    converted, size = plain_jpeg(data, shape), None
+    if converted is not None:
+        size = simplejpeg.decode_jpeg_header(data)[1::-1]
+    else:
         converted = upright(data, COLORS[shape.color], shape.max_pixels, side)
+        size = converted.info.get("upright_size", converted.size)
     resized = converted.resize(side, Image.Resampling.BILINEAR, reducing_gap=2.0)
     pixels = np.asarray(resized, dtype=np.uint8)
-    return pixels.reshape(shape.size, shape.size, shape.channels)
+    return pixels.reshape(shape.size, shape.size, shape.channels), (int(size[0]), int(size[1]))
 
 
 def plain_jpeg(data: bytes, shape: Shape) -> Image.Image | None:
@@ -173,7 +182,13 @@ def upright(data: bytes, mode: str, max_pixels: int,
                     image.draft(mode if image.mode != "CMYK" else None, draft)
                 image.seek(0)  # the first frame of an animation
                 image.load()
-                return to_mode(ImageOps.exif_transpose(image), mode)
+                turned = ImageOps.exif_transpose(image)
+                # The picture's own size, upright: a draft decodes it smaller.
+                full = (height, width) if turned.size[::-1] == image.size[:2] and \
+                    turned.size != image.size else (width, height)
+                converted = to_mode(turned, mode)
+                converted.info["upright_size"] = full
+                return converted
     except UnreadableImage:
         raise
     except UnidentifiedImageError:

@@ -37,7 +37,8 @@ class Found:
 
     path: str  # relative to the inbox
     distance: float
-    duplicate: bool
+    duplicate: bool  # identical bytes
+    near_duplicate: bool = False  # a copy of the same picture (`core.copies`); identical too
 
 
 NAME_MAX = 255  # bytes in a file name, on every Linux file system
@@ -78,7 +79,8 @@ def ok(query: str, model_id: str, metric: str, neighbors: list[Found],
         "model": model_id,
         "metric": metric,
         "neighbors": [{"rank": rank, "path": n.path, "distance": round(n.distance, 6),
-                       "duplicate": n.duplicate} for rank, n in enumerate(neighbors, 1)],
+                       "duplicate": n.duplicate, "near_duplicate": n.near_duplicate or n.duplicate}
+                      for rank, n in enumerate(neighbors, 1)],
         "index": {"generation": generation, "items": items, "pending": pending},
         "written_at": now(),
     }
@@ -125,8 +127,10 @@ def neighbor_line(neighbor: dict[str, Any]) -> str:
     if not math.isfinite(distance):  # NaN: written as the encoder always wrote it
         return "    " + _as_json(neighbor)
     duplicate = "true" if neighbor["duplicate"] else "false"
+    near = "true" if neighbor["near_duplicate"] else "false"
     return (f'    {{"rank": {neighbor["rank"]:d}, "path": {_as_json(neighbor["path"])}, '
-            f'"distance": {float.__repr__(distance)}, "duplicate": {duplicate}}}')
+            f'"distance": {float.__repr__(distance)}, "duplicate": {duplicate}, '
+            f'"near_duplicate": {near}}}')
 
 
 def fingerprint(document: dict[str, Any]) -> str:

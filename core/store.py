@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +37,11 @@ CREATE TABLE IF NOT EXISTS images (
     deleted INTEGER NOT NULL DEFAULT 0,
     answered TEXT,                     -- fingerprint of the results file last written
     named BLOB,                        -- int64 row ids that results file lists
-    radius REAL                        -- distance of its k-th neighbour (NULL: fewer than k)
+    radius REAL,                       -- distance of its k-th neighbour (NULL: fewer than k)
+    thumb BLOB,                        -- 32x32 grey levels for near-duplicates (core.copies)
+    width INTEGER,                     -- of the picture, upright
+    height INTEGER,
+    copies BLOB                        -- int64 row ids its results file marks near-duplicate
 );
 CREATE INDEX IF NOT EXISTS images_by_generation ON images (generation);
 -- Counting live images scans this, not the table's 4 GB of vectors (10^6: 0.04 s, not 0.9 s).
@@ -56,6 +60,8 @@ CREATE INDEX IF NOT EXISTS images_models ON images (model_id)
 CREATE INDEX IF NOT EXISTS images_by_content ON images (substr(sha256, 1, 16))
     WHERE sha256 IS NOT NULL;
 """
+# Columns added after the first libraries were made: added to an older library on open.
+ADDED_COLUMNS = {"thumb": "BLOB", "width": "INTEGER", "height": "INTEGER", "copies": "BLOB"}
 
 
 @dataclass(frozen=True)
@@ -70,6 +76,9 @@ class Entry:
     latent: np.ndarray | None = None
     error_code: str | None = None
     error_message: str | None = None
+    thumb: bytes | None = None  # `core.copies.thumbnail`
+    width: int | None = None
+    height: int | None = None
 
 
 @dataclass(frozen=True)
@@ -102,6 +111,7 @@ class Answer:
     fingerprint: str
     neighbors: list[int]  # the row ids it lists, nearest first
     radius: float | None
+    copies: list[int] = field(default_factory=list)  # those it marks near-duplicate
 
 
 class Library:
@@ -117,6 +127,10 @@ class Library:
             # which the next start-up scan reads again.
             self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.executescript(SCHEMA)
+            present = {row[1] for row in self.db.execute("PRAGMA table_info(images)")}
+            for column, kind in ADDED_COLUMNS.items():
+                if column not in present:
+                    self.db.execute(f"ALTER TABLE images ADD COLUMN {column} {kind}")
         except sqlite3.Error as error:
             raise StateError(f"{path}: cannot open the library: {error}") from None
 
@@ -215,21 +229,23 @@ class Library:
                     np.ascontiguousarray(entry.latent, dtype="<f4").tobytes()
                 self.db.execute(
                     "INSERT INTO images (path, size, mtime_ns, sha256, model_id, latent, "
-                    "error_code, error_message, generation, deleted, answered) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, NULL) "
+                    "error_code, error_message, generation, deleted, answered, thumb, width, "
+                    "height) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, NULL, ?, ?, ?) "
                     "ON CONFLICT (path) DO UPDATE SET size = excluded.size, "
                     "mtime_ns = excluded.mtime_ns, sha256 = excluded.sha256, "
                     "model_id = excluded.model_id, latent = excluded.latent, "
                     "error_code = excluded.error_code, error_message = excluded.error_message, "
                     "generation = excluded.generation, deleted = 0, answered = NULL, named = NULL, "
-                    "radius = NULL",
+                    "radius = NULL, thumb = excluded.thumb, width = excluded.width, "
+                    "height = excluded.height, copies = NULL",
                     (entry.path, entry.size, entry.mtime_ns, entry.sha256, entry.model_id,
-                     latent, entry.error_code, entry.error_message, generation))
+                     latent, entry.error_code, entry.error_message, generation, entry.thumb,
+                     entry.width, entry.height))
             # A tombstone keeps its vector until it goes: a file that arrives with its bytes
             # (the other end of a move) takes it rather than being encoded again.
             self.db.executemany(
                 "UPDATE images SET deleted = 1, answered = NULL, named = NULL, "
-                "radius = NULL, generation = ? "
+                "radius = NULL, copies = NULL, generation = ? "
                 "WHERE path = ? AND deleted = 0", ((generation, path) for path in deletions))
         return generation
 
@@ -237,8 +253,9 @@ class Library:
         """Remember what the results file written for each row says."""
         self.db.execute("BEGIN IMMEDIATE")
         self.db.executemany(
-            "UPDATE images SET answered = ?, named = ?, radius = ? WHERE id = ?",
-            ((a.fingerprint, np.asarray(a.neighbors, "<i8").tobytes(), a.radius, a.row_id)
+            "UPDATE images SET answered = ?, named = ?, radius = ?, copies = ? WHERE id = ?",
+            ((a.fingerprint, np.asarray(a.neighbors, "<i8").tobytes(), a.radius,
+              np.asarray(a.copies, "<i8").tobytes() if a.copies else None, a.row_id)
              for a in answers))
         self.db.execute("COMMIT")
 
@@ -317,6 +334,36 @@ class Library:
         """The latent vector of each live usable row id."""
         return {row: np.frombuffer(blob, "<f4").astype(np.float32) for row, blob in self.select(
             "SELECT id, latent FROM images WHERE latent IS NOT NULL AND deleted = 0 "
+            "AND id IN ({})", ids)}
+
+    def thumbnails(self, ids: Iterable[int]) -> dict[int, bytes]:
+        """The near-duplicate thumbnail of each live row id that has one."""
+        return dict(self.select("SELECT id, thumb FROM images WHERE thumb IS NOT NULL "
+                                "AND deleted = 0 AND id IN ({})", ids))
+
+    def copy_pairs(self) -> list[tuple[int, int]]:
+        """Every (row, row it marks near-duplicate) of the live results files, both live."""
+        rows, blobs = [], []
+        for row, blob in self.db.execute(
+                "SELECT id, copies FROM images WHERE copies IS NOT NULL AND deleted = 0"):
+            rows.append(row)
+            blobs.append(blob)
+        if not rows:
+            return []
+        marked = np.frombuffer(b"".join(blobs), "<i8")
+        owners = np.repeat(np.asarray(rows, np.int64), [len(blob) // 8 for blob in blobs])
+        live = np.isin(marked, self.live_ids())
+        return list(zip(owners[live].tolist(), marked[live].tolist(), strict=True))
+
+    def live_ids(self) -> np.ndarray:
+        return np.fromiter((row for row, in self.db.execute(
+            "SELECT id FROM images WHERE deleted = 0")), np.int64)
+
+    def pictures(self, ids: Iterable[int]) -> dict[int, tuple[str, int, int | None, int | None,
+                                                            str | None]]:
+        """Path, bytes, width, height and content hash of each live row id."""
+        return {row[0]: row[1:] for row in self.select(
+            "SELECT id, path, size, width, height, sha256 FROM images WHERE deleted = 0 "
             "AND id IN ({})", ids)}
 
     def select(self, sql: str, values: Iterable[object]) -> Iterator[tuple]:  # type: ignore[type-arg]

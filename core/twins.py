@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,8 +26,20 @@ from .errors import StateError
 # SQLite 3.40 searches it only when the query says its condition (sha256 IS NOT NULL) and
 # does not compare sha256 itself in a way an index could serve (+sha256): else it scans
 # the whole index, 5 ms a look-up at 3,000 rows.
-FIND = ("SELECT id, latent FROM images WHERE substr(sha256, 1, 16) = ? AND sha256 IS NOT NULL "
+FIND = ("SELECT id, latent, thumb, width, height FROM images "
+        "WHERE substr(sha256, 1, 16) = ? AND sha256 IS NOT NULL "
         "AND +sha256 = ? AND size = ? AND model_id = ? AND latent IS NOT NULL LIMIT 1")
+
+
+@dataclass(frozen=True)
+class Twin:
+    """A row with a file's bytes: its id, vector, and near-duplicate thumbnail and size."""
+
+    row_id: int
+    latent: np.ndarray
+    thumb: bytes | None
+    width: int | None
+    height: int | None
 
 
 class Twins:
@@ -39,8 +52,8 @@ class Twins:
         self.opened: list[sqlite3.Connection] = []
         self.lock = threading.Lock()
 
-    def find(self, sha256: str, size: int) -> tuple[int, np.ndarray] | None:
-        """The id and vector of a row whose file had these bytes (`size` of them), or None.
+    def find(self, sha256: str, size: int) -> Twin | None:
+        """The row whose file had these bytes (`size` of them), or None.
 
         A look-up that fails finds nothing: the file is then decoded and encoded.
         """
@@ -49,8 +62,9 @@ class Twins:
                 FIND, (sha256[:16], sha256, size, self.model_id)).fetchone()
         except sqlite3.Error:
             return None
-        return None if row is None else (int(row[0]),
-                                         np.frombuffer(row[1], "<f4").astype(np.float32))
+        return None if row is None else Twin(int(row[0]),
+                                             np.frombuffer(row[1], "<f4").astype(np.float32),
+                                             *row[2:])
 
     def connection(self) -> sqlite3.Connection:
         db: sqlite3.Connection | None = getattr(self.local, "db", None)

@@ -17,7 +17,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
-from lookalike.core import images, results, scan
+from lookalike.core import copies, images, results, scan
 from lookalike.core.config import Config
 from lookalike.core.errors import DiskFull, UnreadableImage, disk_full
 from lookalike.core.exact import Neighbor
@@ -55,6 +55,15 @@ class Answers:
         self.writer = ThreadPoolExecutor(1, thread_name_prefix="results")  # `answer`
         self.scratch: results.Scratch | None = None  # temporaries of results: `take_scratch`
         self.stock_blanks = False  # whether the scratch can make inbox results files ahead
+        self.judges: dict[str, copies.Judge] = {}  # by strictness
+
+    @property
+    def judge(self) -> copies.Judge:
+        """Near-duplicate flags at the configured strictness (a reload may change it)."""
+        strictness = self.config.strictness
+        if strictness not in self.judges:
+            self.judges = {strictness: copies.Judge(strictness)}
+        return self.judges[strictness]
 
     def take_scratch(self) -> None:
         """Keep temporary results files in the state directory (only its lock holder may).
@@ -117,10 +126,11 @@ class Answers:
             found = searcher.neighbors_of(self.library.vectors_of(chunk), k)
         else:
             found = {row: nearby[row][:k] for row in chunk if row in nearby}
-        known = names if names is not None else self.library.describe(
-            {n.row_id for near in found.values() for n in near})
+        listed = {n.row_id for near in found.values() for n in near}
+        known = names if names is not None else self.library.describe(listed)
+        thumbs = self.library.thumbnails(listed | set(chunk))
         return [file for file in (
-            self.results_file(record, found.get(record.id, []), searcher, known)
+            self.results_file(record, found.get(record.id, []), searcher, known, thumbs)
             for record in chunk.values()) if file is not None]
 
     def finish_writing(self, files: list[ResultsFile],
@@ -135,22 +145,35 @@ class Answers:
         return len(done)
 
     def results_file(self, record: Record, near: list[Neighbor], searcher: Searcher,
-                     names: Names) -> ResultsFile | None:
+                     names: Names, thumbs: dict[int, bytes]) -> ResultsFile | None:
         """The results file a row needs, or None when the one on disk says it already."""
+        marked: list[int] = []
         if record.error_code is not None:
             document = results.error(record.path, record.error_code,
                                      record.error_message or record.error_code)
             near = []
         else:
             near = [n for n in near if n.row_id in names]
-            document = self.document(record.path, record.sha256, near, searcher, names)
+            marked = self.near_duplicates(record.sha256, thumbs.get(record.id), near, names,
+                                          thumbs)
+            document = self.document(record.path, record.sha256, near, searcher, names,
+                                     set(marked))
         stamp = results.fingerprint(document)
         target = results.results_path(self.config.inbox / record.path)
         if stamp == record.answered and target.exists():
             return None
         full = len(near) >= self.config.neighbors
         return ResultsFile(target, document, Answer(record.id, stamp, [n.row_id for n in near],
-                                                    near[-1].distance if full else None))
+                                                    near[-1].distance if full else None, marked))
+
+    def near_duplicates(self, sha256: str | None, thumb: bytes | None, near: list[Neighbor],
+                        names: Names, thumbs: dict[int, bytes]) -> list[int]:
+        """The row ids of `near` that are near-duplicates of an image (`core.copies`):
+        identical bytes, or a copy at the configured strictness."""
+        judge = self.judge
+        return [n.row_id for n in near
+                if (sha256 is not None and names[n.row_id][1] == sha256)
+                or judge.is_copy(n.distance, thumb, thumbs.get(n.row_id))]
 
     def answer_missing(self, searcher: Searcher, tally: Tally,
                        records: Iterable[Record] | None = None) -> None:
@@ -170,7 +193,8 @@ class Answers:
         `carried` are rows' neighbours known without a search (`moves.carried`).
         """
         generation = str(self.library.generation)
-        if self.library.meta("answered_generation") == generation:
+        same_marks = self.library.meta("strictness") == self.config.strictness
+        if self.library.meta("answered_generation") == generation and same_marks:
             if unanswered is not None:
                 self.answer(searcher, unanswered, tally)
             else:
@@ -182,6 +206,7 @@ class Answers:
         self.answer(searcher, [row for row in names if row in known], tally, names, known)
         self.answer(searcher, [row for row in names if row not in known], tally, names)
         self.library.set_meta("answered_generation", generation)
+        self.library.set_meta("strictness", self.config.strictness)
 
     # -- other images -----------------------------------------------------------
     def answer_queries(self, searcher: Searcher, tally: Tally,
@@ -219,12 +244,17 @@ class Answers:
         vector = self.encoder.encode(decoded.pixels[None])[0]
         near = searcher.neighbors(vector, self.config.neighbors, exclude=exclude)
         names = self.library.describe(n.row_id for n in near)
-        return self.document(name, decoded.sha256, near, searcher, names)
+        near = [n for n in near if n.row_id in names]
+        thumbs = self.library.thumbnails(n.row_id for n in near)
+        marked = self.near_duplicates(decoded.sha256, copies.thumbnail(decoded.pixels), near,
+                                      names, thumbs)
+        return self.document(name, decoded.sha256, near, searcher, names, set(marked))
 
     def document(self, query: str, sha256: str | None, near: list[Neighbor], searcher: Searcher,
-                 names: Names) -> dict[str, object]:
+                 names: Names, marked: set[int]) -> dict[str, object]:
         found = [results.Found(names[n.row_id][0], n.distance,
-                               sha256 is not None and names[n.row_id][1] == sha256)
+                               sha256 is not None and names[n.row_id][1] == sha256,
+                               n.row_id in marked)
                  for n in near if n.row_id in names]
         return results.ok(query, self.encoder.model_id, searcher.metric, found,
                           searcher.generation or 0, searcher.items, searcher.pending)

@@ -1,7 +1,7 @@
 """The `lookalike` command.
 
-Commands that need no model (`--help`, `check-config`, `status`, `rebuild`)
-never import TensorFlow, so they answer at once. A user's mistake ends in
+Commands that need no model (`--help`, `check-config`, `status`, `duplicates`,
+`rebuild`) never import TensorFlow, so they answer at once. A user's mistake ends in
 one line on stderr and a non-zero exit, never a traceback.
 """
 from __future__ import annotations
@@ -82,6 +82,12 @@ def parser() -> argparse.ArgumentParser:
     status_parser = command("status", status, "show the library, the index and the model")
     status_parser.add_argument("--json", action="store_true", help="print JSON")
     command("rebuild", rebuild, "build a new index of the library now")
+    duplicates_parser = command("duplicates", duplicates,
+                                "list every group of near-duplicates in the library")
+    duplicates_parser.add_argument("--json", action="store_true",
+                                   help="one JSON object a line, a group each")
+    duplicates_parser.add_argument("--sheet", type=Path, default=None, metavar="FILE.png",
+                                   help="also draw the groups, one row each")
     eval_parser = command("eval", evaluate,
                           "measure retrieval quality on a labelled folder (sub-folder = label)")
     eval_parser.add_argument("--data", type=Path, required=True, help="one sub-folder per label")
@@ -298,6 +304,12 @@ def running_service(state_dir: Path) -> dict[str, Any] | None:
         return report
     except (OSError, ValueError):
         return None
+
+
+def duplicates(args: argparse.Namespace) -> int:
+    from lookalike.daemon import duplicates as copies
+
+    return copies.run(load_config(args), args.json, args.sheet)
 
 
 def rebuild(args: argparse.Namespace) -> int:

@@ -184,6 +184,18 @@ class Freshness:
         if len(self.outdated) >= OUTDATED_AT_MOST:
             self.rewrite_outdated(len(self.outdated))
 
+    def follow_strictness(self) -> int:
+        """When near-duplicates' strictness is not the one the results files were written
+        with (a reload, a restart with another config, an older library): queue every
+        answered image to be remeasured, which rewrites those whose marks change; how many."""
+        if self.library.meta("strictness") == self.config.strictness:
+            return 0
+        rows = [record.id for record in self.library.records().values()
+                if record.answered is not None and record.error_code is None]
+        self.outdated.add({row: set() for row in rows})
+        self.library.set_meta("strictness", self.config.strictness)
+        return len(rows)
+
     # -- the check of every results file -----------------------------------------
     def check_due(self, now: float) -> bool:
         """Whether a check is under way or wanted."""

@@ -20,11 +20,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from lookalike.core import images, results, scan
+from lookalike.core import copies, images, results, scan
 from lookalike.core.config import Config
 from lookalike.core.errors import UnreadableImage
 from lookalike.core.store import Entry, Library, Record
-from lookalike.core.twins import Twins
+from lookalike.core.twins import Twin, Twins
 from lookalike.daemon.answers import remove_leftovers
 from lookalike.daemon.progress import Progress, Tally
 
@@ -49,8 +49,9 @@ class Read:
     candidate: scan.Candidate
     decoded: images.Decoded | None
     problem: UnreadableImage | None
-    twin: tuple[str, int, np.ndarray] | None = None  # (SHA-256, the row with those bytes,
-                                                     # its vector): no pixels to encode
+    twin: tuple[str, Twin] | None = None  # (SHA-256, the row with those bytes): no pixels
+                                          # to encode
+    picture: tuple[bytes, int, int] | None = None  # near-duplicate thumbnail, width, height
 
 
 @dataclass
@@ -177,33 +178,36 @@ class Ingest:
             twin = self.twins.find(sha256, len(data))
             if twin is not None:
                 return Read(candidate, None, None, (sha256, *twin))
-            pixels = images.decode(data, self.encoder.shape)
-            return Read(candidate, images.Decoded(pixels, sha256), None)
+            pixels, (width, height) = images.decode_sized(data, self.encoder.shape)
+            return Read(candidate, images.Decoded(pixels, sha256), None,
+                        picture=(copies.thumbnail(pixels), width, height))
         except UnreadableImage as problem:
             return Read(candidate, None, problem)
 
     def store(self, batch: list[Read], known: dict[str, Record], tally: Tally,
               twins: dict[int, int] | None = None) -> list[int]:
         """Encode the usable reads of a batch and store the batch in one transaction."""
-        usable = [(r.candidate, r.decoded) for r in batch if r.decoded is not None]
-        pixels = [decoded.pixels for _, decoded in usable]
+        usable = [r for r in batch if r.decoded is not None]
+        pixels = [r.decoded.pixels for r in usable if r.decoded is not None]
         latents = self.encoder.encode(np.stack(pixels)) if pixels else []
         tally.encoded += len(usable)
-        hashed = [(c, decoded.sha256, latent)
-                  for (c, decoded), latent in zip(usable, latents, strict=True)]
-        taken = [(r.candidate, r.twin[0], r.twin[2]) for r in batch if r.twin is not None]
+        hashed = [(r.candidate, r.decoded.sha256, latent, r.picture or (None, None, None))
+                  for r, latent in zip(usable, latents, strict=True) if r.decoded is not None]
+        taken = [(r.candidate, r.twin[0], r.twin[1].latent,
+                  (r.twin[1].thumb, r.twin[1].width, r.twin[1].height))
+                 for r in batch if r.twin is not None]
         tally.reused += len(taken)
         entries = []
-        for c, sha256, latent in hashed + taken:
+        for c, sha256, latent, (thumb, width, height) in hashed + taken:
             entries.append(Entry(c.path, c.size, c.mtime_ns, sha256, self.encoder.model_id,
-                                 latent))
+                                 latent, thumb=thumb, width=width, height=height))
             if c.path in known:
                 tally.updated += 1
             else:
                 tally.added += 1
-        for c, _, _ in hashed:
+        for c, *_ in hashed:
             log.debug("%s: encoded", c.path)
-        for c, _, _ in taken:
+        for c, *_ in taken:
             log.debug("%s: the vector of the same bytes in the library", c.path)
         for read in batch:
             if read.problem is not None:
@@ -217,7 +221,7 @@ class Ingest:
         self.library.apply(entries)
         rows = self.library.lookup(e.path for e in entries)
         if twins is not None:
-            twins.update({rows[r.candidate.path].id: r.twin[1] for r in batch
+            twins.update({rows[r.candidate.path].id: r.twin[1].row_id for r in batch
                           if r.twin is not None and r.candidate.path in rows})
         return [record.id for record in rows.values()]
 

@@ -160,6 +160,7 @@ class Service:
         self.answers.take_scratch()
         if not self.sync.inbox_missing():
             self.sync.rescan()
+            self.follow_strictness()
         now = self.clock()  # the periods count from the end of the start-up
         self.search.last_rebuild = self.sync.last_rescan = self.status.last = \
             self.burst.since = now
@@ -256,6 +257,13 @@ class Service:
         self.arrivals.settle_s, self.arrivals.exclude = live.settle_s, live.exclude
         logging.getLogger().setLevel(live.log_level.upper())
         log.info("config reloaded from %s", live.source)
+        self.follow_strictness()
+
+    def follow_strictness(self) -> None:
+        queued = self.freshness.follow_strictness()
+        if queued:
+            log.info("near-duplicates are now %s: checking the marks of %d results files",
+                     self.config.strictness, queued)
 
 
 def run(config: Config, load_encoder: Callable[[Config], Encoder]) -> int:
