@@ -1,0 +1,127 @@
+#!/usr/bin/env python3
+"""Near-duplicates: the `near_duplicate` flag and the groups, beside perceptual hashes.
+
+    python scripts/build_suite.py /tmp/suite --cache /tmp/suite-cache
+    python bench/duplicates.py /tmp/suite --part heldout
+
+Photos: each sub-folder holds an original and its 12 copies
+(scripts/build_suite.py), so two images are a copy pair when they share a
+sub-folder. Every image is encoded by the shipped encoder and its 12
+nearest among the part's photos found exactly, as a results file lists
+them; the flag is measured at each strictness, as the service decides it
+(`core.copies`). Recall counts every ordered copy pair (13 x 12 a picture):
+a pair is found when one lists the other and marks it. Groups are the
+connected sets of marked pairs (as `lookalike duplicates` makes them),
+scored on unordered pairs. Beside them, imagehash's pHash (64 bits,
+Hamming <= 10: imagededup's default) and dHash (256 bits, <= 15, the kind
+czkawka uses), over every pair.
+
+Glyphs and digits are distinct renderings (fonts, hands), never copies:
+the share of their neighbour pairs that each marks.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+from pathlib import Path
+
+import imagehash
+import numpy as np
+from PIL import Image
+
+from lookalike.core import copies, images
+from lookalike.core.config import DEFAULT_MODEL
+
+K = 12
+HASHES = {"pHash 64 bit, Hamming <= 10 (imagededup)": (imagehash.phash, 8, 10),
+          "dHash 256 bit, Hamming <= 15 (czkawka)": (imagehash.dhash, 16, 15)}
+
+
+def load(folder: Path) -> tuple[list[Path], np.ndarray, list[bytes], np.ndarray]:
+    """Files, latent vectors, thumbnails and labels (sub-folder names) of a folder."""
+    from lookalike.core.encoder import load as load_encoder
+
+    encoder = load_encoder(DEFAULT_MODEL)
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    pixels = [images.load(p, encoder.shape).pixels for p in files]
+    vectors = encoder.encode(np.stack(pixels))
+    return (files, vectors, [copies.thumbnail(p) for p in pixels],
+            np.array([p.parent.name for p in files]))
+
+
+def nearest(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's K nearest rows and their angular distances (sqrt(2 - 2 cos))."""
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    cosines = unit @ unit.T
+    np.fill_diagonal(cosines, -np.inf)
+    order = np.argsort(-cosines, axis=1)[:, :K]
+    return order, np.sqrt(np.clip(2 - 2 * np.take_along_axis(cosines, order, 1), 0, None))
+
+
+def flags(order: np.ndarray, distances: np.ndarray, thumbs: list[bytes],
+          strictness: str) -> np.ndarray:
+    judge = copies.Judge(strictness)
+    return np.array([[judge.is_copy(float(d), thumbs[i], thumbs[j])
+                      for j, d in zip(row, row_d, strict=True)]
+                     for i, (row, row_d) in enumerate(zip(order, distances, strict=True))])
+
+
+def scores(found: set[tuple[int, int]], true: set[tuple[int, int]]) -> dict[str, float]:
+    hit = len(found & true)
+    precision = hit / len(found) if found else 1.0
+    recall = hit / len(true)
+    f1 = 2 * precision * recall / (precision + recall) if hit else 0.0
+    return {"precision": round(precision, 4), "recall": round(recall, 4), "f1": round(f1, 4)}
+
+
+def photos(folder: Path) -> dict[str, dict[str, float]]:
+    files, vectors, thumbs, labels = load(folder)
+    order, distances = nearest(vectors)
+    n = len(files)
+    ordered = {(i, j) for i in range(n) for j in range(n) if i != j and labels[i] == labels[j]}
+    unordered = {(i, j) for i, j in ordered if i < j}
+    table = {}
+    for strictness in copies.LEVELS:
+        marked = flags(order, distances, thumbs, strictness)
+        pairs = {(i, int(j)) for i in range(n) for j, m in zip(order[i], marked[i], strict=True)
+                 if m}
+        table[f"flag, {strictness}"] = scores(pairs, ordered)
+        grouped = {(a, b) for group in copies.groups(pairs)
+                   for a, b in itertools.combinations(group, 2)}
+        table[f"groups, {strictness}"] = scores(grouped, unordered)
+    for name, (kind, size, limit) in HASHES.items():
+        hashes = [kind(Image.open(f), hash_size=size) for f in files]
+        bits = np.array([h.hash.ravel() for h in hashes])
+        within = {(i, j) for i in range(n) for j in range(i + 1, n)
+                  if np.count_nonzero(bits[i] != bits[j]) <= limit}
+        table[name] = scores(within, unordered)
+    return table
+
+
+def renderings(folder: Path) -> dict[str, float]:
+    """The share of neighbour pairs marked, at each strictness and by each hash."""
+    files, vectors, thumbs, _ = load(folder)
+    order, distances = nearest(vectors)
+    shares = {f"flag, {s}": round(float(flags(order, distances, thumbs, s).mean()), 4)
+              for s in copies.LEVELS}
+    for name, (kind, size, limit) in HASHES.items():
+        bits = np.array([kind(Image.open(f), hash_size=size).hash.ravel() for f in files])
+        differ = (bits[order] != bits[:, None, :]).sum(axis=2)
+        shares[name] = round(float((differ <= limit).mean()), 4)
+    return shares
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("suite", type=Path)
+    parser.add_argument("--part", choices=("dev", "heldout"), default="heldout")
+    args = parser.parse_args()
+    report = {"photos": photos(args.suite / "photos" / args.part)}
+    for domain in ("glyphs", "digits"):
+        report[domain] = renderings(args.suite / domain / args.part)
+    print(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()

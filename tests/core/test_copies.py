@@ -1,0 +1,77 @@
+"""Near-duplicate decisions on generated copies and distinct drawings, and the groups."""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from lookalike.core import copies, images
+from lookalike.core.store import Answer, Entry, Library
+
+SHAPE = images.Shape(56, "rgb")  # the shipped encoder's input
+
+
+def picture(seed: int = 0) -> Image.Image:
+    """A photo-like picture: smooth colour fields with some texture."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.uniform(0, 255, (6, 9, 3)).astype(np.uint8)
+    smooth = np.asarray(Image.fromarray(coarse).resize((360, 240), Image.Resampling.BICUBIC),
+                        np.float32)
+    return Image.fromarray((smooth + rng.normal(0, 12, smooth.shape)).clip(0, 255)
+                           .astype(np.uint8))
+
+
+def thumb_of(image: Image.Image) -> bytes:
+    """The thumbnail of an image as ingest makes it: from the pixels the encoder reads."""
+    encoded = io.BytesIO()
+    image.save(encoded, format="PNG")
+    return copies.thumbnail(images.decode(encoded.getvalue(), SHAPE))
+
+
+def made_copies(original: Image.Image) -> dict[str, Image.Image]:
+    w, h = original.size
+    return {"half": original.resize((w // 2, h // 2)),
+            "mirror": ImageOps.mirror(original),
+            "gray": original.convert("L").convert("RGB"),
+            "crop80": original.crop((w // 10, h // 10, w - w // 10, h - h // 10))}
+
+
+def test_copies_are_marked_and_other_pictures_are_not() -> None:
+    original = picture()
+    judge = copies.Judge("normal")
+    mine = thumb_of(original)
+    for kind, copy in made_copies(original).items():
+        assert judge.is_copy(0.5, mine, thumb_of(copy)), kind
+    assert not judge.is_copy(0.5, mine, thumb_of(picture(seed=1)))
+    assert not judge.is_copy(1.5, mine, mine)  # beyond the learned distance: never
+    assert not judge.is_copy(0.0, mine, None)  # no thumbnail (an older library): never
+
+
+def test_distinct_drawings_of_one_digit_are_not_copies(digits_root: Path) -> None:
+    """Different hands' 3s are look-alikes, not copies: few of their pairs are marked."""
+    judge = copies.Judge("normal")
+    thumbs = [thumb_of(Image.open(p).convert("RGB"))
+              for p in sorted((digits_root / "3").glob("*.png"))[:40]]
+    marked = [judge.is_copy(0.5, a, b) for i, a in enumerate(thumbs) for b in thumbs[i + 1:]]
+    assert np.mean(marked) < 0.05
+
+
+def test_groups_join_marked_pairs_largest_first() -> None:
+    assert copies.groups([(1, 2), (2, 3), (7, 8), (3, 1)]) == [[1, 2, 3], [7, 8]]
+    assert copies.groups([]) == []
+
+
+def test_a_deletion_splits_a_group(tmp_path: Path) -> None:
+    """a - b - c joined through b: once b leaves the library, a and c are no group."""
+    with Library(tmp_path / "library.sqlite") as library:
+        library.apply([Entry(name, 10, 1, name * 8, "m", np.ones(4, np.float32))
+                       for name in "abcd"])
+        ids = {r.path: r.id for r in library.records().values()}
+        a, b, c, d = (ids[name] for name in "abcd")
+        library.mark_answered([Answer(a, "x", [b], None, [b]), Answer(c, "x", [b, d], None, [b]),
+                               Answer(d, "x", [c], None, [c])])
+        assert copies.groups(library.copy_pairs()) == [sorted([a, b, c, d])]
+        library.apply(deletions=["b"])
+        assert copies.groups(library.copy_pairs()) == [sorted([c, d])]
