@@ -177,7 +177,7 @@ class Ingest:
             sha256 = hashlib.sha256(data).hexdigest()
             twin = self.twins.find(sha256, len(data))
             if twin is not None:
-                return Read(candidate, None, None, (sha256, *twin))
+                return Read(candidate, None, None, (sha256, twin))
             pixels, (width, height) = images.decode_sized(data, self.encoder.shape)
             return Read(candidate, images.Decoded(pixels, sha256), None,
                         picture=(copies.thumbnail(pixels), width, height))

@@ -39,8 +39,10 @@ def test_ok_document_follows_the_design() -> None:
     assert (written["status"], written["query"], written["model"], written["metric"]) == (
         "ok", "portraits/00007.jpg", MODEL, "angular")
     assert written["neighbors"] == [
-        {"rank": 1, "path": "portraits/00024.jpg", "distance": 0.123457, "duplicate": False},
-        {"rank": 2, "path": "portraits/copy of 00007.jpg", "distance": 0.0, "duplicate": True}]
+        {"rank": 1, "path": "portraits/00024.jpg", "distance": 0.123457, "duplicate": False,
+         "near_duplicate": False},
+        {"rank": 2, "path": "portraits/copy of 00007.jpg", "distance": 0.0, "duplicate": True,
+         "near_duplicate": True}]  # identical bytes are a near-duplicate too
     assert written["index"] == {"generation": 7, "items": 9683, "pending": 3}
     assert WRITTEN_AT.match(written["written_at"])
     assert "error" not in written

@@ -21,8 +21,9 @@ def test_a_live_row_and_a_tombstone_give_their_vectors_by_bytes(tmp_path: Path) 
         try:
             live, tombstone = twins.find(f"{1:064x}", 100), twins.find(f"{2:064x}", 100)
             assert live is not None and tombstone is not None
-            assert live[0] == library.records()["a.jpg"].id
-            assert np.array_equal(live[1], vector(1)) and np.array_equal(tombstone[1], vector(2))
+            assert live.row_id == library.records()["a.jpg"].id
+            assert np.array_equal(live.latent, vector(1))
+            assert np.array_equal(tombstone.latent, vector(2))
             assert twins.find(f"{1:064x}", 101) is None  # another size: other bytes
             assert twins.find(f"{3:064x}", 100) is None  # another model's vector
             assert twins.find(f"{4:064x}", 100) is None
@@ -53,7 +54,7 @@ def test_each_thread_looks_up_through_its_own_connection_by_the_content_index(
 
         def look(n: int) -> None:
             twin = twins.find(f"{n:064x}", 100)
-            found[n] = twin is not None and np.array_equal(twin[1], vector(n))
+            found[n] = twin is not None and np.array_equal(twin.latent, vector(n))
 
         threads = [threading.Thread(target=look, args=(n,)) for n in range(4)]
         for thread in threads:
