@@ -17,7 +17,7 @@ WebP and JPEG. For each:
   state (scan, decode in threads with JPEG draft mode, encode in batches,
   SQLite, index, a results file per image), less the wall time of the same
   command on a folder of one image (start-up and loading the encoder); its
-  peak resident memory;
+  peak resident memory, read from /proc as it runs;
 - the limits behind it: decoding alone (lookalike's decoder, in its two
   threads), encoding alone (batches of 256) and writing the results files
   alone (as lookalike writes them, one sync per batch), in this process.
@@ -155,7 +155,13 @@ def command(folder: Path, spent: Path) -> tuple[float, float, float]:
         started = time.perf_counter()
         process = subprocess.Popen([str(LOOKALIKE), "run", "--once", "-c", str(config_file)],
                                    stdout=log, stderr=log)
-        _, status, usage = os.wait4(process.pid, 0)  # this child's own CPU time and peak
+        peak = 0.0
+        while True:  # this child's own CPU time (wait4), and its peak memory as it runs
+            pid, status, usage = os.wait4(process.pid, os.WNOHANG)
+            if pid:
+                break
+            peak = max(peak, high_water_mb(process.pid))
+            time.sleep(0.1)
         wall = time.perf_counter() - started
         process.returncode = os.waitstatus_to_exitcode(status)
         if process.returncode:
@@ -164,7 +170,22 @@ def command(folder: Path, spent: Path) -> tuple[float, float, float]:
                              f"{log.read().decode(errors='replace')[-3000:]}")
     for results in folder.glob("*.neighbors.json"):
         results.rename(state / results.name)
-    return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
+    return wall, usage.ru_utime + usage.ru_stime, peak
+
+
+def high_water_mb(pid: int) -> float:
+    """A process's peak resident memory so far (VmHWM), in MB; 0 once it is gone.
+
+    Not getrusage's ru_maxrss: that counts the child from its fork, when it
+    still shares this process's memory (the article's decoded images).
+    """
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
 
 
 def lookalike(folder: Path, one: Path, spent: Path) -> tuple[float, float, float]:
