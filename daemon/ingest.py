@@ -245,14 +245,16 @@ def replaced(changed: Iterable[scan.Candidate], known: dict[str, Record]) -> lis
     return [known[c.path].id for c in changed if c.path in known]
 
 
-def create_folders_on_first_run(config: Config, library: Library) -> None:
-    """Make missing watched folders for a new library only.
+def set_up_new_library(config: Config, library: Library) -> None:
+    """For a new library only: make missing watched folders, and note the near-duplicate
+    strictness its results files will be written with (so none is checked again for it).
 
     A missing inbox of a library that has images is an unmounted disk, not
     a folder to create (creating it would hide the mount point).
     """
     if library.generation:
         return
+    library.set_meta("strictness", config.strictness)
     for folder in (config.inbox, config.query_dir):
         if folder is not None and not folder.exists():
             folder.mkdir(parents=True)

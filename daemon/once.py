@@ -11,7 +11,7 @@ from lookalike.core.errors import StateError
 from lookalike.core.store import Library
 from lookalike.daemon import moves
 from lookalike.daemon.answers import Answers, remove_leftovers
-from lookalike.daemon.ingest import Ingest, create_folders_on_first_run
+from lookalike.daemon.ingest import Ingest, set_up_new_library
 from lookalike.daemon.lock import StateLock
 from lookalike.daemon.progress import Tally
 from lookalike.daemon.searching import SearchState
@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 def run(config: Config, load_encoder: Callable[[Config], Encoder]) -> int:
     started = time.monotonic()
     with StateLock(config.state_dir), Library(config.state_dir / "library.sqlite") as library:
-        create_folders_on_first_run(config, library)
+        set_up_new_library(config, library)
         if not config.inbox.is_dir():
             raise StateError(f"the inbox {config.inbox} does not exist (is its disk mounted?)")
         if config.query_dir is not None and config.query_dir.is_dir():

@@ -33,7 +33,7 @@ from lookalike.core.store import Library
 from lookalike.daemon import memory
 from lookalike.daemon.answers import Answers, remove_leftovers
 from lookalike.daemon.freshness import Freshness
-from lookalike.daemon.ingest import Ingest, create_folders_on_first_run
+from lookalike.daemon.ingest import Ingest, set_up_new_library
 from lookalike.daemon.lock import StateLock
 from lookalike.daemon.notify import Notifier
 from lookalike.daemon.progress import Tally
@@ -90,7 +90,7 @@ class Service:
                             # start-up counts)
         self.lock = StateLock(config.state_dir)
         self.library = library = Library(config.state_dir / "library.sqlite")
-        create_folders_on_first_run(config, library)
+        set_up_new_library(config, library)
         encoder = load_encoder(config)
         encoder.warm()
         self.answers = Answers(config, library, encoder)
