@@ -8,7 +8,7 @@ from the pixels the encoder reads: 1 kB, no extra decoding), and a pair of
 neighbours is a near-duplicate when their pictures match pixel for pixel:
 the normalised correlation of their grey levels at 16x16, at its best over
 the image and its mirror image, whole or centrally cropped to 90 to 60% of
-its side, on either side of the pair (`similarity`). A `Strictness` says
+its side, on either side of the pair (`similarities`). A `Strictness` says
 how high that correlation must be, and how far the learned distance may
 be; a person picks it by name (`LEVELS`, calibrated on development data).
 
@@ -17,6 +17,7 @@ some results file (`groups`).
 """
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -27,6 +28,7 @@ THUMB_SIDE = 32  # the stored thumbnail's side
 COMPARED = 16  # the side at which two thumbnails are correlated
 CROPS = (0.9, 0.8, 0.7, 0.6)  # central crops (share of the side) tried on either side
 LUMA = np.array([0.299, 0.587, 0.114], np.float32)
+CACHED_VIEWS = 16_384  # thumbnails whose views are kept (2.5 MB each thousand)
 
 
 @dataclass(frozen=True)
@@ -62,10 +64,9 @@ def thumbnail(pixels: np.ndarray) -> bytes:
     return np.asarray(small, np.float32).round().clip(0, 255).astype(np.uint8).tobytes()
 
 
-def views(thumb: bytes) -> np.ndarray:
-    """The views of a thumbnail that a copy's whole picture may match: (2 + 2 crops, 256)
-    unit vectors, mean removed; the whole image first, its mirror image second."""
-    image = np.frombuffer(thumb, np.uint8).reshape(THUMB_SIDE, THUMB_SIDE).astype(np.float32)
+def resized_views(image: np.ndarray) -> np.ndarray:
+    """The views of a (THUMB_SIDE, THUMB_SIDE) float32 image that a copy's whole picture
+    may match: (2 + 2 crops, COMPARED^2), the whole image first, its mirror image second."""
     out = []
     for flipped in (image, image[:, ::-1]):
         picture = Image.fromarray(np.ascontiguousarray(flipped), "F")
@@ -74,16 +75,46 @@ def views(thumb: bytes) -> np.ndarray:
             box = (margin, margin, THUMB_SIDE - margin, THUMB_SIDE - margin)
             out.append(np.asarray(picture.resize((COMPARED, COMPARED), Image.Resampling.BILINEAR,
                                                  box=box), np.float32).ravel())
-    stacked = np.stack(out)
-    stacked -= stacked.mean(axis=1, keepdims=True)
-    stacked /= np.maximum(np.linalg.norm(stacked, axis=1, keepdims=True), 1e-6)
+    return np.stack(out)
+
+
+@functools.cache
+def view_maps() -> tuple[np.ndarray, np.ndarray]:
+    """(rows, columns): each view (`resized_views`) of an image X is rows[v] @ X @ columns[v],
+    since resizing is separable and linear in the grey levels. Read off the resize itself:
+    an image of one lit row (or column) shows that row's (column's) weights."""
+    side, views = THUMB_SIDE, 2 * (1 + len(CROPS))
+    rows = np.zeros((views, COMPARED, side), np.float32)
+    columns = np.zeros((views, side, COMPARED), np.float32)
+    for line in range(side):
+        lit = np.zeros((side, side), np.float32)
+        lit[line, :] = 1.0  # weights along the rows (a resize's weights sum to 1)
+        rows[:, :, line] = resized_views(lit).reshape(views, COMPARED, COMPARED)[:, :, 0]
+        lit = np.zeros((side, side), np.float32)
+        lit[:, line] = 1.0
+        columns[:, line, :] = resized_views(lit).reshape(views, COMPARED, COMPARED)[:, 0, :]
+    return rows, columns
+
+
+def views(thumbs: list[bytes]) -> np.ndarray:
+    """The views of each thumbnail (`resized_views`) as (n, views, COMPARED^2) unit
+    vectors, mean removed."""
+    grey = np.frombuffer(b"".join(thumbs), np.uint8).reshape(
+        len(thumbs), 1, THUMB_SIDE, THUMB_SIDE).astype(np.float32)
+    rows, columns = view_maps()
+    stacked = (rows @ grey @ columns).reshape(len(thumbs), len(rows), COMPARED ** 2)
+    stacked -= stacked.mean(axis=2, keepdims=True)
+    stacked /= np.maximum(np.linalg.norm(stacked, axis=2, keepdims=True), 1e-6)
     return stacked
 
 
-def similarity(one: np.ndarray, other: np.ndarray) -> float:
-    """How well two images' `views` match as copies: the best correlation of one's whole
-    picture with any view of the other, either way round (1: the same picture)."""
-    return float(max((other @ one[0]).max(), (one @ other[0]).max()))
+def similarities(one: np.ndarray, others: np.ndarray) -> np.ndarray:
+    """How well an image's views (`views`, one image) match each of `others`' as copies:
+    the best correlation of one's whole picture with any view of the other, either way
+    round (1: the same picture); one score per other."""
+    mine_in_theirs = (others @ one[0]).max(axis=1)  # (others, views) -> best view
+    theirs_in_mine = (one @ others[:, 0, :].T).max(axis=0)  # (views, others) -> best view
+    return np.maximum(mine_in_theirs, theirs_in_mine)
 
 
 class Judge:
@@ -94,20 +125,33 @@ class Judge:
         self.level = LEVELS[strictness]
         self.cache: dict[bytes, np.ndarray] = {}
 
-    def views_of(self, thumb: bytes) -> np.ndarray:
-        found = self.cache.get(thumb)
-        if found is None:
-            if len(self.cache) > 4096:  # a batch's images at most: keep memory bounded
+    def views_of(self, thumbs: list[bytes]) -> np.ndarray:
+        missing = list({thumb for thumb in thumbs if thumb not in self.cache})
+        if missing:
+            if len(self.cache) + len(missing) > CACHED_VIEWS:  # keep memory bounded
                 self.cache.clear()
-            found = self.cache[thumb] = views(thumb)
-        return found
+            self.cache.update(zip(missing, views(missing), strict=True))
+        return np.stack([self.cache[thumb] for thumb in thumbs])
+
+    def copies(self, thumb: bytes | None,
+               neighbors: list[tuple[float, bytes | None]]) -> list[bool]:
+        """Whether each neighbour (its learned distance, its thumbnail) is a near-duplicate
+        of the image of `thumb` (no thumbnail: never)."""
+        marks = [False] * len(neighbors)
+        judged = [(n, distance, other) for n, (distance, other) in enumerate(neighbors)
+                  if other is not None and distance <= self.level.distance]
+        if thumb is None or not judged:
+            return marks
+        seen = self.views_of([thumb, *(other for _, _, other in judged)])
+        scores = similarities(seen[0], seen[1:])
+        flags = self.level.flags(np.array([distance for _, distance, _ in judged]), scores)
+        for (n, _, _), flag in zip(judged, flags.tolist(), strict=True):
+            marks[n] = flag
+        return marks
 
     def is_copy(self, distance: float, thumb: bytes | None, other: bytes | None) -> bool:
         """Whether a neighbour at `distance` is a near-duplicate (no thumbnail: never)."""
-        if thumb is None or other is None or distance > self.level.distance:
-            return False
-        score = similarity(self.views_of(thumb), self.views_of(other))
-        return bool(self.level.flags(np.array([distance]), np.array([score]))[0])
+        return self.copies(thumb, [(distance, other)])[0]
 
 
 def groups(edges: Iterable[tuple[int, int]]) -> list[list[int]]:

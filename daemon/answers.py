@@ -170,10 +170,9 @@ class Answers:
                         names: Names, thumbs: dict[int, bytes]) -> list[int]:
         """The row ids of `near` that are near-duplicates of an image (`core.copies`):
         identical bytes, or a copy at the configured strictness."""
-        judge = self.judge
-        return [n.row_id for n in near
-                if (sha256 is not None and names[n.row_id][1] == sha256)
-                or judge.is_copy(n.distance, thumb, thumbs.get(n.row_id))]
+        copied = self.judge.copies(thumb, [(n.distance, thumbs.get(n.row_id)) for n in near])
+        return [n.row_id for n, copy in zip(near, copied, strict=True)
+                if copy or (sha256 is not None and names[n.row_id][1] == sha256)]
 
     def answer_missing(self, searcher: Searcher, tally: Tally,
                        records: Iterable[Record] | None = None) -> None:
