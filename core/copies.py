@@ -126,11 +126,13 @@ class Judge:
         self.cache: dict[bytes, np.ndarray] = {}
 
     def views_of(self, thumbs: list[bytes]) -> np.ndarray:
-        missing = list({thumb for thumb in thumbs if thumb not in self.cache})
+        missing = {thumb for thumb in thumbs if thumb not in self.cache}
+        if len(self.cache) + len(missing) > CACHED_VIEWS:  # keep memory bounded
+            self.cache.clear()
+            missing = set(thumbs)
         if missing:
-            if len(self.cache) + len(missing) > CACHED_VIEWS:  # keep memory bounded
-                self.cache.clear()
-            self.cache.update(zip(missing, views(missing), strict=True))
+            made = list(missing)
+            self.cache.update(zip(made, views(made), strict=True))
         return np.stack([self.cache[thumb] for thumb in thumbs])
 
     def copies(self, thumb: bytes | None,

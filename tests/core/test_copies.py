@@ -5,6 +5,7 @@ import io
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image, ImageOps
 
 from lookalike.core import copies, images
@@ -75,3 +76,19 @@ def test_a_deletion_splits_a_group(tmp_path: Path) -> None:
         assert copies.groups(library.copy_pairs()) == [sorted([a, b, c, d])]
         library.apply(deletions=["b"])
         assert copies.groups(library.copy_pairs()) == [sorted([c, d])]
+
+
+def test_the_judge_keeps_a_bounded_cache_and_judges_the_same_after_clearing_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    original = picture()
+    mine, theirs = thumb_of(original), thumb_of(picture(seed=1))
+    copied = [thumb_of(copy) for copy in made_copies(original).values()]
+    judge = copies.Judge("normal")
+    assert judge.copies(mine, [(0.5, thumb) for thumb in [*copied, theirs]]) == \
+        [True] * len(copied) + [False]
+    monkeypatch.setattr(copies, "CACHED_VIEWS", 3)  # fewer than one query's thumbnails
+    small = copies.Judge("normal")
+    assert small.copies(mine, [(0.5, thumb) for thumb in copied]) == [True] * len(copied)
+    # A new query with a neighbour cached before: the cache is cleared, the views made again.
+    assert small.copies(theirs, [(0.5, copied[0]), (0.5, mine)]) == [False, False]
+    assert len(small.cache) == 3
