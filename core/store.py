@@ -9,6 +9,14 @@ N" is one indexed query. A deleted image stays as a tombstone until an index
 built after its deletion is in use, so searches can tell that an index item
 is gone; it keeps its vector meanwhile, for a file that arrives with the
 same bytes.
+
+Each change records its own consequences in the transaction that stores it,
+so that a restart redoes exactly what a kill interrupted: stored rows carry
+the new generation and no results (they are answered again), and the live
+rows whose results file lists a row that was replaced or removed are marked
+out of date (`answered` NULL) with it. What new rows enter elsewhere follows
+from their generation: the check of the rows changed since the last check
+(`checked_generation`) measures them against every results file.
 """
 from __future__ import annotations
 
@@ -101,6 +109,15 @@ STACK_BLOCK = 65_536  # vectors joined at a time when reading many
 
 RECORD_COLUMNS = ("id, path, size, mtime_ns, sha256, model_id, error_code, error_message, "
                   "answered, radius")
+
+
+@dataclass(frozen=True)
+class Stored:
+    """What `Library.store` did: the new generation, and the live rows whose results
+    listed a row it replaced or removed (marked out of date with the change)."""
+
+    generation: int
+    outdated: list[int]
 
 
 @dataclass(frozen=True)
@@ -223,7 +240,17 @@ class Library:
 
         Returns the new library generation.
         """
+        return self.store(entries, deletions).generation
+
+    def store(self, entries: Iterable[Entry] = (), deletions: Iterable[str] = ()) -> Stored:
+        """Store `entries` and delete `deletions` (paths) in one transaction, which also
+        marks out of date the results files that list a row it replaces or removes.
+
+        Returns the new generation and the rows so marked.
+        """
+        entries, deletions = list(entries), list(deletions)
         with self.transaction() as generation:
+            leaving = self.leaving(entries, deletions)
             for entry in entries:
                 latent = None if entry.latent is None else \
                     np.ascontiguousarray(entry.latent, dtype="<f4").tobytes()
@@ -247,7 +274,21 @@ class Library:
                 "UPDATE images SET deleted = 1, answered = NULL, named = NULL, "
                 "radius = NULL, copies = NULL, generation = ? "
                 "WHERE path = ? AND deleted = 0", ((generation, path) for path in deletions))
-        return generation
+            # (After the updates: the leaving rows' own results no longer list anything.)
+            outdated = self.listing_any(leaving)
+            self.db.executemany("UPDATE images SET answered = NULL WHERE id = ?",
+                                ((row,) for row in outdated))
+        return Stored(generation, outdated)
+
+    def leaving(self, entries: list[Entry], deletions: list[str]) -> list[int]:
+        """The rows whose vector `entries` and `deletions` take away: results that list
+        them must be searched again. A row stored again with the same bytes keeps its
+        place in other results (its vector is the same; under another model, all
+        results are rewritten once the library is re-encoded)."""
+        now = {entry.path: (entry.sha256, entry.error_code) for entry in entries}
+        rows = self.select("SELECT id, path, sha256 FROM images WHERE deleted = 0 "
+                           "AND latent IS NOT NULL AND path IN ({})", [*now, *deletions])
+        return [row for row, path, sha256 in rows if now.get(path) != (sha256, None)]
 
     def mark_answered(self, answers: Iterable[Answer]) -> None:
         """Remember what the results file written for each row says."""

@@ -11,12 +11,17 @@ without a search: its last list and the new images, measured exactly.
 
 What that bounded look misses, the check of every results file finds
 (`check`): when the index is current and the service idle, at most every
-10 minutes and never more than a tenth of the time.
+10 minutes and never more than a tenth of the time. After a restart that
+followed changes (a kill, a power cut), the check of the rows changed since
+the last one runs as soon as the start-up work is done: the library marked
+what each change made out of date in the change's own transaction, so that
+check is all a restart has to redo (`recovering`).
 """
 from __future__ import annotations
 
 import logging
 import math
+import sqlite3
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -83,13 +88,21 @@ class Freshness:
     def __post_init__(self) -> None:
         self.outdated = OutdatedResults()
         self.check: Check | None = None  # the check under way
-        # After a clean stop (or none: a new library), results stand as the running
-        # service keeps them: measuring what changed since the last check is enough.
-        generation = self.library.generation
-        self.needs_full_check = generation > 0 and \
-            self.library.meta("stopped_at") != str(generation)
+        library = self.library
+        # A library whose changes did not mark the results they made out of date (made
+        # before they did, and not stopped cleanly) may hold any stale results file.
+        unmarked = library.meta("changes_mark_results") is None and library.generation > 0 \
+            and library.meta("stopped_at") != str(library.generation)
+        self.needs_full_check = unmarked or library.meta("full_check_wanted") == "1"
+        if unmarked:
+            self.want_full_check()
+        library.set_meta("changes_mark_results", "1")
         # A stop (or a kill) since the last check may have left results out of date.
-        self.checked_generation = int(self.library.meta("checked_generation") or -1)
+        self.checked_generation = int(library.meta("checked_generation") or -1)
+        # Rows changed since the last check: check them once the start-up is done, not
+        # after the next rebuild (a kill left what they entered unknown).
+        self.recovering = library.generation > 0 and \
+            self.checked_generation != library.generation
         self.check_started = -math.inf
         self.check_took = 0.0  # seconds the last complete check took
         self.check_rewrote = 0  # results files the check under way rewrote
@@ -115,11 +128,10 @@ class Freshness:
         A new or moved image enters the results of those of its `nearby`
         images that it is closer to than their k-th neighbour: each such
         image comes with the rows that may enter. An image that left or
-        changed leaves the results that listed it: those come with None, as
-        only a new search finds what takes its place.
+        changed leaves the results that listed it (`changes.outdated`): those
+        come with None, as only a new search finds what takes its place.
         """
-        left = set(changes.removed) | set(changes.replaced)  # a new row is in no results yet
-        outdated: Outdated = dict.fromkeys(self.library.listing_any(left)) if left else {}
+        outdated: Outdated = dict.fromkeys(changes.outdated)  # (marked in the library already)
         radii = self.library.radii({n.row_id for near in nearby.values() for n in near})
         for row, near in nearby.items():
             for n in near:
@@ -179,6 +191,12 @@ class Freshness:
         """Rewrite the first `count` results that wait."""
         self.rewrite(self.outdated.pop_first(count))
 
+    def rewrite_all(self) -> int:
+        """Rewrite every results file that waits (at start-up, before READY); how many."""
+        waiting = len(self.outdated)
+        self.rewrite_outdated(waiting)
+        return waiting
+
     def rewrite_if_piling_up(self) -> None:
         """During a burst: rewrite every waiting results file once they pile up."""
         if len(self.outdated) >= OUTDATED_AT_MOST:
@@ -206,13 +224,16 @@ class Freshness:
 
         The bounded update after each arrival misses an image whose k nearest
         include a new one that is not among the new one's nearest (nearness is
-        not symmetric): the check finds those (`daemon.check`). A kill between
-        a library commit and the results it changes leaves them old: the
-        generation last checked is kept in the library, so a restart checks
-        too. At most once per CHECK_EVERY_S, and never more than CHECK_SHARE of
-        the time, by the last check's length.
+        not symmetric): the check finds those (`daemon.check`). After a
+        restart that followed changes, at once, without waiting for the index:
+        a kill may have come between a change and the results it enters, and
+        what changed since the last check is all that can be stale (the
+        library marked the rest). Otherwise at most once per CHECK_EVERY_S, and
+        never more than CHECK_SHARE of the time, by the last check's length.
         """
         generation = self.library.generation
+        if self.recovering:
+            return not self.paused()
         return (not self.paused() and self.search.rebuilding is None
                 and self.checked_generation != generation
                 and self.search.generation == generation
@@ -239,6 +260,10 @@ class Freshness:
         self.checked_generation = self.library.generation
         self.check_started = self.clock()
         self.check_rewrote = 0
+        if self.recovering:
+            self.recovering = False
+            log.info("checking the results that the changes since generation %s may enter",
+                     self.library.meta("checked_generation") or "0")
         checked = self.library.meta("checked_generation") or "0"
         if not self.needs_full_check:
             ids, vectors, _ = self.library.changed_since(int(checked))
@@ -256,21 +281,30 @@ class Freshness:
         assert self.check is not None
         if self.check.full:
             self.needs_full_check = False
+            self.library.set_meta("full_check_wanted", "0")
         self.check = None
         self.library.set_meta("checked_generation", str(self.checked_generation))
         self.check_took = self.clock() - self.check_started
-        if self.check_rewrote:
-            log.info("results check done in %.0f s: %d results files were out of date and "
-                     "rewritten", self.check_took, self.check_rewrote)
+        log.log(logging.INFO if self.check_rewrote else logging.DEBUG,
+                "results check done in %.1f s: %d results files were out of date and "
+                "rewritten", self.check_took, self.check_rewrote)
 
     # -- the service's events --------------------------------------------------
     def turn_failed(self) -> None:
-        """A turn failed: it may have stored a change without marking the results it
-        made out of date. Only searching every image again will find those."""
-        self.needs_full_check, self.check, self.checked_generation = True, None, -1
+        """A turn failed: it may have stopped anywhere, and the search may not know
+        what it stored. Only searching every image again will find all it left."""
+        self.check, self.checked_generation = None, -1
+        self.want_full_check()
+
+    def want_full_check(self) -> None:
+        """Search every image again at the next check, after a restart too (unless the
+        library cannot be written: a full disk; then this run's check does it)."""
+        self.needs_full_check = True
+        try:
+            self.library.set_meta("full_check_wanted", "1")
+        except sqlite3.Error as error:
+            log.debug("cannot note that a full check is wanted: %s", error)
 
     def stop(self) -> None:
-        """A clean stop: rewrite what waits, and say that results stand as kept."""
+        """A clean stop: rewrite what waits."""
         self.rewrite_outdated(len(self.outdated))
-        if not self.needs_full_check:
-            self.library.set_meta("stopped_at", str(self.library.generation))

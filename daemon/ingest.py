@@ -58,20 +58,27 @@ class Read:
 class Changes:
     """Row ids a batch touched: stored (new, changed or now unusable) and removed.
 
-    `replaced` are the stored rows that existed before: results may name them.
+    `outdated` are the rows whose results listed a row that changed or left:
+    the library marked them out of date in the transaction of the change.
     """
 
-    stored: list[int]
-    removed: list[int]
-    replaced: list[int] = field(default_factory=list)
+    stored: list[int] = field(default_factory=list)
+    removed: list[int] = field(default_factory=list)
+    outdated: list[int] = field(default_factory=list)
     unanswered: list[int] = field(default_factory=list)  # unchanged, their results missing
-    moved: dict[int, int] = field(default_factory=dict)  # stored row -> the row it came
-                                                         # from, forgotten in the same scan
+    twins: dict[int, int] = field(default_factory=dict)  # stored row -> the row whose
+                                                         # vector it took (same bytes)
+    moved: dict[int, int] = field(default_factory=dict)  # those twins forgotten in the scan
     last_lists: dict[int, np.ndarray] = field(default_factory=dict)  # what those rows'
                                                                    # results files listed
 
     def __bool__(self) -> bool:
         return bool(self.stored or self.removed)
+
+    def __add__(self, other: Changes) -> Changes:
+        return Changes(self.stored + other.stored, self.removed + other.removed,
+                       self.outdated + other.outdated, self.unanswered + other.unanswered,
+                       {**self.twins, **other.twins})
 
 
 class Ingest:
@@ -115,19 +122,20 @@ class Ingest:
         if changed or gone:
             log.info("inbox scan: %d new or changed, %d gone, %d unchanged",
                      len(changed), len(gone), len(on_disk) - len(changed))
-        twins: dict[int, int] = {}
-        stored = self.read_and_store(changed, known, tally, twins)
-        settled = set(on_disk) - {c.path for c in changed}  # (the others: answered as stored)
-        unanswered = [record.id for path, record in known.items() if path in settled and (
-            record.answered is None or not survey.answered(path))]
+        changes = self.read_and_store(changed, known, tally)
         leaving = {known[path].id: known[path] for path in gone}
-        moved = {row: twin for row, twin in twins.items() if twin in leaving}
+        moved = {row: twin for row, twin in changes.twins.items() if twin in leaving}
         # (read before the rows go: a forgotten row's list goes with it)
         last_lists = self.library.neighbors_listed(
             twin for twin in moved.values() if leaving[twin].answered is not None)
-        return Changes(stored, self.forget(gone, tally), replaced(changed, known), unanswered,
-                       moved, {row: last_lists[twin] for row, twin in moved.items()
-                               if twin in last_lists})
+        changes += self.forget(gone, tally)
+        settled = set(on_disk) - {c.path for c in changed}  # (the others: answered as stored)
+        changes.unanswered = [record.id for path, record in known.items() if path in settled
+                              and (record.answered is None or not survey.answered(path))]
+        changes.moved = moved
+        changes.last_lists = {row: last_lists[twin] for row, twin in moved.items()
+                              if twin in last_lists}
+        return changes
 
     def needs_reading(self, record: Record | None, candidate: scan.Candidate,
                       model_too: bool = True) -> bool:
@@ -139,14 +147,12 @@ class Ingest:
         return model_too and record.error_code is None and record.model_id != self.encoder.model_id
 
     def read_and_store(self, candidates: Sequence[scan.Candidate], known: dict[str, Record],
-                       tally: Tally, twins: dict[int, int] | None = None) -> list[int]:
-        """Read, encode and store `candidates` in batches; return the stored row ids.
-
-        `twins` hears, of each stored row that took another row's vector, that row's id.
-        """
+                       tally: Tally) -> Changes:
+        """Read, encode and store `candidates` in batches; return what was stored (and, in
+        `twins`, which stored rows took another row's vector)."""
         progress = Progress("ingest", len(candidates))
         self.stock(len(candidates))  # a results file each, made while encoding
-        size, stored = max(self.config.batch_size, SCAN_BATCH), []
+        size, stored = max(self.config.batch_size, SCAN_BATCH), Changes()
         reading = self.read_batch(candidates[:size])
         try:
             for start in range(0, len(candidates), size):
@@ -157,7 +163,7 @@ class Ingest:
                     break
                 # The next batch decodes in the pool while this one is encoded and stored.
                 reading = self.read_batch(candidates[start + size:start + 2 * size])
-                stored += self.store(batch, known, tally, twins)
+                stored += self.store(batch, known, tally)
                 progress.update(start + len(batch))
         finally:
             progress.finish()
@@ -184,8 +190,7 @@ class Ingest:
         except UnreadableImage as problem:
             return Read(candidate, None, problem)
 
-    def store(self, batch: list[Read], known: dict[str, Record], tally: Tally,
-              twins: dict[int, int] | None = None) -> list[int]:
+    def store(self, batch: list[Read], known: dict[str, Record], tally: Tally) -> Changes:
         """Encode the usable reads of a batch and store the batch in one transaction."""
         usable = [r for r in batch if r.decoded is not None]
         pixels = [r.decoded.pixels for r in usable if r.decoded is not None]
@@ -217,32 +222,28 @@ class Ingest:
                 tally.errors += 1
                 log.warning("%s: %s (%s)", c.path, read.problem.message, read.problem.code)
         if not entries:
-            return []
-        self.library.apply(entries)
+            return Changes()
+        outdated = self.library.store(entries).outdated
         rows = self.library.lookup(e.path for e in entries)
-        if twins is not None:
-            twins.update({rows[r.candidate.path].id: r.twin[1].row_id for r in batch
-                          if r.twin is not None and r.candidate.path in rows})
-        return [record.id for record in rows.values()]
+        return Changes(stored=[record.id for record in rows.values()], outdated=outdated,
+                       twins={rows[r.candidate.path].id: r.twin[1].row_id for r in batch
+                              if r.twin is not None and r.candidate.path in rows})
 
-    def forget(self, gone: Iterable[str], tally: Tally) -> list[int]:
-        """Drop images that left the inbox, with their results files; return their row ids."""
+    def forget(self, gone: Iterable[str], tally: Tally) -> Changes:
+        """Drop images that left the inbox, with their results files."""
         if not self.config.inbox.is_dir():
-            return []  # the whole inbox went (unmounted): that is no deletion
+            return Changes()  # the whole inbox went (unmounted): that is no deletion
         records = self.library.lookup(gone)
         if not records:
-            return []
-        self.library.apply(deletions=records)
+            return Changes()
+        # Their results files first: a kill after the library forgot them would leave
+        # files that nothing names any more.
         for path in records:
             results.remove(self.config.inbox / path)
+        outdated = self.library.store(deletions=records).outdated
         tally.removed += len(records)
         log.info("forgot %d images that left the inbox", len(records))
-        return [record.id for record in records.values()]
-
-
-def replaced(changed: Iterable[scan.Candidate], known: dict[str, Record]) -> list[int]:
-    """Row ids of the `changed` files that the library held before."""
-    return [known[c.path].id for c in changed if c.path in known]
+        return Changes(removed=[record.id for record in records.values()], outdated=outdated)
 
 
 def set_up_new_library(config: Config, library: Library) -> None:

@@ -54,9 +54,9 @@ class Reencoding:
         stats = {path: stat_of(self.config.inbox / path) for path in paths}
         present = [Candidate(path, *stat) for path, stat in stats.items() if stat]
         tally = Tally()  # (not the service's: re-encoding adds and updates no image)
-        stored = self.ingest.read_and_store(present, self.library.lookup(paths), tally)
-        removed = self.ingest.forget([path for path, stat in stats.items() if not stat], tally)
-        self.search.refresh(stored, removed, drop_unusable=False)
+        changes = self.ingest.read_and_store(present, self.library.lookup(paths), tally) \
+            + self.ingest.forget([path for path, stat in stats.items() if not stat], tally)
+        self.search.refresh(changes.stored, changes.removed, drop_unusable=False)
         self.progress.update(self.total - len(self.paths))
         if not self.paths:
             self.finish()

@@ -21,7 +21,7 @@ from lookalike.core.scan import Candidate
 from lookalike.core.store import Library
 from lookalike.daemon.answers import Answers
 from lookalike.daemon.freshness import Freshness
-from lookalike.daemon.ingest import Changes, Ingest, replaced
+from lookalike.daemon.ingest import Changes, Ingest
 from lookalike.daemon.progress import Tally
 from lookalike.daemon.reencoding import Reencoding
 from lookalike.daemon.searching import SearchState
@@ -125,9 +125,8 @@ class FolderSync:
             gone = []  # an unmounted disk is not a deletion: wait for it
         known = self.library.lookup(c.path for c in arrived)
         changed = [c for c in arrived if self.ingest.needs_reading(known.get(c.path), c)]
-        stored = self.ingest.read_and_store(changed, known, self.tally)
-        removed = self.ingest.forget(gone, self.tally)
-        self.follow(Changes(stored, removed, replaced(changed, known)))
+        self.follow(self.ingest.read_and_store(changed, known, self.tally)
+                    + self.ingest.forget(gone, self.tally))
         queries = [r for r in batch if r.root == "queries"]
         self.answers.answer_queries(self.search.searcher, self.tally,
                                     [r.path for r in queries if r.stat])

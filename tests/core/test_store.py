@@ -258,6 +258,28 @@ def test_mark_outdated_marks_results_out_of_date_until_answered_again(library: L
     assert library.records()["a.jpg"].answered == "3" * 32
 
 
+def test_a_change_marks_the_results_listing_what_it_replaces_or_removes(
+        library: Library) -> None:
+    """In its own transaction, so that a kill right after it cannot lose the marks."""
+    library.apply([image("a.jpg", 1), image("b.jpg", 2), image("c.jpg", 3), image("d.jpg", 4)])
+    rows = {path: r.id for path, r in library.records().items()}
+    a, b, c, d = (rows[name] for name in ("a.jpg", "b.jpg", "c.jpg", "d.jpg"))
+    library.mark_answered([Answer(a, "1" * 32, [b], 0.5), Answer(b, "2" * 32, [c], 0.5),
+                           Answer(c, "3" * 32, [d], 0.5), Answer(d, "4" * 32, [a], 0.5)])
+
+    same = library.store([image("b.jpg", 2)])  # touched: the same bytes, the same vector
+    assert same.outdated == []
+    edited = library.store([image("b.jpg", 9)])  # new bytes: who listed it searches again
+    assert edited.outdated == [a] and edited.generation == same.generation + 1
+    gone = library.store(deletions=["d.jpg"])
+    assert gone.outdated == [c]
+    unusable = library.store([image("e.jpg", 5), broken("a.jpg")])
+    assert unusable.outdated == []  # d listed a, and d is gone
+    answered = {path: r.answered for path, r in library.records().items()}
+    assert answered == {"a.jpg": None, "b.jpg": None, "c.jpg": None, "e.jpg": None}
+    assert library.records()["c.jpg"].radius == 0.5  # still measured against meanwhile
+
+
 def test_many_ids_are_looked_up_in_chunks(library: Library) -> None:
     library.apply([image(f"{n:04d}.jpg", n) for n in range(1_200)])
     rows = [r.id for r in library.records().values()]

@@ -58,7 +58,7 @@ def test_new_images_enter_the_results_they_belong_in_without_a_search(
     ids, vectors = library.vectors()
     freshness = freshness_of(library, make_config)
 
-    outdated = freshness.outdated_by(Changes(new, []), freshness.nearby(new))
+    outdated = freshness.outdated_by(Changes(stored=new), freshness.nearby(new))
     changed = {row for row in old if after[row] != before[row]}
     assert changed and set(outdated) == changed  # every one found, and only those
     assert all(entering is not None and entering <= set(new) for entering in outdated.values())
@@ -80,10 +80,13 @@ def test_an_image_that_left_sends_the_results_listing_it_to_a_new_search(
     answer_exactly(library, rows)
     gone = rows[7]
     listing = {row for row, near in exact(library).items() if gone in near}
-    library.apply(deletions=["7.png"])
+    stored = library.store(deletions=["7.png"])
+    # The transaction that forgot it marked the results listing it out of date.
+    assert sorted(stored.outdated) == sorted(listing)
+    assert {r.id for r in library.records().values() if r.answered is None} == listing
     freshness = freshness_of(library, make_config)
 
-    outdated = freshness.outdated_by(Changes([], [gone]), {})
+    outdated = freshness.outdated_by(Changes(removed=[gone], outdated=stored.outdated), {})
     assert outdated == dict.fromkeys(listing)  # None: only a search finds what replaces it
     # Asked anyway, remeasuring refuses a row whose last results list an image gone since.
     assert freshness.remeasured({row: set() for row in listing}) == {}

@@ -321,11 +321,12 @@ def test_sigterm_exits_0_and_a_restart_answers_what_came_while_down(
             if not row["deleted"]} == set(remaining)
     assert again.terminate() == 0
     assert temporaries(inbox) == []
-    # A clean stop is remembered: the next start's check measures, it need not search all.
+    # Changes mark what they make out of date: the next start's check measures, it need
+    # not search all.
     database = sqlite3.connect(f"file:{again.state_dir / 'library.sqlite'}?mode=ro", uri=True)
     meta = dict(database.execute("SELECT key, value FROM meta").fetchall())
     database.close()
-    assert meta["stopped_at"] == meta["generation"]
+    assert meta["changes_mark_results"] == "1" and meta.get("full_check_wanted", "0") == "0"
 
 
 # -- 4. SIGKILL in the middle of a burst -----------------------------------------------------
