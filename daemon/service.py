@@ -3,7 +3,8 @@
 The service makes its parts, runs their jobs a turn at a time (`Scheduler`),
 and stops them. Start-up takes the state lock, starts watching (so nothing
 that lands during the start-up scan is missed), reconciles the inbox with
-the library, answers what has no results yet and tells systemd READY. Then
+the library, answers what has no results yet, rewrites every results file
+that names an image changed or gone, and tells systemd READY. Then
 each turn, every job that is due does one step (`Service.jobs`). Signal
 handlers only set flags; the turns act on them. The parts, one job each:
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import signal
 import time
 from collections.abc import Callable
@@ -160,11 +162,19 @@ class Service:
         self.answers.take_scratch()
         if not self.sync.inbox_missing():
             self.sync.rescan()
-            self.follow_strictness()
+        # Before READY: no results file may name an image that is gone, whether the scan
+        # found it gone or a kill came before the results that named it were rewritten.
+        rewritten = self.freshness.rewrite_all()
+        if rewritten:
+            log.info("rewrote %d results files that named images changed or gone", rewritten)
+        if not self.sync.inbox_missing():
+            self.follow_strictness()  # (after: its re-check of the marks waits for READY)
         now = self.clock()  # the periods count from the end of the start-up
-        self.search.last_rebuild = self.sync.last_rescan = self.status.last = \
-            self.burst.since = now
+        self.sync.last_rescan = self.status.last = self.burst.since = now
         self.burst.skip(now)
+        # An index older than the library (changes, or a kill) is rebuilt at once.
+        self.search.last_rebuild = now if self.search.generation == self.library.generation \
+            else -math.inf
         counts = self.library.counts()
         log.info("ready: %d images in the library, index generation %s, watching %s",
                  counts["images"], self.search.generation,
