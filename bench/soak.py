@@ -22,7 +22,9 @@ The row is appended to bench/results/soak.md.
   at the end every image must have a correct results file and no deleted one
   any.
 - kill: the SIGKILL test of tests/daemon/test_faults.py with `--cycles`
-  cycles instead of CI's few.
+  cycles instead of CI's few; with `--library N` or `--seeded N`, kill
+  cycles timed from READY until the answers are right (bench/recovery.py):
+  `kill --cycles 100 --library 10000`, `kill --cycles 3 --seeded 1000000`.
 
 The images are the 1,797 digits, shifted a pixel at a time once used up
 (`bench/latency.py`'s `digit_images`). Run it pinned as the tests are
@@ -438,6 +440,20 @@ def kill_cycles(args: argparse.Namespace) -> Row:
     return row
 
 
+def recovery_cycles(args: argparse.Namespace) -> None:
+    """Kill cycles timed from READY until the answers are right (bench/recovery.py)."""
+    import recovery
+
+    results = recovery.run(args.cycles, args.library, args.seeded, args.new,
+                           args.settle_timeout)
+    report = {"command": "python bench/soak.py " + " ".join(sys.argv[1:]),
+              **recovery.summary(results)}
+    print(json.dumps(report), flush=True)
+    RESULTS.parent.mkdir(exist_ok=True)
+    with open(RESULTS.with_name("recovery.jsonl"), "a") as out:
+        out.write(json.dumps({**report, "cycles_each": [c.__dict__ for c in results]}) + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("mode", choices=["burst", "stream", "soak", "kill"])
@@ -446,6 +462,10 @@ def main() -> None:
     parser.add_argument("--interval", type=float, default=None, help="seconds between actions")
     parser.add_argument("--library", type=int, default=None, help="images there at start-up")
     parser.add_argument("--cycles", type=int, default=25, help="kill: SIGKILL cycles")
+    parser.add_argument("--seeded", type=int, default=0,
+                        help="kill: a seeded library of this many images (bench/recovery.py)")
+    parser.add_argument("--new", type=int, default=150,
+                        help="kill: images added and deleted while down, each cycle")
     parser.add_argument("--model", default="", help="encoder .keras (default: the shipped one)")
     parser.add_argument("--settle-timeout", type=float, default=1800.0)
     parser.add_argument("--steady", action="store_true",
@@ -457,6 +477,9 @@ def main() -> None:
     args.library = defaults[0] if args.library is None else args.library
     args.minutes = defaults[1] if args.minutes is None else args.minutes
     args.interval = defaults[2] if args.interval is None else args.interval
+    if args.mode == "kill" and (args.library or args.seeded):
+        recovery_cycles(args)
+        return
     row = kill_cycles(args) if args.mode == "kill" else drive(args.mode, args)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO,
                             capture_output=True, text=True, check=False).stdout.strip()
