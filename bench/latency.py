@@ -132,7 +132,6 @@ def seed(root: Path, count: int, pictures: list[bytes], model: Path) -> None:
                     model_id=model_id, exact_below=config.index.exact_below,
                     dims=config.index.dims)  # the index the service itself would build
         library.set_meta("checked_generation", str(library.generation))
-        library.set_meta("changes_mark_results", "1")  # as the service's own changes do
 
 
 def seeded_neighbors(ids: np.ndarray, vectors: np.ndarray, pictures: np.ndarray,

@@ -105,6 +105,9 @@ class Record:
     radius: float | None
 
 
+# Set in a library whose every change marked the results it made out of date (`store`);
+# one made before that, and not stopped cleanly, may hold stale results anywhere.
+MARKS_RESULTS = "changes_mark_results"
 STACK_BLOCK = 65_536  # vectors joined at a time when reading many
 
 RECORD_COLUMNS = ("id, path, size, mtime_ns, sha256, model_id, error_code, error_message, "
@@ -148,6 +151,8 @@ class Library:
             for column, kind in ADDED_COLUMNS.items():
                 if column not in present:
                     self.db.execute(f"ALTER TABLE images ADD COLUMN {column} {kind}")
+            if self.generation == 0:  # a new library: every change will mark its results
+                self.set_meta(MARKS_RESULTS, "1")
         except sqlite3.Error as error:
             raise StateError(f"{path}: cannot open the library: {error}") from None
 

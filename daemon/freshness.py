@@ -29,7 +29,7 @@ import numpy as np
 
 from lookalike.core.config import Config
 from lookalike.core.exact import ExactScan, Neighbor, distance
-from lookalike.core.store import Library
+from lookalike.core.store import MARKS_RESULTS, Library
 from lookalike.daemon.answers import Answers
 from lookalike.daemon.check import MEASURED_AT_MOST, Check, FullCheck, MeasuringCheck, Outdated
 from lookalike.daemon.ingest import Changes
@@ -91,12 +91,12 @@ class Freshness:
         library = self.library
         # A library whose changes did not mark the results they made out of date (made
         # before they did, and not stopped cleanly) may hold any stale results file.
-        unmarked = library.meta("changes_mark_results") is None and library.generation > 0 \
+        unmarked = library.meta(MARKS_RESULTS) is None \
             and library.meta("stopped_at") != str(library.generation)
         self.needs_full_check = unmarked or library.meta("full_check_wanted") == "1"
         if unmarked:
             self.want_full_check()
-        library.set_meta("changes_mark_results", "1")
+        library.set_meta(MARKS_RESULTS, "1")
         # A stop (or a kill) since the last check may have left results out of date.
         self.checked_generation = int(library.meta("checked_generation") or -1)
         # Rows changed since the last check: check them once the start-up is done, not
