@@ -260,22 +260,21 @@ class Freshness:
         self.checked_generation = self.library.generation
         self.check_started = self.clock()
         self.check_rewrote = 0
-        if self.recovering:
-            self.recovering = False
-            log.info("checking the results that the changes since generation %s may enter",
-                     self.library.meta("checked_generation") or "0")
+        recovering, self.recovering = self.recovering, False
         checked = self.library.meta("checked_generation") or "0"
         if not self.needs_full_check:
             ids, vectors, _ = self.library.changed_since(int(checked))
             if len(ids) <= MEASURED_AT_MOST:
                 self.check = MeasuringCheck(ExactScan(ids, vectors, self.search.searcher.metric))
-                log.debug("checking every results file for the %d images changed since "
-                          "generation %s", len(ids), checked)
+                log.log(logging.INFO if recovering else logging.DEBUG,
+                        "checking every results file for the %d images changed since "
+                        "generation %s%s", len(ids), checked,
+                        " (after a restart)" if recovering else "")
                 return
         rows = sorted(record.id for record in self.library.records().values())
         self.check = FullCheck(rows) if rows else None
-        log.debug("checking %d results files against index generation %s",
-                  len(rows), self.search.generation)
+        log.info("searching every image again to check its results file (%d images)",
+                 len(rows))
 
     def finish_check(self) -> None:
         assert self.check is not None
