@@ -41,6 +41,9 @@ def run(config: Config, load_encoder: Callable[[Config], Encoder]) -> int:
                                       rebuild_if_behind=True)
             carried = moves.carried(library, changes, search.searcher.metric, config.neighbors)
             answers.answer_library(search.searcher, tally, changes.unanswered, carried)
+            # Every results file now stands as an index of this generation finds it: a
+            # service's first check measures only what changes after.
+            library.set_meta("checked_generation", str(library.generation))
             answers.answer_queries(search.searcher, tally)
         finally:
             ingest.close()
