@@ -151,8 +151,8 @@ class Library:
             for column, kind in ADDED_COLUMNS.items():
                 if column not in present:
                     self.db.execute(f"ALTER TABLE images ADD COLUMN {column} {kind}")
-            if self.generation == 0:  # a new library: every change will mark its results
-                self.set_meta(MARKS_RESULTS, "1")
+            if self.generation == 0 and self.meta(MARKS_RESULTS) is None:
+                self.set_meta(MARKS_RESULTS, "1")  # a new library: each change will mark
         except sqlite3.Error as error:
             raise StateError(f"{path}: cannot open the library: {error}") from None
 

@@ -96,7 +96,7 @@ class Freshness:
         self.needs_full_check = unmarked or library.meta("full_check_wanted") == "1"
         if unmarked:
             self.want_full_check()
-        library.set_meta(MARKS_RESULTS, "1")
+            library.set_meta(MARKS_RESULTS, "1")  # (this service's changes mark them)
         # A stop (or a kill) since the last check may have left results out of date.
         self.checked_generation = int(library.meta("checked_generation") or -1)
         # Rows changed since the last check: check them once the start-up is done, not
