@@ -99,10 +99,7 @@ class Freshness:
             library.set_meta(MARKS_RESULTS, "1")  # (this service's changes mark them)
         # A stop (or a kill) since the last check may have left results out of date.
         self.checked_generation = int(library.meta("checked_generation") or -1)
-        # Rows changed since the last check: check them once the start-up is done, not
-        # after the next rebuild (a kill left what they entered unknown).
-        self.recovering = library.generation > 0 and \
-            self.checked_generation != library.generation
+        self.recovering = False  # whether the start-up left rows to check (`started`)
         self.check_started = -math.inf
         self.check_took = 0.0  # seconds the last complete check took
         self.check_rewrote = 0  # results files the check under way rewrote
@@ -289,6 +286,13 @@ class Freshness:
                 "rewritten", self.check_took, self.check_rewrote)
 
     # -- the service's events --------------------------------------------------
+    def started(self) -> None:
+        """The start-up is done: rows changed since the last check (by a run that was
+        killed, or while the service was down) are checked at once, not after the next
+        rebuild, since what they entered is unknown."""
+        generation = self.library.generation
+        self.recovering = generation > 0 and self.checked_generation != generation
+
     def turn_failed(self) -> None:
         """A turn failed: it may have stopped anywhere, and the search may not know
         what it stored. Only searching every image again will find all it left."""

@@ -169,6 +169,7 @@ class Service:
             log.info("rewrote %d results files that named images changed or gone", rewritten)
         if not self.sync.inbox_missing():
             self.follow_strictness()  # (after: its re-check of the marks waits for READY)
+        self.freshness.started()
         now = self.clock()  # the periods count from the end of the start-up
         self.sync.last_rescan = self.status.last = self.burst.since = now
         self.burst.skip(now)
