@@ -36,8 +36,12 @@ def carried(library: Library, changes: Changes, metric: str,
         return {}
     renamed = {old: new for new, old in changes.moved.items()}
     records = library.records()
+    # The move itself marked out of date the results that listed the moved images (their
+    # paths changed): those lists still hold, renamed. Any other unanswered row is searched.
+    listing_moved = set(changes.outdated)
     rows = [r.id for r in records.values() if r.error_code is None and (
-        r.id in changes.last_lists or (r.answered is not None and r.id not in changes.moved))]
+        r.id in changes.last_lists or (r.id not in changes.moved and (
+            r.answered is not None or r.id in listing_moved)))]
     found: dict[int, list[Neighbor]] = {}
     for start in range(0, len(rows), CHUNK):
         chunk = rows[start:start + CHUNK]
