@@ -100,6 +100,7 @@ class Freshness:
         # A stop (or a kill) since the last check may have left results out of date.
         self.checked_generation = int(library.meta("checked_generation") or -1)
         self.recovering = False  # whether the start-up left rows to check (`started`)
+        self.new_library = library.generation == 0  # (before the start-up scan)
         self.check_started = -math.inf
         self.check_took = 0.0  # seconds the last complete check took
         self.check_rewrote = 0  # results files the check under way rewrote
@@ -289,8 +290,11 @@ class Freshness:
     def started(self) -> None:
         """The start-up is done: rows changed since the last check (by a run that was
         killed, or while the service was down) are checked at once, not after the next
-        rebuild, since what they entered is unknown."""
+        rebuild, since what they entered is unknown. A new library's start-up scan
+        answered every image against all the others: nothing to check."""
         generation = self.library.generation
+        if self.new_library:
+            self.checked_generation = generation
         self.recovering = generation > 0 and self.checked_generation != generation
 
     def turn_failed(self) -> None:
