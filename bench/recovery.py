@@ -221,7 +221,8 @@ def cycle(n: int, root: Path, mirror: Path | None, images: list[str], pictures: 
           timeout: float) -> Cycle:
     inbox, state = root / "inbox", root / "state"
     gone = chance.sample(images, new)
-    at_risk = listing(state, gone) if mirror is None else []
+    # (Those deleted themselves have no results file left to look at.)
+    at_risk = sorted(set(listing(state, gone)) - set(gone)) if mirror is None else []
     for image in gone:
         images.remove(image)
         (inbox / image).unlink()
