@@ -275,8 +275,12 @@ class NotifySocket:
                 message = self.sock.recv(4096).decode()
             except TimeoutError:
                 continue
+            self.heard(message)
             with self.lock:
                 self.received.append((time.monotonic(), message))
+
+    def heard(self, message: str) -> None:
+        """A message came (before it is kept): for a socket that acts on one."""
 
     def close(self) -> None:
         self.done.set()

@@ -45,17 +45,10 @@ class StopAtReady(NotifySocket):
     pid = 0
     ready_at = 0.0
 
-    def read(self) -> None:
-        while not self.done.is_set():
-            try:
-                message = self.sock.recv(4096).decode()
-            except TimeoutError:
-                continue
-            if "READY=1" in message.splitlines() and self.pid:
-                os.kill(self.pid, signal.SIGSTOP)
-                self.ready_at = time.monotonic()
-            with self.lock:
-                self.received.append((time.monotonic(), message))
+    def heard(self, message: str) -> None:
+        if "READY=1" in message.splitlines() and self.pid:
+            os.kill(self.pid, signal.SIGSTOP)
+            self.ready_at = time.monotonic()
 
 
 @dataclass
