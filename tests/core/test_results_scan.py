@@ -391,3 +391,58 @@ def test_write_many_writes_beside_the_file_when_the_scratch_is_on_another_disk(
         assert list(Path(scratch).iterdir()) == []
     assert [Path(p).parent for p in created if p.endswith(".tmp")] == [folder]
     assert json.loads(target.read_text())["status"] == "error"
+
+
+def rewrite(path: Path, scratch: results.Scratch, times: int) -> set[int]:
+    """Write the results file at `path` `times` times through `scratch`; the inodes it had."""
+    inodes = set()
+    for n in range(times):
+        failures = results.write_many([(path, results.error("a.png", "empty", f"take {n}"))],
+                                      scratch)
+        assert failures == [None]
+        inodes.add(path.stat().st_ino)
+        assert json.loads(path.read_text())["error"]["message"] == f"take {n}"
+    return inodes
+
+
+def test_a_rewritten_results_file_is_written_again_not_freed(tmp_path: Path) -> None:
+    # A replaced file goes back to the scratch and becomes the next temporary, so
+    # rewrites make no new files and free none (ext4 without a journal is slow after).
+    scratch = results.Scratch(tmp_path / "partial")
+    scratch.folder.mkdir()
+    (tmp_path / "inbox").mkdir()
+    path = tmp_path / "inbox" / "a.png.neighbors.json"
+    inodes = rewrite(path, scratch, 6)
+    assert len(inodes) == 2
+    assert len(list(scratch.folder.iterdir())) == 1  # the spare, with the last but one
+    scratch.close()
+    assert list(scratch.folder.iterdir()) == []
+    assert files_in(tmp_path / "inbox") == ["a.png.neighbors.json"]
+
+
+def test_a_hard_linked_results_file_is_replaced_not_rewritten(tmp_path: Path) -> None:
+    # Another link to the results file (a backup made with hard links) keeps its content.
+    scratch = results.Scratch(tmp_path / "partial")
+    scratch.folder.mkdir()
+    (tmp_path / "inbox").mkdir()
+    path = tmp_path / "inbox" / "a.png.neighbors.json"
+    rewrite(path, scratch, 1)
+    backup = tmp_path / "backup.json"
+    os.link(path, backup)
+    before = backup.read_bytes()
+    rewrite(path, scratch, 3)
+    assert backup.read_bytes() == before and backup.stat().st_nlink == 1
+    assert backup.stat().st_ino not in {p.stat().st_ino for p in scratch.folder.iterdir()}
+
+
+def test_a_link_at_the_results_path_is_replaced_and_its_target_untouched(tmp_path: Path) -> None:
+    scratch = results.Scratch(tmp_path / "partial")
+    scratch.folder.mkdir()
+    (tmp_path / "inbox").mkdir()
+    target = tmp_path / "elsewhere.json"
+    target.write_text("theirs")
+    path = tmp_path / "inbox" / "a.png.neighbors.json"
+    path.symlink_to(target)
+    rewrite(path, scratch, 1)
+    assert not path.is_symlink() and target.read_text() == "theirs"
+    assert list(scratch.folder.iterdir()) == []  # the link was not traded into the scratch
