@@ -3,14 +3,12 @@
 `replacing` is how this package writes a file atomically: the index's files,
 the sheets, the service's status. The results files come in batches and
 sync a whole batch at once: they use its steps, `sync_filesystem` and
-`put_in_place` or `swap_in`, in `results.write_many`.
+`put_in_place`, in `results.write_many`.
 """
 from __future__ import annotations
 
 import ctypes
-import errno
 import os
-import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -47,40 +45,6 @@ def put_in_place(partial: str | Path, path: Path) -> None:
     except OSError:
         Path(partial).unlink(missing_ok=True)
         raise
-
-
-# renameat2(2): the two names trade files atomically (Linux 3.15; ext4, XFS, Btrfs, tmpfs).
-_AT_FDCWD = -100
-_RENAME_EXCHANGE = 2
-# What a file system that cannot trade names answers.
-_NO_EXCHANGE = (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EXDEV)
-
-
-def swap_in(partial: str, path: Path) -> bool:
-    """Put the written (and synced) temporary `partial` in place of the existing file
-    `path` by trading the two names atomically, so that the old file, now at
-    `partial`, can be written again instead of a new one being made: on ext4
-    without a journal, a file replaced by a rename frees its inode, and every
-    file created in the next half-minute looks at each inode freed so.
-
-    Only a file that is ours to rewrite trades: a regular file with no other
-    link (a link elsewhere, a backup's hard link say, would see it rewritten).
-    False, with nothing done, when `path` is anything else or missing, or the
-    file system cannot trade names: `put_in_place` is then the way.
-    """
-    try:
-        status = os.lstat(path)
-    except FileNotFoundError:
-        return False
-    if not stat.S_ISREG(status.st_mode) or status.st_nlink != 1:
-        return False
-    if _libc.renameat2(_AT_FDCWD, os.fsencode(partial), _AT_FDCWD, os.fsencode(path),
-                       _RENAME_EXCHANGE) == 0:
-        return True
-    number = ctypes.get_errno()
-    if number in _NO_EXCHANGE or number == errno.ENOENT:
-        return False
-    raise OSError(number, os.strerror(number), str(path))
 
 
 def fsync(path: Path) -> None:

@@ -22,14 +22,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from .atomic import put_in_place, swap_in, sync_filesystem
+from .atomic import put_in_place, sync_filesystem
 
 SCHEMA = "lookalike.neighbors/1"
 SUFFIX = ".neighbors.json"
 TEMP_PREFIX = ".lookalike-"
 MAX_RESULTS_BYTES = 1 << 20  # ours are a few kB: a bigger file is not ours
 MAX_BLANKS = 8192  # empty temporaries made ahead, at most
-MAX_SPARES = 2048  # replaced results files kept to be written again, at most
 
 
 @dataclass(frozen=True)
@@ -161,9 +160,8 @@ def write_many(documents: list[tuple[Path, dict[str, Any]]],
     fsync per file costs about a millisecond each); then each is renamed
     into place. A temporary in `scratch` spares the watched folder the
     create, write and close events of every results file: the watcher then
-    hears one rename, a fifth of the work; and it trades names with the
-    results file it replaces (`atomic.swap_in`), which the scratch keeps to
-    write again. Returns, per document, None or the error that stopped it.
+    hears one rename, a fifth of the work. Returns, per document, None or
+    the error that stopped it.
     """
     devices: dict[Path, int] = {}
 
@@ -174,14 +172,11 @@ def write_many(documents: list[tuple[Path, dict[str, Any]]],
 
     partials: list[str | None] = []
     failures: list[OSError | None] = []
-    from_scratch: set[str] = set()
     for path, document in documents:
         try:
             if scratch is not None and device(scratch.folder) == device(path.parent):
                 text = render(document)
-                temporary = fill(*scratch.open(), text)
-                partials.append(temporary)
-                from_scratch.add(temporary)
+                partials.append(fill(*scratch.open(), text))
             else:
                 partials.append(write_partial(path, document))
             failures.append(None)
@@ -197,10 +192,7 @@ def write_many(documents: list[tuple[Path, dict[str, Any]]],
         if partial is None:
             continue
         try:
-            if scratch is not None and partial in from_scratch and swap_in(partial, path):
-                scratch.keep(partial)
-            else:
-                put_in_place(partial, path)
+            put_in_place(partial, path)
         except OSError as error:
             failures[index] = error
     return failures
@@ -212,18 +204,14 @@ class Scratch:
     On some disks, creating a file is most of the cost of writing a results
     file: ext4 without a journal passes over every inode freed in the last
     minutes (`recently_deleted` in the kernel; 0.1 to 0.7 ms a file here
-    after deletions, against 20 us). So no results file is freed when it is
-    rewritten: the old one comes back here (`keep`) and is written again.
-    For new results files, `stock` makes empty temporaries in a thread while
-    the images are decoded and encoded. `open` takes a kept file, else a
-    blank, else makes one.
+    after deletions, against 20 us). `stock` makes empty temporaries in a
+    thread while the images are decoded and encoded; `open` takes one.
     """
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
         self.numbers = itertools.count()
         self.blanks: queue.SimpleQueue[str] = queue.SimpleQueue()
-        self.spares: queue.SimpleQueue[str] = queue.SimpleQueue()  # replaced results files
         self.closed = threading.Event()
         self.maker: threading.Thread | None = None
         self.wanted = 0  # blanks still to make; guarded by `lock`
@@ -259,25 +247,8 @@ class Scratch:
             self.wanted -= 1
             return True
 
-    def keep(self, name: str) -> None:
-        """Keep the replaced results file now at `name` (in the folder) to write again."""
-        if self.spares.qsize() >= MAX_SPARES or self.closed.is_set():
-            Path(name).unlink(missing_ok=True)
-        else:
-            self.spares.put(name)
-
     def open(self) -> tuple[int, str]:
-        """A temporary file open for writing, and its name: a kept file emptied, or a
-        blank, or a new file."""
-        while True:
-            try:
-                name = self.spares.get_nowait()
-            except queue.Empty:
-                break
-            try:
-                return os.open(name, os.O_WRONLY | os.O_TRUNC | os.O_NOFOLLOW), name
-            except OSError:
-                Path(name).unlink(missing_ok=True)  # gone, or not a plain file: the next
+        """A temporary file open for writing, and its name: a blank if one is ready."""
         while True:
             try:
                 name = self.blanks.get_nowait()
@@ -301,12 +272,11 @@ class Scratch:
             maker = self.maker
         if maker is not None:
             maker.join()
-        for pool in (self.blanks, self.spares):
-            while True:
-                try:
-                    Path(pool.get_nowait()).unlink(missing_ok=True)
-                except queue.Empty:
-                    break
+        while True:
+            try:
+                Path(self.blanks.get_nowait()).unlink(missing_ok=True)
+            except queue.Empty:
+                return
 
 
 def write_partial(path: Path, document: dict[str, Any]) -> str:
