@@ -37,6 +37,7 @@ import signal
 import socket
 import sqlite3
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -278,6 +279,8 @@ def cycle(n: int, root: Path, mirror: Path | None, images: list[str], pictures: 
                 window = time.monotonic() - ready
                 break
             time.sleep(0.2)
+        if window is None and mirror is not None:
+            show_wrong(root / "inbox", mirror / "inbox", images)
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.kill(process.pid, signal.SIGCONT)
@@ -285,6 +288,17 @@ def cycle(n: int, root: Path, mirror: Path | None, images: list[str], pictures: 
         process.wait()
     return Cycle(n, round(killed_after, 2), round(ready_s, 2), missing, naming_gone,
                  None if window is None else round(window, 2))
+
+
+def show_wrong(inbox: Path, clean: Path, images: list[str], most: int = 5) -> None:
+    """Print (to stderr) the first images whose results are not the clean run's: what a
+    cycle that never came right left behind, before the folder goes."""
+    wrong = [image for image in images
+             if not same(neighbours(inbox, image), neighbours(clean, image))]
+    print(f"{len(wrong)} results files not right:", file=sys.stderr)
+    for image in wrong[:most]:
+        print(f"  {image}\n    service: {neighbours(inbox, image)}\n"
+              f"    clean:   {neighbours(clean, image)}", file=sys.stderr)
 
 
 def right(root: Path, mirror: Path | None, images: list[str], added: list[str],
