@@ -124,9 +124,14 @@ def same(mine: list[tuple[float, str]] | None, clean: list[tuple[float, str]] | 
         return False
     if not all(close(a[0], b[0]) for a, b in zip(mine, clean, strict=True)):
         return False
-    last = clean[-1][0] if clean else 0.0  # (which of those tied with the 12th: either)
-    return {p for d, p in mine if not close(d, last)} == \
-        {p for d, p in clean if not close(d, last)}
+    # Which of those tied with the 12th made the list is either's choice; ties are
+    # judged against both lists' 12th (closeness is not transitive: 0.646090 and
+    # 0.646098 are not close, and both are close to 0.646091).
+    lasts = [found[-1][0] for found in (mine, clean) if found]
+
+    def sure(found: list[tuple[float, str]]) -> set[str]:
+        return {p for d, p in found if not any(close(d, last) for last in lasts)}
+    return sure(mine) == sure(clean)
 
 
 def wrong_at_ready(inbox: Path, images: list[str]) -> tuple[int, int]:
