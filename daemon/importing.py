@@ -26,7 +26,7 @@ from pathlib import Path
 from lookalike.core import card
 from lookalike.core.config import Config
 from lookalike.core.errors import ConfigError, LookalikeError, ModelError, StateError
-from lookalike.core.images import COLORS, Shape
+from lookalike.core.images import Shape
 from lookalike.core.scan import Candidate
 from lookalike.core.store import Entry, Library, Record
 from lookalike.daemon import cluster
@@ -117,9 +117,9 @@ def encoder_shape(config: Config) -> Shape:
     """The images the configured encoder reads, known without loading it (the reading
     tasks need it before any encoder is loaded); it must agree with `image.size` and
     `image.color`, as the service checks."""
-    declared = card.input_shape(config.model)
     if not config.model.is_file():
         raise ModelError(f"{config.model}: no such encoder file")
+    declared = card.input_shape(config.model)
     if declared is None:
         raise ModelError(f"{config.model}: cannot tell what images the encoder reads")
     side, channels = declared
@@ -133,7 +133,6 @@ def encoder_shape(config: Config) -> Shape:
                         f"{color} images")
     if problems:
         raise ConfigError(problems)
-    assert color in COLORS
     return Shape(side, color, config.image.max_pixels)
 
 
