@@ -101,13 +101,15 @@ def cluster(folder: Path, workers: int = 2, cpus: int = 1) -> Iterator[Cluster]:
         stop(nodes)
 
 
-def processes(title: str) -> Iterator[int]:
-    """Ids of the processes whose title (a Ray worker's: `ray::...`) contains `title`."""
+def processes(title: str, but: str = "\0") -> Iterator[int]:
+    """Ids of the processes whose title (a Ray worker's: `ray::...`) contains `title` and
+    not `but`."""
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
                 command = (entry / "cmdline").read_bytes()
             except OSError:
                 continue
-            if command.startswith(b"ray::") and title.encode() in command:
+            if command.startswith(b"ray::") and title.encode() in command \
+                    and but.encode() not in command.rstrip(b"\0"):
                 yield int(entry.name)
