@@ -301,12 +301,13 @@ def killed(tmp_path_factory: pytest.TempPathFactory, collection: Path,
     root = tmp_path_factory.mktemp("killed")
     config = copy_of(collection, root, config_in)
     victims: list[int] = []
+    earlier = set(raycluster.processes(ENCODER_ACTOR))  # (an earlier job's, on its way out)
 
     def kill_encoder(process: subprocess.Popen[str]) -> bool:
         # Once the actor has loaded the encoder (its title no longer names its __init__):
         # no row can be encoded without it, so the job has barely begun.
         victims.extend(pid for pid in raycluster.processes(ENCODER_ACTOR, but="__init__")
-                       if cluster.owns(pid))
+                       if cluster.owns(pid) and pid not in earlier)
         for pid in victims:
             os.kill(pid, signal.SIGKILL)
         return bool(victims)
@@ -344,9 +345,12 @@ def resumed(tmp_path_factory: pytest.TempPathFactory, collection: Path,
     config = copy_of(collection, root, config_in)
     command = import_command(config, "--ray-address", cluster.address)
 
+    earlier = set(raycluster.processes(ENCODER_ACTOR))  # (an earlier job's, on its way out)
+
     def ctrl_c(process: subprocess.Popen[str]) -> bool:
-        # Once the encoder actor exists, the job runs, and cannot end before it encodes.
-        if not any(cluster.owns(pid) for pid in raycluster.processes(ENCODER_ACTOR)):
+        # Once its encoder actor exists, the job runs, and cannot end before it encodes.
+        if not any(cluster.owns(pid) and pid not in earlier
+                   for pid in raycluster.processes(ENCODER_ACTOR)):
             return False
         os.killpg(process.pid, signal.SIGINT)  # as a terminal sends it
         return True
