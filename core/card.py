@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -37,3 +38,23 @@ def read(model_path: Path) -> dict[str, Any]:
 
 def write(model_path: Path, card: dict[str, Any]) -> None:
     card_path(model_path).write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
+
+
+def input_shape(model_path: Path) -> tuple[int, int] | None:
+    """The side and channels (1 or 3) of the square images an encoder file reads, as its
+    Keras config declares them, without loading TensorFlow; None if it declares none.
+
+    For `lookalike import`, whose decoding tasks need the encoder's shape
+    before any process has loaded it.
+    """
+    try:
+        with zipfile.ZipFile(model_path) as archive:
+            config = json.loads(archive.read("config.json"))
+        batch_shape = next(layer["config"]["batch_shape"] for layer in config["config"]["layers"]
+                           if layer["class_name"] == "InputLayer")
+        _, height, width, channels = batch_shape
+    except (OSError, KeyError, TypeError, ValueError, StopIteration, zipfile.BadZipFile):
+        return None
+    if height != width or channels not in (1, 3) or not isinstance(height, int):
+        return None
+    return height, channels

@@ -106,9 +106,15 @@ def walk(root: Path, exclude: tuple[str, ...] = ()) -> list[Candidate]:
     return survey(root, exclude).candidates
 
 
-def survey(root: Path, exclude: tuple[str, ...] = ()) -> Survey:
+def survey(root: Path, exclude: tuple[str, ...] = (), under: str = "",
+           deep: bool = True) -> Survey:
     """The candidate images below `root`, with the results files and leftover
     temporaries seen on the way (not following links to folders).
+
+    `under` (a '/'-separated folder below `root`, reached through no link)
+    limits the walk to that folder, and `deep` false to its own files: so
+    that parts of one folder can be listed apart (`lookalike import`); paths
+    stay relative to `root`.
 
     Each file is looked at from its folder's descriptor, by name: at 10^6
     images, resolving each whole path (and building a Path per file) made
@@ -116,10 +122,11 @@ def survey(root: Path, exclude: tuple[str, ...] = ()) -> Survey:
     """
     found = Survey()
     top = os.path.realpath(root)  # the watched folder may be a link; links below it are not
-    if not os.path.isdir(top):
+    start = os.path.join(top, under) if under else top
+    if not os.path.isdir(start):
         return found  # not mounted: nothing is there
-    for folder, dirs, files, fd in os.fwalk(top):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+    for folder, dirs, files, fd in os.fwalk(start):
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".")) if deep else []
         base = os.path.relpath(folder, top).replace(os.sep, "/") + "/"
         for name in sorted(files):
             relative = name if base == "./" else base + name

@@ -157,23 +157,24 @@ class Library:
         entries, deletions = list(entries), list(deletions)
         with self.transaction() as generation:
             leaving = self.leaving(entries, deletions)
-            for entry in entries:
-                latent = None if entry.latent is None else \
-                    np.ascontiguousarray(entry.latent, dtype="<f4").tobytes()
-                self.db.execute(
-                    "INSERT INTO images (path, size, mtime_ns, sha256, model_id, latent, "
-                    "error_code, error_message, generation, deleted, answered, thumb, width, "
-                    "height) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, NULL, ?, ?, ?) "
-                    "ON CONFLICT (path) DO UPDATE SET size = excluded.size, "
-                    "mtime_ns = excluded.mtime_ns, sha256 = excluded.sha256, "
-                    "model_id = excluded.model_id, latent = excluded.latent, "
-                    "error_code = excluded.error_code, error_message = excluded.error_message, "
-                    "generation = excluded.generation, deleted = 0, answered = NULL, named = NULL, "
-                    "radius = NULL, thumb = excluded.thumb, width = excluded.width, "
-                    "height = excluded.height, copies = NULL",
-                    (entry.path, entry.size, entry.mtime_ns, entry.sha256, entry.model_id,
-                     latent, entry.error_code, entry.error_message, generation, entry.thumb,
-                     entry.width, entry.height))
+            # One executemany: the rows of a bulk import (`lookalike import`) pass Python's
+            # call into SQLite once, not once each.
+            self.db.executemany(
+                "INSERT INTO images (path, size, mtime_ns, sha256, model_id, latent, "
+                "error_code, error_message, generation, deleted, answered, thumb, width, "
+                "height) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, NULL, ?, ?, ?) "
+                "ON CONFLICT (path) DO UPDATE SET size = excluded.size, "
+                "mtime_ns = excluded.mtime_ns, sha256 = excluded.sha256, "
+                "model_id = excluded.model_id, latent = excluded.latent, "
+                "error_code = excluded.error_code, error_message = excluded.error_message, "
+                "generation = excluded.generation, deleted = 0, answered = NULL, named = NULL, "
+                "radius = NULL, thumb = excluded.thumb, width = excluded.width, "
+                "height = excluded.height, copies = NULL",
+                ((entry.path, entry.size, entry.mtime_ns, entry.sha256, entry.model_id,
+                  None if entry.latent is None else
+                  np.ascontiguousarray(entry.latent, dtype="<f4").tobytes(),
+                  entry.error_code, entry.error_message, generation, entry.thumb,
+                  entry.width, entry.height) for entry in entries))
             # A tombstone keeps its vector until it goes: a file that arrives with its bytes
             # (the other end of a move) takes it rather than being encoded again.
             self.db.executemany(

@@ -8,6 +8,7 @@ in Keras's safe mode.
 """
 from __future__ import annotations
 
+import functools
 import os
 import time
 from collections.abc import Callable
@@ -24,12 +25,13 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from . import card as model_card  # noqa: E402
-from . import fitting  # noqa: E402
+from . import fitting, mirrored  # noqa: E402
 from .atomic import replacing  # noqa: E402
 from .errors import ModelError  # noqa: E402
 from .images import Shape  # noqa: E402
 
-Builder = Callable[[Shape, int], tuple[keras.Model, keras.Model]]
+# (shape, latent_dim, **options) -> (encoder, decoder)
+Builder = Callable[..., tuple[keras.Model, keras.Model]]
 
 
 def seed_preset(shape: Shape, latent_dim: int) -> tuple[keras.Model, keras.Model]:
@@ -56,7 +58,7 @@ def seed_preset(shape: Shape, latent_dim: int) -> tuple[keras.Model, keras.Model
 
 
 def conv_autoencoder(shape: Shape, latent_dim: int, *, filters: tuple[int, ...] = (32, 64, 128),
-                     pooled: bool = True, layout: bool = True
+                     pooled: bool = True, layout: bool = True, equivariant: bool = False
                      ) -> tuple[keras.Model, keras.Model]:
     """A deeper convolutional autoencoder: a strided 3x3 convolution per width in `filters`.
 
@@ -64,8 +66,11 @@ def conv_autoencoder(shape: Shape, latent_dim: int, *, filters: tuple[int, ...] 
     contrast and the tint of the ground do not move the latent; every
     convolution is batch-normalised. The latent reads the last feature maps'
     `layout` (where things are) and, with `pooled`, their averages (what is
-    there, wherever it is, which a crop does not move). The decoder reconstructs the image in
-    0..1 whatever the encoder sees.
+    there, wherever it is, which a crop does not move). With `equivariant`, the
+    encoder's convolutions see a mirror image as the image flipped
+    (`mirrored.convolution`), so that `mirrored.one_pass` can sum the latents
+    of both in one pass. The decoder reconstructs the image in 0..1 whatever
+    the encoder sees.
     """
     layers = keras.layers
     stages = len(filters)
@@ -81,8 +86,8 @@ def conv_autoencoder(shape: Shape, latent_dim: int, *, filters: tuple[int, ...] 
         x = kind(width, 3, strides=2, padding="same", use_bias=False)(x)
         return layers.ReLU()(layers.BatchNormalization(momentum=0.9)(x))
 
-    for width in filters:
-        x = convolve(x, width)
+    for n, width in enumerate(filters):
+        x = mirrored.convolution(x, width, n > 0) if equivariant else convolve(x, width)
     parts = ([layers.Flatten()(x)] if layout else []) + (
         [layers.GlobalAveragePooling2D()(x)] if pooled else [])
     features = parts[0] if len(parts) == 1 else layers.Concatenate()(parts)
@@ -119,7 +124,9 @@ class Recipe:
 
     Fixed layers, fitted on the training images after training (`finish`):
     `mirror` makes the latent the sum of the image's and its mirror image's,
-    so a mirrored copy has the same vector; `whiten` PCA-whitens the latent;
+    so a mirrored copy has the same vector: by running the learned part on
+    both, or, with `equivariant` (convolutions in mirrored pairs, trained so,
+    for `conv_autoencoder` only), in one pass; `whiten` PCA-whitens the latent;
     `edges` directions of the brightness gradient, summed over a 4x4 grid
     of cells, stand beside it at `edges_weight`.
     """
@@ -135,6 +142,7 @@ class Recipe:
     temperature: float = 0.2
     learning_rate: float = 1e-3
     mirror: bool = False
+    equivariant: bool = False
     whiten: bool = False
     edges: int = 0
     edges_weight: float = 1.0
@@ -151,8 +159,8 @@ PRESETS: dict[str, Recipe] = {
     # The default: chosen on the development parts of the evaluation suite
     # (bench/suite.py); BENCHMARKS.md gives its held-out figures.
     "lookalike": Recipe(conv_autoencoder, luminance=True, colours=1.6, augment=2.0,
-                        jitter=1.0, flip=True, contrast=1.0, mirror=True, whiten=True,
-                        edges=16),
+                        jitter=1.0, flip=True, contrast=1.0, mirror=True, equivariant=True,
+                        whiten=True, edges=16),
 }
 DEFAULT_PRESET = "lookalike"
 
@@ -196,7 +204,9 @@ def train(pixels: np.ndarray, shape: Shape, *, preset: str | Recipe = "seed",
     n_held = max(1, int(round(len(seen) * held_out)))
     train_x, held_x = seen[order[n_held:]], seen[order[:n_held]]
 
-    encoder, decoder = recipe.build(learned_shape, latent_dim)
+    build = (functools.partial(recipe.build, equivariant=True) if recipe.equivariant
+             else recipe.build)
+    encoder, decoder = build(learned_shape, latent_dim)
     trainer = training_model(encoder, decoder, learned_shape, recipe)
     stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience,
                                          restore_best_weights=True)
@@ -354,7 +364,9 @@ def finish(encoder: keras.Model, pixels: np.ndarray, recipe: Recipe,
            rgb: bool = False) -> keras.Model:
     """The trained `encoder` with the fixed layers `recipe` adds, fitted on `pixels`; with
     `rgb`, made to read RGB images whose luminance it was trained on."""
-    if recipe.mirror:
+    if recipe.equivariant:
+        encoder = mirrored.one_pass(encoder, mirror_sum=recipe.mirror)
+    elif recipe.mirror:
         encoder = fitting.with_mirror(encoder)
     if recipe.whiten:
         encoder = fitting.with_whitening(encoder, pixels)

@@ -70,6 +70,14 @@ def parser() -> argparse.ArgumentParser:
     run_parser = command("run", run, "watch the inbox and answer every image (the service)")
     run_parser.add_argument("--once", action="store_true",
                             help="scan, ingest, index and answer once, then exit")
+    import_parser = command("import", import_images,
+                            "encode the inbox's new and changed images on a Ray cluster into "
+                            "the library (needs lookalike[cluster])")
+    import_parser.add_argument("folders", type=Path, nargs="*", metavar="FOLDER",
+                               help="only the images under these folders of the inbox")
+    import_parser.add_argument("--ray-address", default=None, metavar="ADDRESS",
+                               help="the Ray cluster to use (default: start one on this "
+                                    "machine's cores)")
     query_parser = command("query", query, "print the neighbours of one image as JSON")
     query_parser.add_argument("image", type=Path)
     query_parser.add_argument("-k", type=positive, default=None, help="how many neighbours")
@@ -195,6 +203,17 @@ def run(args: argparse.Namespace) -> int:
         return once.run(config, load_encoder)
     from lookalike.daemon import service
     return service.run(config, load_encoder)
+
+
+def import_images(args: argparse.Namespace) -> int:
+    config = load_config(args)
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        raise LookalikeError("lookalike import needs Ray: pip install 'lookalike[cluster]'") \
+            from None
+    from lookalike.daemon import importing
+    return importing.run(config, args.folders, args.ray_address, args.verbose)
 
 
 def query(args: argparse.Namespace) -> int:

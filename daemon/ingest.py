@@ -16,6 +16,7 @@ import logging
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -139,12 +140,7 @@ class Ingest:
 
     def needs_reading(self, record: Record | None, candidate: scan.Candidate,
                       model_too: bool = True) -> bool:
-        """Whether a file must be (re-)read: new, changed on disk, or encoded by another model."""
-        if record is None:
-            return True
-        if (record.size, record.mtime_ns) != (candidate.size, candidate.mtime_ns):
-            return True
-        return model_too and record.error_code is None and record.model_id != self.encoder.model_id
+        return needs_reading(record, candidate, self.encoder.model_id, model_too)
 
     def read_and_store(self, candidates: Sequence[scan.Candidate], known: dict[str, Record],
                        tally: Tally) -> Changes:
@@ -173,22 +169,7 @@ class Ingest:
         return [self.pool.submit(self.read, candidate) for candidate in candidates]
 
     def read(self, candidate: scan.Candidate) -> Read:
-        """Read, hash and decode one file, unless a library row holds its bytes' vector."""
-        path = self.config.inbox / candidate.path
-        try:
-            problem = scan.link_problem(self.config.inbox, path)
-            if problem is not None:
-                raise problem
-            data = images.read(path)
-            sha256 = hashlib.sha256(data).hexdigest()
-            twin = self.twins.find(sha256, len(data))
-            if twin is not None:
-                return Read(candidate, None, None, (sha256, twin))
-            pixels, (width, height) = images.decode_sized(data, self.encoder.shape)
-            return Read(candidate, images.Decoded(pixels, sha256), None,
-                        picture=(copies.thumbnail(pixels), width, height))
-        except UnreadableImage as problem:
-            return Read(candidate, None, problem)
+        return read(self.config.inbox, candidate, self.encoder.shape, self.twins)
 
     def store(self, batch: list[Read], known: dict[str, Record], tally: Tally) -> Changes:
         """Encode the usable reads of a batch and store the batch in one transaction."""
@@ -244,6 +225,38 @@ class Ingest:
         tally.removed += len(records)
         log.info("forgot %d images that left the inbox", len(records))
         return Changes(removed=[record.id for record in records.values()], outdated=outdated)
+
+
+def needs_reading(record: Record | None, candidate: scan.Candidate, model_id: str,
+                  model_too: bool = True) -> bool:
+    """Whether a file must be (re-)read: new, changed on disk, or (with `model_too`) encoded
+    by a model other than `model_id`."""
+    if record is None:
+        return True
+    if (record.size, record.mtime_ns) != (candidate.size, candidate.mtime_ns):
+        return True
+    return model_too and record.error_code is None and record.model_id != model_id
+
+
+def read(inbox: Path, candidate: scan.Candidate, shape: images.Shape,
+         twins: Twins | None = None) -> Read:
+    """Read, hash and decode one file of `inbox` for an encoder of `shape`, unless a row of
+    `twins` holds its bytes' vector."""
+    path = inbox / candidate.path
+    try:
+        problem = scan.link_problem(inbox, path)
+        if problem is not None:
+            raise problem
+        data = images.read(path)
+        sha256 = hashlib.sha256(data).hexdigest()
+        twin = None if twins is None else twins.find(sha256, len(data))
+        if twin is not None:
+            return Read(candidate, None, None, (sha256, twin))
+        pixels, (width, height) = images.decode_sized(data, shape)
+        return Read(candidate, images.Decoded(pixels, sha256), None,
+                    picture=(copies.thumbnail(pixels), width, height))
+    except UnreadableImage as problem:
+        return Read(candidate, None, problem)
 
 
 def set_up_new_library(config: Config, library: Library) -> None:

@@ -10,6 +10,12 @@ process: TensorFlow's and absl's informational lines go to the debug log
 (`-v`), its warnings and errors to the log at their level, and any other
 line through unchanged. Python's own writes (log lines, a traceback) bypass
 the filter: `sys.stderr` then writes to the original stderr.
+
+Ray's C++ core (`lookalike import`) writes its errors there the same way,
+whatever its log level, including notes on its own choices ("actor ... has
+constructor arguments in the object store"): its lines go to the debug log
+too, since Ray reports each failure to the command as an exception, which
+the command reports.
 """
 from __future__ import annotations
 
@@ -28,6 +34,8 @@ SETTINGS = {"TF_CPP_MIN_LOG_LEVEL": "2"}
 NATIVE_LINE = re.compile(r"^(?:WARNING: All log messages before absl::InitializeLog\(\) is "
                          r"called are written to STDERR)?([IWEF])\d{4} \d\d:\d\d:\d+\.\d+ +\d+ "
                          r"[\w./-]+:\d+\] ")
+# Ray's: "[2026-12-06 16:21:20,389 E 7727 7727] core_worker.cc:2465: ..."
+RAY_LINE = re.compile(r"^\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ [IWEF] \d+ \d+\] [\w./-]+:\d+: ")
 ABSL_BANNER = "WARNING: All log messages before absl::InitializeLog() is called are written to " \
               "STDERR"
 LEVELS = {"I": logging.DEBUG, "W": logging.WARNING, "E": logging.ERROR, "F": logging.CRITICAL}
@@ -36,12 +44,12 @@ installed: list[tuple[int, threading.Thread]] = []  # (the original stderr, the 
 
 
 def level_of(line: str) -> int | None:
-    """The log level a line of stderr gets if it is TensorFlow's or absl's, else None.
+    """The log level a line of stderr gets if it is TensorFlow's, absl's or Ray's, else None.
 
     Informational lines (and absl's banner) are for the debug log only. The
     banner has no line break of its own: the line after it may follow on.
     """
-    if line == ABSL_BANNER:
+    if line == ABSL_BANNER or RAY_LINE.match(line):
         return logging.DEBUG
     native = NATIVE_LINE.match(line)
     return None if native is None else LEVELS[native.group(1)]

@@ -118,6 +118,19 @@ def test_a_copied_model_keeps_its_id_and_a_changed_one_does_not(encoder_path: Pa
     assert card.model_id(Path(copy)) != card.model_id(encoder_path)
 
 
+def test_input_shape_is_read_from_the_file_without_loading_it(encoder_path: Path,
+                                                             tmp_path: Path) -> None:
+    from lookalike.core.config import DEFAULT_MODEL
+
+    assert card.input_shape(encoder_path) == (56, 1)  # (the test encoder is grayscale)
+    assert card.input_shape(DEFAULT_MODEL) == (56, 3)
+    loaded = encoders.load(DEFAULT_MODEL)
+    assert (loaded.shape.size, loaded.shape.channels) == card.input_shape(DEFAULT_MODEL)
+    (tmp_path / "text.keras").write_text("not a zip")
+    assert card.input_shape(tmp_path / "text.keras") is None
+    assert card.input_shape(tmp_path / "missing.keras") is None
+
+
 # -- refusing -------------------------------------------------------------------
 def test_a_lambda_layer_is_refused_by_safe_mode(tmp_path: Path) -> None:
     carrying_code = keras.Sequential([

@@ -265,6 +265,23 @@ def test_a_survey_sees_results_files_and_leftovers_on_the_way(tmp_path: Path) ->
     assert scan.survey(real).answered(f"sub/{long}")
 
 
+def test_a_survey_of_part_of_a_folder(tmp_path: Path) -> None:
+    """`lookalike import` lists a folder's own files and each sub-folder apart: together,
+    what one survey of it finds, with the same paths and exclusions."""
+    touch(tmp_path, "top.jpg", "a/one.jpg", "a/deep/two.png", "a/raw/skip.png", "b/three.jpg",
+          "a/.hidden/four.jpg")
+    exclude = ("a/raw/*",)
+    parts = [scan.survey(tmp_path, exclude, "", deep=False), scan.survey(tmp_path, exclude, "a"),
+             scan.survey(tmp_path, exclude, "b")]
+    assert [[c.path for c in part.candidates] for part in parts] == [
+        ["top.jpg"], ["a/one.jpg", "a/deep/two.png"], ["b/three.jpg"]]
+    assert sorted(c.path for part in parts for c in part.candidates) == \
+        sorted(c.path for c in scan.walk(tmp_path, exclude))
+    assert [c.path for c in scan.survey(tmp_path, exclude, "a", deep=False).candidates] == \
+        ["a/one.jpg"]
+    assert scan.survey(tmp_path, exclude, "gone").candidates == []
+
+
 def test_walk_of_a_missing_folder_finds_nothing(tmp_path: Path) -> None:
     assert list(scan.walk(tmp_path / "unmounted")) == []
 

@@ -117,7 +117,8 @@ def test_default_preset_trains_saves_and_loads_in_safe_mode(tmp_path: Path) -> N
     assert (loaded.shape, loaded.latent_dim) == (COLOUR, info["latent_dim"])
     brightness = loaded.model.get_layer("encoder")  # the part that reads brightness
     names = {layer.name for layer in brightness.layers}
-    assert {"mirror_sum", "whiten", "edges_whiten", "appearance"} <= names
+    assert {"whiten", "edges_whiten", "appearance"} <= names
+    assert "mirror_sum" not in names  # the mirror image's latent comes from the same pass
     kinds = {type(layer).__name__ for layer in loaded.model.layers + brightness.layers}
     assert not any(kind.startswith(("Random", "GaussianNoise", "Lambda")) for kind in kinds)
     latents = loaded.encode(pixels)
@@ -164,12 +165,13 @@ def test_the_colours_are_a_histogram_of_saturated_colours() -> None:
 
 def test_brightness_contrast_and_tint_do_not_move_the_learned_latent() -> None:
     """The deeper encoder standardises each image first: an affine change of the
-    grey levels (a brighter copy, a tinted ground) leaves its latent where it was."""
+    grey levels (a brighter copy, a tinted ground) leaves its latent where it was, up to
+    the standardisation's epsilon (1e-3 against a variance of 0.02 to 0.05 here)."""
     built, _ = training.conv_autoencoder(SMALL, 8)
     pixels = images_of(6, SMALL, seed=7).astype(np.float32) * 0.6 + 40
     brighter = pixels * 1.3 + 20
     assert np.allclose(built.predict(pixels, verbose=0), built.predict(brighter, verbose=0),
-                       atol=1e-3)
+                       rtol=0.03, atol=1e-3)
 
 
 def test_mirror_permutation_is_the_mirror_images_edges() -> None:

@@ -22,10 +22,14 @@ ONEDNN = ("I0000 00:00:1796563205.616899    9012 port.cc:153] oneDNN custom oper
     ("W0000 00:00:1796563205.616899    9012 cpu_allocator_impl.cc:83] Allocation of 9 bytes",
      logging.WARNING),
     ("E1126 12:00:01.000001   12 op_kernel.cc:1828] OP_REQUIRES failed", logging.ERROR),
+    # Ray's (lookalike import): a note on its own choices, at its error level
+    ("[2026-12-06 16:21:20,389 E 7727 7727] core_worker.cc:2465: Actor with class name: "
+     "'MapWorker(MapBatches(Encoding))' has constructor arguments in the object store",
+     logging.DEBUG),
     ("13:20:03 INFO lookalike: encoder default.keras loaded in 6.7 s", None),
     ("I like this picture", None),
 ])
-def test_tensorflow_and_absl_lines_are_told_from_others(line: str, level: int | None) -> None:
+def test_tensorflow_absl_and_ray_lines_are_told_from_others(line: str, level: int | None) -> None:
     assert level_of(line) == level
 
 

@@ -1,0 +1,97 @@
+"""Mirrored convolutions: a latent that is the same for an image and its mirror image, in one
+pass."""
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from lookalike.core import encoder as encoders
+from lookalike.core import fitting, mirrored, training
+from lookalike.core.images import Shape
+
+SMALL = Shape(16, "grayscale")
+
+
+def relative(a: np.ndarray, b: np.ndarray) -> float:
+    """The largest distance between rows of `a` and `b`, relative to the row's length."""
+    return float((np.linalg.norm(a - b, axis=1) / np.linalg.norm(a, axis=1)).max())
+
+
+def plain_layers(model: keras.Model) -> list[keras.layers.Layer]:
+    """Every layer of `model` and of the models inside it."""
+    found = []
+    for layer in model.layers:
+        found.append(layer)
+        if isinstance(layer, keras.Model):
+            found += plain_layers(layer)
+    return found
+
+
+@pytest.mark.parametrize("width", range(2, 70))
+def test_the_columns_are_sampled_symmetrically_to_an_odd_width(width: int) -> None:
+    kernel, pad = mirrored.columns(width)
+    span = width + 2 * pad - kernel
+    out = span // 2 + 1
+    assert span >= 0 and span % 2 == 0 and out % 2 == 1  # the last window ends at the edge
+    # Window i starts at 2i - pad; the mirror of window i is window out - 1 - i.
+    for i in range(out):
+        first, last = 2 * i - pad, 2 * i - pad + kernel - 1
+        assert (width - 1 - last, width - 1 - first) == (2 * (out - 1 - i) - pad,
+                                                         2 * (out - 1 - i) - pad + kernel - 1)
+
+
+def test_the_deeper_encoders_maps_stay_7_by_7() -> None:
+    built, _ = training.conv_autoencoder(Shape(56, "grayscale"), 8, equivariant=True)
+    assert built.get_layer("latent").input.shape[-1] == 7 * 7 * 128 + 128
+
+
+def test_one_pass_is_the_sum_over_the_image_and_its_mirror_image() -> None:
+    built, _ = training.conv_autoencoder(SMALL, 8, equivariant=True)
+    rng = np.random.default_rng(3)
+    for layer in built.layers:  # statistics as training leaves them: a pair's nearly equal
+        if isinstance(layer, keras.layers.BatchNormalization):
+            half = layer.gamma.shape[0] // 2
+            gamma, beta, mean, variance = (rng.uniform(0.5, 1.5, half), rng.normal(0, 0.3, half),
+                                           rng.normal(0, 0.3, half), rng.uniform(0.5, 2, half))
+            layer.set_weights([np.r_[gamma, gamma], np.r_[beta, beta],
+                               np.r_[mean, mean * 1.01], np.r_[variance, variance]])
+    noise = rng.uniform(0, 255, (6, 16, 16, 1)).astype(np.float32)
+    one = mirrored.one_pass(built)
+    latents = one.predict(noise, verbose=0)
+    assert relative(latents, one.predict(noise[:, :, ::-1], verbose=0)) < 1e-5
+    # The very sum that running it twice gives (the moving means up to their pair's average).
+    twice = fitting.with_mirror(built).predict(noise, verbose=0)
+    assert relative(twice, latents) < 1e-2
+    # Plain layers only, each convolution once, batch normalisation folded in.
+    kinds = [type(layer).__name__ for layer in one.layers]
+    assert kinds.count("Conv2D") == 3 and "BatchNormalization" not in kinds
+    assert all(layer.kernel_constraint is None for layer in one.layers
+               if isinstance(layer, keras.layers.Conv2D))
+
+
+@pytest.mark.slow
+def test_a_trained_mirrored_encoder_gives_a_mirror_image_its_vector(tmp_path: Path) -> None:
+    shape = Shape(16, "rgb")
+    rng = np.random.default_rng(5)
+    pixels = rng.integers(0, 256, (40, 16, 16, 3), np.uint8)
+    recipe = replace(training.PRESETS[training.DEFAULT_PRESET], equivariant=True)
+    trained = training.train(pixels, shape, preset=recipe, latent_dim=8, epochs=1,
+                             batch_size=16, verbose=0)
+    path = tmp_path / "mirrored.keras"
+    training.save(trained, path)
+    loaded = encoders.load(path)  # safe mode: no constraint, no code in the file
+    latents, mirrors = loaded.encode(pixels), loaded.encode(pixels[:, :, ::-1].copy())
+    assert relative(latents[:, :8], mirrors[:, :8]) < 1e-4  # the learned latent
+    # The whole (the edges' whitening magnifies float noise on noise images: so it does
+    # for the encoder that runs twice).
+    assert relative(latents, mirrors) < 1e-3
+    assert not np.allclose(latents[0], latents[1], atol=1e-2)
+    every = plain_layers(loaded.model)
+    strided = [layer for layer in every
+               if isinstance(layer, keras.layers.Conv2D) and layer.strides == (2, 2)]
+    assert len(strided) == 3  # the learned part runs once
+    assert "mirror_sum" not in {layer.name for layer in every}
