@@ -77,7 +77,8 @@ def seed(root: Path, count: int, pictures: list[bytes], model: Path) -> None:
     library gets a row per link, its vector the picture's own (from the
     encoder) plus a little noise, marked answered with its true neighbours
     (`seeded_neighbors`) as the service would have; the index is built as
-    the service builds it, and the last results check marked done.
+    the service builds it, the last results check marked done, and the results'
+    near-duplicate marks at the configured strictness.
     """
     from lookalike.core import card, index, results
     from lookalike.core import config as configuration
@@ -132,6 +133,9 @@ def seed(root: Path, count: int, pictures: list[bytes], model: Path) -> None:
                     model_id=model_id, exact_below=config.index.exact_below,
                     dims=config.index.dims)  # the index the service itself would build
         library.set_meta("checked_generation", str(library.generation))
+        # (Else the service's start queues every results file to have its near-duplicate
+        # marks checked, as after a change of `duplicates.strictness`.)
+        library.set_meta("strictness", config.strictness)
 
 
 def seeded_neighbors(ids: np.ndarray, vectors: np.ndarray, pictures: np.ndarray,
