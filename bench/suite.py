@@ -3,7 +3,7 @@
 
     python scripts/build_suite.py /tmp/suite --cache /tmp/suite-cache
     python bench/suite.py /tmp/suite --part heldout [--domains digits,glyphs]
-        [--encoders pixels,phash,seed,shipped,default] [--epochs 20]
+        [--encoders pixels,phash,seed,shipped,default] [--epochs N]
         [--models DIR] [--results bench/results/suite.jsonl]
 
 Each domain of the suite (`scripts/build_suite.py`) has a development part
@@ -17,8 +17,11 @@ Encoders (columns):
 - `seed`: the article's recipe (`lookalike train --preset seed --color grayscale`)
   trained on the domain's development part;
 - `shipped`: the encoder shipped with lookalike;
-- `default`: `lookalike train` with every default, on the development part;
-- `NAME|option=value,...`: a variant of a preset, for choosing on dev;
+- `default`: `lookalike train` with every default, on the development part
+  (so going on from the shipped encoder's training state);
+- `NAME|option=value,...`: a variant of a preset, for choosing on dev (going
+  on from the shipped encoder where `lookalike train` would; `start=scratch`
+  from random weights);
 - `FILE.keras`: an encoder file (an earlier shipped encoder, say).
 
 Labelled domains report precision@12 (exact search); copy domains report the
@@ -43,7 +46,7 @@ from typing import Any
 import numpy as np
 
 from lookalike.core import evaluate, images
-from lookalike.daemon.training import read_folder
+from lookalike.daemon.training import read_folder, shipped_start
 
 K = 12
 PIXELS = images.Shape(56, "grayscale")
@@ -74,24 +77,30 @@ def parsed(spec: str) -> Any:
     return recipe
 
 
-def trained(spec: str, dev: Path, models: Path, domain: str, epochs: int) -> Path:
+def trained(spec: str, dev: Path, models: Path, domain: str, epochs: int | None) -> Path:
     """The encoder of column `spec` trained on `dev` (kept in `models`, reused)."""
     from lookalike.core import training
 
+    scratch = "start=scratch" in spec
+    recipe = parsed(spec.replace("start=scratch", ""))
+    shape = images.Shape(56, recipe.color)
+    preset = training.DEFAULT_PRESET if spec == "default" else spec.partition("|")[0]
+    # As `lookalike train` does (or `--start scratch`), at its epochs unless told.
+    start = None if scratch else shipped_start(preset, shape, 128)
+    epochs = epochs or training.EPOCHS["scratch" if start is None else "going on"]
     path = models / f"{domain}-{spec.replace('|', '-').replace(',', '-')}-e{epochs}.keras"
     if path.is_file():
         return path
-    recipe = parsed(spec)
-    shape = images.Shape(56, recipe.color)
     _, pixels, fingerprint = read_folder(dev, shape)
-    outcome = training.train(pixels, shape, preset=recipe, epochs=epochs, verbose=2)
+    outcome = training.train(pixels, shape, preset=recipe, epochs=epochs, verbose=2,
+                             start=start)
     training.save(outcome, path, {"data": f"{domain}/dev", "data_fingerprint": fingerprint,
                                   "suite_column": spec})
     return path
 
 
 def vectors_of(column: str, root: Path, part: Path, paths: list[str], models: Path,
-               domain: str, epochs: int) -> tuple[np.ndarray, str]:
+               domain: str, epochs: int | None) -> tuple[np.ndarray, str]:
     """(vectors of the images at `paths` under `part`, the metric to rank them by)."""
     if column == "pixels":
         _, pixels, _ = read_folder(part, PIXELS)
@@ -149,7 +158,8 @@ def main() -> int:
     parser.add_argument("--domains", default=None, help="comma-separated (default: all)")
     parser.add_argument("--encoders", default="pixels,phash,seed,shipped,default",
                         help="comma-separated columns; ';' separates columns with options")
-    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="of the trained columns (default: as `lookalike train`)")
     parser.add_argument("--models", type=Path, default=Path("bench/results/suite-models"))
     parser.add_argument("--results", type=Path, default=Path("bench/results/suite.jsonl"))
     args = parser.parse_args()

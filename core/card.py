@@ -27,6 +27,21 @@ def card_path(model_path: Path) -> Path:
     return model_path.with_suffix(".card.json")
 
 
+def state_path(model_path: Path) -> Path:
+    """`encoder.keras` -> `encoder.training.weights.h5`: its training state, where a
+    later `lookalike train` can go on from (`training.save` writes it)."""
+    return model_path.with_name(f"{model_path.stem}.training.weights.h5")
+
+
+def made_alike(model_path: Path, preset: str, size: int, color: str, latent_dim: int) -> bool:
+    """Whether the encoder file at `model_path` was trained with this preset, image side,
+    colour mode and learned latent size (its card says), so that its training state
+    fits a training with them."""
+    card = read(model_path)
+    return ((card.get("preset"), card.get("image_size"), card.get("color"),
+             card.get("learned_latent_dim")) == (preset, size, color, latent_dim))
+
+
 def read(model_path: Path) -> dict[str, Any]:
     """The model card beside `model_path`, or {} when there is none."""
     try:

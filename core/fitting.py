@@ -77,6 +77,39 @@ def with_whitening(encoder: keras.Model, pixels: np.ndarray) -> keras.Model:
     return whitened
 
 
+# The layers fitted to a set of images (`with_whitening`, `with_edges`): every other
+# fixed layer is the same whatever the images.
+FITTED = ("whiten", "edges_whiten")
+
+
+def keep_fitted(encoder: keras.Model, start: keras.Model) -> None:
+    """Give `encoder`'s fitted layers the weights of `start`'s (an encoder of the same
+    recipe): statistics of a broad mix of pictures, not of the few a user trains on.
+
+    Whitening fitted on one kind of image scales down the directions that
+    vary most within it, which are what tells its images apart, and blows up
+    the ones that barely vary (BENCHMARKS.md, "Search quality").
+    """
+    for name in FITTED:
+        mine, theirs = find_layer(encoder, name), find_layer(start, name)
+        if (mine is None) != (theirs is None):
+            raise ValueError(f"layer {name!r} is in one encoder only")
+        if mine is not None and theirs is not None:
+            mine.set_weights(theirs.get_weights())
+
+
+def find_layer(model: keras.Model, name: str) -> keras.layers.Layer | None:
+    """The layer called `name` in `model` or in a model within it, or None."""
+    for layer in model.layers:
+        if layer.name == name:
+            return layer
+        if isinstance(layer, keras.Model):
+            found = find_layer(layer, name)
+            if found is not None:
+                return found
+    return None
+
+
 def with_edges(encoder: keras.Model, pixels: np.ndarray, directions: int, weight: float,
                mirror: bool = False) -> keras.Model:
     """`encoder`'s latent (scaled to unit length) beside a grid of edge directions.

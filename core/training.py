@@ -1,10 +1,13 @@
 """Make an encoder: architectures, recipes, training, and the fixed layers fitted after it.
 
 The service never imports this module (it needs only `encoder`). `train`
-fits an autoencoder on a user's images (no labels), `finish` adds the fixed
-layers a recipe asks for, and `save` writes the `.keras` file and its model
-card. Everything in a saved encoder is a built-in Keras layer, so it loads
-in Keras's safe mode.
+fits an autoencoder on a user's images (no labels), from scratch or from an
+earlier encoder's training state, `finish` adds the fixed layers a recipe
+asks for, and `save` writes the `.keras` file, its model card and its
+training state (the learned weights before the fixed layers, with the
+decoder and projection head, which the `.keras` file does not hold).
+Everything in a saved encoder is a built-in Keras layer, so it loads in
+Keras's safe mode.
 """
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from . import card as model_card  # noqa: E402
+from . import encoder as encoders  # noqa: E402
 from . import fitting, mirrored  # noqa: E402
 from .atomic import replacing  # noqa: E402
 from .errors import ModelError  # noqa: E402
@@ -163,6 +167,9 @@ PRESETS: dict[str, Recipe] = {
                         whiten=True, edges=16),
 }
 DEFAULT_PRESET = "lookalike"
+# At most this many epochs by default: from random weights, or going on from an
+# encoder's training state (chosen on the development parts, BENCHMARKS.md).
+EPOCHS = {"scratch": 20, "going on": 10}
 
 
 def recipe_of(preset: str | Recipe) -> tuple[str, Recipe]:
@@ -176,18 +183,25 @@ def recipe_of(preset: str | Recipe) -> tuple[str, Recipe]:
 
 @dataclass
 class Training:
-    """The outcome of `train`: the encoder and what the model card records."""
+    """The outcome of `train`: the encoder, what the model card records, and the
+    model trained (its weights are where a later `train` can start from)."""
 
     encoder: keras.Model
     card: dict[str, Any] = field(default_factory=dict)
+    trainer: keras.Model | None = None
 
 
 def train(pixels: np.ndarray, shape: Shape, *, preset: str | Recipe = "seed",
           latent_dim: int = 128, epochs: int = 30, batch_size: int = 64, held_out: float = 0.1,
-          patience: int = 5, seed: int = 0, verbose: int = 1) -> Training:
+          patience: int = 5, seed: int = 0, verbose: int = 1,
+          start: Path | None = None) -> Training:
     """Train an autoencoder on `pixels` (n, size, size, channels) uint8 and return its encoder.
 
-    `preset` names one of PRESETS (or is a Recipe). A seeded `held_out` share
+    `preset` names one of PRESETS (or is a Recipe). With `start`, an encoder
+    file whose training state (`card.state_path`) has the same recipe, shape and
+    latent size, training goes on from its weights (fewer epochs are
+    needed: `EPOCHS`), and the fitted layers keep the start's statistics
+    (`fitting.keep_fitted`); else it starts from random weights. A seeded `held_out` share
     is kept apart for the validation loss (on clean, unaugmented images);
     training stops early when that loss stops improving and keeps the best
     weights. The fixed layers the recipe asks for are then fitted on all of
@@ -208,6 +222,8 @@ def train(pixels: np.ndarray, shape: Shape, *, preset: str | Recipe = "seed",
              else recipe.build)
     encoder, decoder = build(learned_shape, latent_dim)
     trainer = training_model(encoder, decoder, learned_shape, recipe)
+    if start is not None:
+        resume(trainer, start)
     stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience,
                                          restore_best_weights=True)
     started = time.monotonic()
@@ -220,13 +236,18 @@ def train(pixels: np.ndarray, shape: Shape, *, preset: str | Recipe = "seed",
     losses, held_losses = history.history["loss"], history.history["val_loss"]
     best = int(np.argmin(held_losses))
     encoder = finish(encoder, seen, recipe, rgb=learned_shape != shape)
+    if start is not None:
+        fitting.keep_fitted(encoder, encoders.load(start).model)
     return Training(encoder, {
         "schema": model_card.SCHEMA,
         "preset": name,
         "recipe": recipe.describe(),
+        "started_from": ("scratch" if start is None
+                         else model_card.read(start).get("model_id", start.name)),
         "image_size": shape.size,
         "color": shape.color,
         "latent_dim": int(encoder.output_shape[-1]),
+        "learned_latent_dim": latent_dim,
         "epochs_requested": epochs,
         "epochs_run": len(losses),
         "best_epoch": best + 1,
@@ -239,7 +260,25 @@ def train(pixels: np.ndarray, shape: Shape, *, preset: str | Recipe = "seed",
         "seconds": round(time.monotonic() - started, 1),
         "tensorflow": tf.__version__,
         "keras": keras.__version__,
-    })
+    }, trainer)
+
+
+def resume(trainer: keras.Model, start: Path) -> None:
+    """Load into `trainer` the training state saved beside the encoder file `start`."""
+    state = model_card.state_path(start)
+    if not state.is_file():
+        raise ModelError(f"{start}: no training state beside it ({state.name}) to start from")
+    try:
+        weights_of(trainer).load_weights(state)
+    except ValueError as problem:
+        raise ModelError(f"{start}: its training state does not fit this recipe, image "
+                         f"size and latent size ({problem})") from None
+
+
+def weights_of(trainer: keras.Model) -> keras.Model:
+    """`trainer`'s layers without its optimizer: what a training state holds, since a
+    training that goes on starts a new optimizer at its own rate."""
+    return keras.Model(trainer.inputs, trainer.outputs, name="state")
 
 
 def training_model(encoder: keras.Model, decoder: keras.Model, shape: Shape,
@@ -380,7 +419,8 @@ def finish(encoder: keras.Model, pixels: np.ndarray, recipe: Recipe,
 
 
 def save(training: Training, path: Path, extra: dict[str, Any] | None = None) -> str:
-    """Write the encoder to `path` (.keras) and its card beside it; return the model id."""
+    """Write the encoder to `path` (.keras), its card and its training state beside it;
+    return the model id."""
     if path.suffix != ".keras":
         raise ModelError(f"{path}: the encoder is saved in the native format: "
                          "the name must end in .keras")
@@ -388,6 +428,12 @@ def save(training: Training, path: Path, extra: dict[str, Any] | None = None) ->
     # Keras saves only to a name that ends in .keras.
     with replacing(path, partial=path.with_name(f".{path.stem}.partial.keras")) as partial:
         training.encoder.save(partial)
+    if training.trainer is not None:
+        state = model_card.state_path(path)
+        # Keras saves weights only to a name that ends in .weights.h5.
+        with replacing(state, partial=state.with_name(f".{state.name[:-11]}.partial.weights.h5")
+                       ) as partial:
+            weights_of(training.trainer).save_weights(partial)
     identity = model_card.model_id(path)
     model_card.write(path, {**training.card, **(extra or {}), "model_id": identity,
                             "saved_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")})

@@ -129,8 +129,13 @@ def parser() -> argparse.ArgumentParser:
     train_parser.add_argument("--latent", type=positive, default=128,
                               help="size of the learned latent (the default recipe adds "
                                    "edge directions beside it)")
-    train_parser.add_argument("--epochs", type=positive, default=20,
-                              help="at most this many epochs (default: 20)")
+    train_parser.add_argument("--start", default=None, metavar="FILE.keras|scratch",
+                              help="go on training from this encoder's training state, or "
+                                   "from random weights (default: the shipped encoder, when "
+                                   "it has the same recipe, size and latent; else scratch)")
+    train_parser.add_argument("--epochs", type=positive, default=None,
+                              help="at most this many epochs (default: 10 going on from an "
+                                   "encoder, 20 from scratch)")
     train_parser.add_argument("--batch-size", type=positive, default=64)
     train_parser.add_argument("--patience", type=positive, default=5,
                               help="stop after this many epochs without a better held-out loss")

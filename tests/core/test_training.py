@@ -50,7 +50,8 @@ def test_tiny_training_saves_and_loads(tmp_path: Path) -> None:
     path = tmp_path / "sub" / "tiny.keras"
     identity = training.save(trained, path, {"data": "blobs"})
     assert identity == card.model_id(path)
-    assert sorted(p.name for p in path.parent.iterdir()) == ["tiny.card.json", "tiny.keras"]
+    assert sorted(p.name for p in path.parent.iterdir()) == [
+        "tiny.card.json", "tiny.keras", "tiny.training.weights.h5"]
     written = card.read(path)
     assert written["model_id"] == identity and written["data"] == "blobs"
     assert written["epochs_run"] == info["epochs_run"]
@@ -59,6 +60,39 @@ def test_tiny_training_saves_and_loads(tmp_path: Path) -> None:
     assert (loaded.shape, loaded.latent_dim, loaded.model_id) == (SMALL, 8, identity)
     direct = trained.encoder(pixels[:4].astype(np.float32), training=False).numpy()
     assert np.allclose(loaded.encode(pixels[:4]), direct, atol=1e-5)  # same weights
+
+
+def test_training_goes_on_from_a_saved_state(tmp_path: Path) -> None:
+    pixels = images_of(40, SMALL, seed=5)
+    first = training.train(pixels, SMALL, latent_dim=8, epochs=4, batch_size=8, verbose=0)
+    path = tmp_path / "first.keras"
+    identity = training.save(first, path)
+    assert first.card["started_from"] == "scratch" and first.card["learned_latent_dim"] == 8
+    assert card.made_alike(path, "seed", SMALL.size, SMALL.color, 8)
+    assert not card.made_alike(path, "seed", SMALL.size, SMALL.color, 4)
+
+    # The state holds every weight of the model trained: the decoder's too.
+    encoder, decoder = training.seed_preset(SMALL, 8)
+    recipe = training.PRESETS["seed"]
+    trainer = training.training_model(encoder, decoder, SMALL, recipe)
+    training.resume(trainer, path)
+    assert first.trainer is not None
+    for loaded, saved in zip(trainer.get_weights(), first.trainer.get_weights(), strict=True):
+        assert np.array_equal(loaded, saved)
+
+    fresh = training.train(pixels, SMALL, latent_dim=8, epochs=1, batch_size=8, seed=1,
+                           verbose=0)
+    going_on = training.train(pixels, SMALL, latent_dim=8, epochs=1, batch_size=8, seed=1,
+                              verbose=0, start=path)
+    assert going_on.card["started_from"] == identity
+    # It starts where the first training ended, not from random weights.
+    assert going_on.card["train_loss"] < fresh.card["train_loss"]
+
+    with pytest.raises(ModelError, match="does not fit"):
+        training.train(pixels, SMALL, latent_dim=4, epochs=1, verbose=0, start=path)
+    (tmp_path / "first.training.weights.h5").unlink()
+    with pytest.raises(ModelError, match="no training state"):
+        training.train(pixels, SMALL, latent_dim=8, epochs=1, verbose=0, start=path)
 
 
 def test_early_stopping_stops_and_keeps_the_best_epoch() -> None:

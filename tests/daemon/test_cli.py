@@ -16,10 +16,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
 from lookalike.core.card import model_id
+from lookalike.core.config import DEFAULT_MODEL
 from lookalike.daemon.lock import StateLock
 from tests.helpers import refusal
 
@@ -315,6 +317,9 @@ def test_train_writes_an_encoder_and_its_card(tmp_path: Path, inbox_of: Callable
     assert card["train_images"] + card["held_out_images"] == 100
     assert card["held_out_images"] >= 1
     assert card["data_fingerprint"].startswith("sha256:")
+    assert card["started_from"] == "scratch"  # the shipped encoder's latent is not 16
+    assert "training from scratch" in finished.stderr
+    assert out.with_name("small.training.weights.h5").is_file()
     assert str(out) in finished.stdout
 
     from lookalike.core.encoder import load as load_encoder
@@ -323,6 +328,38 @@ def test_train_writes_an_encoder_and_its_card(tmp_path: Path, inbox_of: Callable
     # come beside it
     assert encoder.latent_dim == card["latent_dim"] == 16 + 16 * 16 + 72
     assert (encoder.shape.size, encoder.shape.color) == (56, "rgb")
+
+
+def test_train_goes_on_from_the_shipped_encoder(tmp_path: Path,
+                                                inbox_of: Callable[..., list[str]],
+                                                lookalike: Lookalike) -> None:
+    data = tmp_path / "data"
+    inbox_of(data, 30)
+    out = tmp_path / "mine.keras"
+    finished = lookalike("train", "--data", data, "--out", out, "--epochs", "1", timeout=300)
+    assert finished.returncode == 0, finished.stderr
+    card = json.loads(out.with_name("mine.card.json").read_text(encoding="utf-8"))
+    assert card["started_from"] == model_id(DEFAULT_MODEL)
+    assert f"from {DEFAULT_MODEL}" in finished.stderr
+    # The fitted layers keep the shipped encoder's statistics; the learned part moved.
+    from lookalike.core.encoder import load as load_encoder
+    from lookalike.core.fitting import FITTED, find_layer
+    mine, shipped = load_encoder(out).model, load_encoder(DEFAULT_MODEL).model
+    for name in FITTED:
+        for kept, theirs in zip(find_layer(mine, name).get_weights(),
+                                find_layer(shipped, name).get_weights(), strict=True):
+            assert np.array_equal(kept, theirs)
+    assert not np.array_equal(find_layer(mine, "latent").get_weights()[0],
+                              find_layer(shipped, "latent").get_weights()[0])
+
+    # A file without a training state beside it, or none at all, is refused.
+    out.with_name("mine.training.weights.h5").unlink()
+    finished = lookalike("train", "--data", data, "--out", tmp_path / "x.keras", "--start", out)
+    assert "no training state" in one_problem(finished)
+    finished = lookalike("train", "--data", data, "--out", tmp_path / "x.keras", "--start",
+                         tmp_path / "none.keras")
+    assert "no such file" in one_problem(finished)
+    assert not (tmp_path / "x.keras").exists()
 
 
 def test_train_refuses_an_h5_file(tmp_path: Path, inbox_of: Callable[..., list[str]],
