@@ -22,7 +22,11 @@ Encoders (columns):
 - `NAME|option=value,...`: a variant of a preset, for choosing on dev (going
   on from the shipped encoder where `lookalike train` would; `start=scratch`
   from random weights);
-- `FILE.keras`: an encoder file (an earlier shipped encoder, say).
+- `FILE.keras`: an encoder file (an earlier shipped encoder, say);
+- `COLUMN@own`: a trained column trained on the part it is scored on instead,
+  as a user trains on the collection they search (no labels are read in
+  training; the shipped encoder was trained on the development parts, so
+  only held-out images are new to it).
 
 Labelled domains report precision@12 (exact search); copy domains report the
 share of images whose first neighbour is a copy of the same picture (all
@@ -77,8 +81,9 @@ def parsed(spec: str) -> Any:
     return recipe
 
 
-def trained(spec: str, dev: Path, models: Path, domain: str, epochs: int | None) -> Path:
-    """The encoder of column `spec` trained on `dev` (kept in `models`, reused)."""
+def trained(spec: str, data: Path, models: Path, name: str, epochs: int | None) -> Path:
+    """The encoder of column `spec` trained on the images in `data`, kept in `models` under
+    `name` and the column (and reused)."""
     from lookalike.core import training
 
     scratch = "start=scratch" in spec
@@ -88,13 +93,13 @@ def trained(spec: str, dev: Path, models: Path, domain: str, epochs: int | None)
     # As `lookalike train` does (or `--start scratch`), at its epochs unless told.
     start = None if scratch else shipped_start(preset, shape, 128)
     epochs = epochs or training.EPOCHS["scratch" if start is None else "going on"]
-    path = models / f"{domain}-{spec.replace('|', '-').replace(',', '-')}-e{epochs}.keras"
+    path = models / f"{name}-{spec.replace('|', '-').replace(',', '-')}-e{epochs}.keras"
     if path.is_file():
         return path
-    _, pixels, fingerprint = read_folder(dev, shape)
+    _, pixels, fingerprint = read_folder(data, shape)
     outcome = training.train(pixels, shape, preset=recipe, epochs=epochs, verbose=2,
                              start=start)
-    training.save(outcome, path, {"data": f"{domain}/dev", "data_fingerprint": fingerprint,
+    training.save(outcome, path, {"data": str(data), "data_fingerprint": fingerprint,
                                   "suite_column": spec})
     return path
 
@@ -122,6 +127,9 @@ def vectors_of(column: str, root: Path, part: Path, paths: list[str], models: Pa
         path = DEFAULT_MODEL
     elif column.endswith(".keras"):
         path = Path(column)
+    elif column.endswith("@own"):
+        path = trained(column.removesuffix("@own"), part, models, f"{domain}-{part.name}-own",
+                       epochs)
     else:
         path = trained(column, root / domain / "dev", models, domain, epochs)
     encoder = encoders.load(path)
