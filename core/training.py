@@ -124,12 +124,7 @@ class Recipe:
     contrast, blur, and hue, saturation and grayscale in RGB), `flip` adds
     mirror images. `contrast` weighs a contrastive loss (NT-Xent, as SimCLR)
     that pulls together the latents of two views of one image and pushes
-    apart those of other images, at `temperature`. Going on from an encoder,
-    `neighbours` is the share of pairs whose second view is of another image:
-    one of the `neighbourhood` images the start encoder finds nearest (as
-    NNCLR does), so that what it already finds alike is pulled together
-    rather than apart (a kind of images has many members alike in what a
-    person counts, which in-batch negatives would otherwise push away).
+    apart those of other images, at `temperature`.
 
     Fixed layers, fitted on the training images after training (`finish`):
     `mirror` makes the latent the sum of the image's and its mirror image's,
@@ -149,8 +144,6 @@ class Recipe:
     flip: bool = False
     contrast: float = 0.0
     temperature: float = 0.2
-    neighbours: float = 0.0
-    neighbourhood: int = 5
     learning_rate: float = 1e-3
     mirror: bool = False
     equivariant: bool = False
@@ -229,20 +222,14 @@ def train(pixels: np.ndarray, shape: Shape, *, preset: str | Recipe = "seed",
              else recipe.build)
     encoder, decoder = build(learned_shape, latent_dim)
     trainer = training_model(encoder, decoder, learned_shape, recipe)
-    partners = None
     if start is not None:
         resume(trainer, start)
-        if recipe.contrast and recipe.neighbours:
-            # Neighbours by the start's whole vector, as the user's results files rank them.
-            near = encoders.load(start).encode(pixels[order[n_held:]])
-            partners = nearest(near, recipe.neighbourhood)
     stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience,
                                          restore_best_weights=True)
     started = time.monotonic()
     # The held-out loss is on the images as they are.
     clean = replace(recipe, augment=0.0, jitter=0.0, flip=False)
-    history = trainer.fit(batches(train_x, batch_size, recipe, seed, shuffle=True,
-                                  partners=partners),
+    history = trainer.fit(batches(train_x, batch_size, recipe, seed, shuffle=True),
                           validation_data=batches(held_x, batch_size, clean, seed),
                           epochs=epochs, callbacks=[stop], verbose=verbose,
                           shuffle=False)  # batches() shuffles, seeded
@@ -362,59 +349,31 @@ def augmentation(recipe: Recipe, channels: int, seed: int) -> keras.Sequential |
 
 
 def batches(pixels: np.ndarray, batch_size: int, recipe: Recipe, seed: int,
-            shuffle: bool = False, partners: np.ndarray | None = None) -> tf.data.Dataset:
+            shuffle: bool = False) -> tf.data.Dataset:
     """Batches of (input 0..255, target 0..1) float32, augmented as `recipe` says.
 
     The target is the view the encoder saw. With `recipe.contrast`, the input
     is two views of each image and the target {"image": ..., "pair": a
-    placeholder}, as `training_model` wants. With `partners` (n, k), the
-    indices of each image's nearest others, a `recipe.neighbours` share of
-    second views is of one of them instead.
+    placeholder}, as `training_model` wants.
     """
-    table = tf.constant(pixels)
-    indices = tf.data.Dataset.range(len(pixels))
+    images = tf.data.Dataset.from_tensor_slices(pixels)
     if shuffle:
-        indices = indices.shuffle(len(pixels), seed=seed, reshuffle_each_iteration=True)
+        images = images.shuffle(len(pixels), seed=seed, reshuffle_each_iteration=True)
+    images = images.batch(batch_size).map(lambda x: tf.cast(x, tf.float32))
     augment = augmentation(recipe, pixels.shape[-1], seed)
-    near = None if partners is None or not recipe.neighbours else tf.constant(partners, tf.int64)
 
     def view(x: tf.Tensor) -> tf.Tensor:
         if augment is None:
             return x
         return tf.clip_by_value(augment(x, training=True), 0.0, 255.0)
 
-    def other(batch: tf.Tensor) -> tf.Tensor:
-        if near is None:
-            return batch
-        n = tf.shape(batch)[0]
-        which = tf.random.uniform([n], 0, tf.shape(near)[1], tf.int32, seed=seed + 11)
-        neighbour = tf.gather_nd(near, tf.stack([tf.cast(batch, tf.int32), which], 1))
-        chosen = tf.random.uniform([n], seed=seed + 12) < recipe.neighbours
-        return tf.where(chosen, neighbour, batch)
-
-    def pair(batch: tf.Tensor) -> Any:
-        seen = view(tf.cast(tf.gather(table, batch), tf.float32))
+    def pair(x: tf.Tensor) -> Any:
+        seen = view(x)
         if not recipe.contrast:
             return seen, seen / 255.0
-        second = view(tf.cast(tf.gather(table, other(batch)), tf.float32))
-        return (seen, second), {"image": seen / 255.0, "pair": tf.zeros((tf.shape(batch)[0], 1))}
+        return (seen, view(x)), {"image": seen / 255.0, "pair": tf.zeros((tf.shape(x)[0], 1))}
 
-    return indices.batch(batch_size).map(pair, num_parallel_calls=tf.data.AUTOTUNE).prefetch(2)
-
-
-def nearest(vectors: np.ndarray, k: int, block: int = 512) -> np.ndarray:
-    """(n, k) indices of each vector's k nearest others by cosine, nearest first."""
-    unit = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-    k = min(k, len(unit) - 1)
-    found = np.empty((len(unit), k), np.int64)
-    for begin in range(0, len(unit), block):
-        similarity = unit[begin:begin + block] @ unit.T
-        rows = np.arange(len(similarity))
-        similarity[rows, begin + rows] = -np.inf  # not itself
-        top = np.argpartition(-similarity, k - 1, axis=1)[:, :k]
-        order = np.argsort(-np.take_along_axis(similarity, top, 1), axis=1)
-        found[begin:begin + block] = np.take_along_axis(top, order, 1)
-    return found
+    return images.map(pair, num_parallel_calls=tf.data.AUTOTUNE).prefetch(2)
 
 
 def contrastive_loss(temperature: float) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor]:

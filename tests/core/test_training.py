@@ -1,7 +1,6 @@
 """Training an encoder: real TensorFlow, tiny images, a few epochs; the fixed layers after."""
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
 import keras
@@ -240,25 +239,6 @@ def test_plain_batches_reconstruct_the_image_as_it_is() -> None:
     for inputs, target in training.batches(pixels, 8, training.PRESETS["seed"], seed=0):
         assert np.array_equal(inputs.numpy(), pixels.astype(np.float32))
         assert np.allclose(target.numpy(), pixels / 255.0)
-
-
-def test_nearest_finds_each_vectors_nearest_others_nearest_first() -> None:
-    vectors = np.array([[1, 0], [0.9, 0.1], [0, 1], [0.1, 0.9], [-1, 0]], np.float32)
-    found = training.nearest(vectors, 2, block=2)  # blocks split the rows unevenly
-    assert found[:, 0].tolist() == [1, 0, 3, 2, 2]
-    assert all(row not in found[row] for row in range(len(vectors)))
-    assert found[0].tolist() == [1, 3] and found[4].tolist() == [2, 3]
-
-
-def test_neighbour_pairs_take_their_second_view_from_a_neighbour() -> None:
-    pixels = images_of(6, SMALL, seed=7)
-    partners = np.array([[1], [0], [3], [2], [5], [4]])
-    recipe = training.Recipe(training.seed_preset, contrast=1.0)  # no augmentation
-    for share, expected in ((1.0, partners[:, 0]), (0.0, np.arange(6))):
-        for (first, second), _ in training.batches(pixels, 6, replace(recipe, neighbours=share),
-                                                   seed=0, partners=partners):
-            assert np.array_equal(first.numpy(), pixels.astype(np.float32))
-            assert np.array_equal(second.numpy(), pixels[expected].astype(np.float32))
 
 
 def test_augmented_views_differ_from_the_image_and_from_each_other() -> None:
