@@ -241,6 +241,13 @@ class Library:
             "SELECT id, named FROM images WHERE named IS NOT NULL AND deleted = 0 "
             "AND id IN ({})", ids)}
 
+    def copies_listed(self, ids: Iterable[int]) -> dict[int, np.ndarray]:
+        """The row ids that the results file last written for each row id marks as
+        near-duplicates (rows that mark none are left out)."""
+        return {row: np.frombuffer(blob, "<i8") for row, blob in self.select(
+            "SELECT id, copies FROM images WHERE copies IS NOT NULL AND deleted = 0 "
+            "AND id IN ({})", ids)}
+
     def listing_any(self, ids: Iterable[int]) -> list[int]:
         """Live rows whose results file lists any of `ids`."""
         wanted = np.fromiter(ids, np.int64)

@@ -27,6 +27,7 @@ from lookalike.daemon.progress import Progress, Tally
 
 if TYPE_CHECKING:
     from lookalike.core.encoder import Encoder
+    from lookalike.daemon.moves import Carried
 
 log = logging.getLogger(__name__)
 
@@ -90,11 +91,13 @@ class Answers:
     # -- library rows ----------------------------------------------------------
     def answer(self, searcher: Searcher, row_ids: Iterable[int], tally: Tally,
                names: Names | None = None,
-               nearby: dict[int, list[Neighbor]] | None = None) -> None:
+               nearby: dict[int, list[Neighbor]] | None = None,
+               marks: dict[int, set[int]] | None = None) -> None:
         """Write the results file of each row whose results are missing or different.
 
         `nearby` holds the rows' nearest neighbours when already searched (a
-        wider search's first k are exactly the k nearest). A chunk's files
+        wider search's first k are exactly the k nearest), `marks` the rows'
+        near-duplicates among them when already judged. A chunk's files
         are written in the `writer` thread while the next chunk is searched:
         the search and the writes' system calls let go of the GIL, so the
         two cores share what was one core's work.
@@ -105,7 +108,7 @@ class Answers:
         try:
             for start in range(0, len(wanted), ANSWER_CHUNK):
                 files = self.results_files(searcher, wanted[start:start + ANSWER_CHUNK], names,
-                                           nearby)
+                                           nearby, marks)
                 documents = [(file.target, file.document) for file in files]
                 last, writing = writing, (
                     files, self.writer.submit(results.write_many, documents, self.scratch))
@@ -118,7 +121,8 @@ class Answers:
                 tally.answered += self.finish_writing(*writing)
 
     def results_files(self, searcher: Searcher, row_ids: list[int], names: Names | None,
-                      nearby: dict[int, list[Neighbor]] | None) -> list[ResultsFile]:
+                      nearby: dict[int, list[Neighbor]] | None,
+                      marks: dict[int, set[int]] | None = None) -> list[ResultsFile]:
         """The results files that `row_ids` need, with their neighbours found."""
         k = self.config.neighbors
         chunk = self.library.fetch(row_ids)
@@ -128,9 +132,11 @@ class Answers:
             found = {row: nearby[row][:k] for row in chunk if row in nearby}
         listed = {n.row_id for near in found.values() for n in near}
         known = names if names is not None else self.library.describe(listed)
-        thumbs = self.library.thumbnails(listed | set(chunk))
+        judged = marks is None or any(row not in marks for row in chunk)
+        thumbs = self.library.thumbnails(listed | set(chunk)) if judged else {}
         return [file for file in (
-            self.results_file(record, found.get(record.id, []), searcher, known, thumbs)
+            self.results_file(record, found.get(record.id, []), searcher, known, thumbs,
+                              None if marks is None else marks.get(record.id))
             for record in chunk.values()) if file is not None]
 
     def finish_writing(self, files: list[ResultsFile],
@@ -145,8 +151,10 @@ class Answers:
         return len(done)
 
     def results_file(self, record: Record, near: list[Neighbor], searcher: Searcher,
-                     names: Names, thumbs: dict[int, bytes]) -> ResultsFile | None:
-        """The results file a row needs, or None when the one on disk says it already."""
+                     names: Names, thumbs: dict[int, bytes],
+                     copied: set[int] | None = None) -> ResultsFile | None:
+        """The results file a row needs, or None when the one on disk says it already;
+        `copied`: its near-duplicates when known (else they are judged)."""
         marked: list[int] = []
         if record.error_code is not None:
             document = results.error(record.path, record.error_code,
@@ -154,8 +162,9 @@ class Answers:
             near = []
         else:
             near = [n for n in near if n.row_id in names]
-            marked = self.near_duplicates(record.sha256, thumbs.get(record.id), near, names,
-                                          thumbs)
+            marked = ([n.row_id for n in near if n.row_id in copied] if copied is not None
+                      else self.near_duplicates(record.sha256, thumbs.get(record.id), near,
+                                                names, thumbs))
             document = self.document(record.path, record.sha256, near, searcher, names,
                                      set(marked))
         stamp = results.fingerprint(document)
@@ -184,12 +193,13 @@ class Answers:
 
     def answer_library(self, searcher: Searcher, tally: Tally,
                        unanswered: list[int] | None = None,
-                       carried: dict[int, list[Neighbor]] | None = None) -> None:
+                       carried: Carried | None = None) -> None:
         """Write every missing or outdated results file of the inbox (`run --once`).
 
         `unanswered` are those a scan found missing (`Ingest.reconcile`): when the
         library has not changed since every results file was written, only those are due.
-        `carried` are rows' neighbours known without a search (`moves.carried`).
+        `carried` are rows' neighbours and marks known without a search
+        (`moves.carried`); the marks hold at the strictness they were made at.
         """
         generation = str(self.library.generation)
         same_marks = self.library.meta("strictness") == self.config.strictness
@@ -201,8 +211,9 @@ class Answers:
             return
         records = self.library.records()
         names = {r.id: (r.path, r.sha256) for r in records.values()}
-        known = carried or {}
-        self.answer(searcher, [row for row in names if row in known], tally, names, known)
+        known = {} if carried is None else carried.neighbors
+        self.answer(searcher, [row for row in names if row in known], tally, names, known,
+                    carried.copies if carried is not None and same_marks else None)
         self.answer(searcher, [row for row in names if row not in known], tally, names)
         self.library.set_meta("answered_generation", generation)
         self.library.set_meta("strictness", self.config.strictness)

@@ -72,6 +72,7 @@ class Changes:
     moved: dict[int, int] = field(default_factory=dict)  # those twins forgotten in the scan
     last_lists: dict[int, np.ndarray] = field(default_factory=dict)  # what those rows'
                                                                    # results files listed
+    last_copies: dict[int, np.ndarray] = field(default_factory=dict)  # and marked copies
 
     def __bool__(self) -> bool:
         return bool(self.stored or self.removed)
@@ -127,8 +128,9 @@ class Ingest:
         leaving = {known[path].id: known[path] for path in gone}
         moved = {row: twin for row, twin in changes.twins.items() if twin in leaving}
         # (read before the rows go: a forgotten row's list goes with it)
-        last_lists = self.library.neighbors_listed(
-            twin for twin in moved.values() if leaving[twin].answered is not None)
+        answered = [twin for twin in moved.values() if leaving[twin].answered is not None]
+        last_lists = self.library.neighbors_listed(answered)
+        last_copies = self.library.copies_listed(answered)
         changes += self.forget(gone, tally)
         settled = set(on_disk) - {c.path for c in changed}  # (the others: answered as stored)
         changes.unanswered = [record.id for path, record in known.items() if path in settled
@@ -136,6 +138,8 @@ class Ingest:
         changes.moved = moved
         changes.last_lists = {row: last_lists[twin] for row, twin in moved.items()
                               if twin in last_lists}
+        changes.last_copies = {row: last_copies[twin] for row, twin in moved.items()
+                               if twin in last_copies}
         return changes
 
     def needs_reading(self, record: Record | None, candidate: scan.Candidate,

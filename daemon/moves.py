@@ -6,12 +6,15 @@ vectors as before under other row ids, so each image's k nearest are the
 ones its last results file listed, the moved ones under their new ids.
 Every results file is still rewritten (paths in it changed), but from
 those lists measured again, k distances an image, not from a search of the
-whole library. An image whose last list cannot be trusted (its results out
-of date, a neighbour gone, a short list) is left to the search.
+whole library, and with the near-duplicate marks it last had (the same
+pictures at the same distances make the same marks), not judged again.
+An image whose last list cannot be trusted (its results out of date, a
+neighbour gone, a short list) is left to the search.
 """
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import NamedTuple
 
 import numpy as np
 
@@ -28,12 +31,21 @@ def only_moves(changes: Changes) -> bool:
         and set(changes.removed) == set(changes.moved.values())
 
 
-def carried(library: Library, changes: Changes, metric: str,
-            k: int) -> dict[int, list[Neighbor]]:
-    """Each live row's k nearest, from the lists its results last said (see the top);
-    rows left out are to be searched. Empty unless the changes are moves alone."""
+class Carried(NamedTuple):
+    """What rows' results files say after a move: their k nearest, and those of them
+    marked near-duplicates."""
+
+    neighbors: dict[int, list[Neighbor]]
+    copies: dict[int, set[int]]
+
+
+def carried(library: Library, changes: Changes, metric: str, k: int) -> Carried:
+    """Each live row's k nearest and near-duplicate marks, from what its results last
+    said (see the top); rows left out are to be searched. Empty unless the changes are
+    moves alone."""
+    found = Carried({}, {})
     if not only_moves(changes):
-        return {}
+        return found
     renamed = {old: new for new, old in changes.moved.items()}
     records = library.records()
     # The move itself marked out of date the results that listed the moved images (their
@@ -42,18 +54,21 @@ def carried(library: Library, changes: Changes, metric: str,
     rows = [r.id for r in records.values() if r.error_code is None and (
         r.id in changes.last_lists or (r.id not in changes.moved and (
             r.answered is not None or r.id in listing_moved)))]
-    found: dict[int, list[Neighbor]] = {}
     for start in range(0, len(rows), CHUNK):
         chunk = rows[start:start + CHUNK]
-        listed = library.neighbors_listed(r for r in chunk if r not in changes.moved)
+        staying = [r for r in chunk if r not in changes.moved]
+        listed = library.neighbors_listed(staying)
         listed.update({r: changes.last_lists[r] for r in chunk if r in changes.last_lists})
         lists = {row: [renamed.get(int(n), int(n)) for n in last]
                  for row, last in listed.items()}
+        marked = library.copies_listed(staying)
+        marked.update({r: changes.last_copies[r] for r in chunk if r in changes.last_copies})
         vectors = library.vectors_of({*lists, *(n for last in lists.values() for n in last)})
         for row, last in lists.items():
             if len(last) < k or row not in vectors or any(n not in vectors for n in last):
                 continue  # short (a small library, or k grew), or it named an image now gone
-            found[row] = list(measured(row, last, vectors, metric))
+            found.neighbors[row] = list(measured(row, last, vectors, metric))
+            found.copies[row] = {renamed.get(int(n), int(n)) for n in marked.get(row, ())}
     return found
 
 

@@ -28,6 +28,7 @@ import yaml
 
 from lookalike.core.card import model_id
 from lookalike.core.store import Library as StoredLibrary
+from tests.core.test_copies import made_copies, picture
 from tests.daemon.service import SCHEMA, SUFFIX, results_of
 
 SUMMARY = re.compile(r"^(?P<images>\d+) images in the library: (?P<added>\d+) added, "
@@ -478,14 +479,19 @@ def test_a_folder_moved_within_the_inbox_is_answered_as_before_without_encoding(
     (inbox / "scans").mkdir()
     for n, (source, _) in enumerate(digit_files[:80]):  # half of them in scans/
         shutil.copy(source, inbox / ("scans" if n % 2 else ".") / source.name)
+    original = picture()  # and a photo with copies of it, marked near-duplicates
+    original.save(inbox / "scans" / "photo.jpg", quality=95)
+    for kind, copy in made_copies(original).items():
+        copy.save(inbox / ("scans" if kind in ("half", "gray") else ".") / f"photo-{kind}.jpg")
     run_once(lookalike, config)
     before = results_of(inbox)
+    assert sum(n["near_duplicate"] for n in before["scans/photo.jpg"]["neighbors"]) >= 3
     (inbox / "archive").mkdir()
     (inbox / "scans").rename(inbox / "archive" / "scans 2024")  # mv
 
     moved = run_once(lookalike, config)
     assert {key: moved.summary[key] for key in ("added", "removed", "encoded", "reused")} == {
-        "added": 40, "removed": 40, "encoded": 0, "reused": 40}
+        "added": 43, "removed": 43, "encoded": 0, "reused": 43}
     after = results_of(inbox)
 
     def names_of(document: dict[str, Any]) -> list[str]:
@@ -504,3 +510,6 @@ def test_a_folder_moved_within_the_inbox_is_answered_as_before_without_encoding(
         assert {renamed(n["path"]) for n in document["neighbors"]} == set(names_of(now)), image
         assert np.allclose([n["distance"] for n in document["neighbors"]],
                            [n["distance"] for n in now["neighbors"]], atol=1e-3), image
+        # the same near-duplicate marks, carried (the same pictures at the same distances)
+        assert {renamed(n["path"]) for n in document["neighbors"] if n["near_duplicate"]} == \
+            {n["path"] for n in now["neighbors"] if n["near_duplicate"]}, image
