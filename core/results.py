@@ -28,7 +28,9 @@ SCHEMA = "lookalike.neighbors/1"
 SUFFIX = ".neighbors.json"
 TEMP_PREFIX = ".lookalike-"
 MAX_RESULTS_BYTES = 1 << 20  # ours are a few kB: a bigger file is not ours
-MAX_BLANKS = 8192  # empty temporaries made ahead, at most
+# Empty temporaries made ahead, at most: enough for every results file of a bulk
+# ingest or a move of this many images (an inode each, no data).
+MAX_BLANKS = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -204,8 +206,10 @@ class Scratch:
     On some disks, creating a file is most of the cost of writing a results
     file: ext4 without a journal passes over every inode freed in the last
     minutes (`recently_deleted` in the kernel; 0.1 to 0.7 ms a file here
-    after deletions, against 20 us). `stock` makes empty temporaries in a
-    thread while the images are decoded and encoded; `open` takes one.
+    after deletions, against 20 us), and each results file renamed over an
+    old one (all of them, when a folder moved) frees an inode. `stock` makes
+    empty temporaries in a thread while the images are read, before the
+    writes begin; `open` takes one.
     """
 
     def __init__(self, folder: Path) -> None:
