@@ -152,9 +152,9 @@ class Answers:
 
     def results_file(self, record: Record, near: list[Neighbor], searcher: Searcher,
                      names: Names, thumbs: dict[int, bytes],
-                     copied: set[int] | None = None) -> ResultsFile | None:
+                     marks: set[int] | None = None) -> ResultsFile | None:
         """The results file a row needs, or None when the one on disk says it already;
-        `copied`: its near-duplicates when known (else they are judged)."""
+        `marks`: its near-duplicates when known (else they are judged)."""
         marked: list[int] = []
         if record.error_code is not None:
             document = results.error(record.path, record.error_code,
@@ -162,7 +162,7 @@ class Answers:
             near = []
         else:
             near = [n for n in near if n.row_id in names]
-            marked = ([n.row_id for n in near if n.row_id in copied] if copied is not None
+            marked = ([n.row_id for n in near if n.row_id in marks] if marks is not None
                       else self.near_duplicates(record.sha256, thumbs.get(record.id), near,
                                                 names, thumbs))
             document = self.document(record.path, record.sha256, near, searcher, names,
