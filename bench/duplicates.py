@@ -6,15 +6,17 @@
 
 Photos: each sub-folder holds an original and its 12 copies
 (scripts/build_suite.py), so two images are a copy pair when they share a
-sub-folder. Every image is encoded by the shipped encoder and its 12
-nearest among the part's photos found exactly, as a results file lists
-them; the flag is measured at each strictness, as the service decides it
-(`core.copies`). Recall counts every ordered copy pair (13 x 12 a picture):
-a pair is found when one lists the other and marks it. Groups are the
-connected sets of marked pairs (as `lookalike duplicates` makes them),
-scored on unordered pairs. Beside them, imagehash's pHash (64 bits,
-Hamming <= 10: imagededup's default) and dHash (256 bits, <= 15, the kind
-czkawka uses), over every pair.
+sub-folder; the kind of copy is the file's name, and the flag's recall is
+also given for the pairs that each kind is in. Every image is encoded by
+the shipped encoder and its 12 nearest among the part's photos found
+exactly, as a results file lists them; the flag is measured at each
+strictness, as the service decides it (`core.copies`). Recall counts
+every ordered copy pair (13 x 12 a picture): a pair is found when one
+lists the other and marks it. Groups are the connected sets of marked
+pairs (as `lookalike duplicates` makes them), scored on unordered pairs.
+Beside them, imagehash's pHash (64 bits, Hamming <= 10: imagededup's
+default) and dHash (256 bits, <= 15, the kind czkawka uses), over every
+pair.
 
 Glyphs and digits are distinct renderings (fonts, hands), never copies:
 the share of their neighbour pairs that each marks.
@@ -61,10 +63,9 @@ def nearest(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def flags(order: np.ndarray, distances: np.ndarray, thumbs: list[bytes],
           strictness: str) -> np.ndarray:
-    judge = copies.Judge(strictness)
-    return np.array([[judge.is_copy(float(d), thumbs[i], thumbs[j])
-                      for j, d in zip(row, row_d, strict=True)]
-                     for i, (row, row_d) in enumerate(zip(order, distances, strict=True))])
+    return np.array(copies.Judge(strictness).marks(
+        [(thumbs[i], [(float(d), thumbs[j]) for j, d in zip(row, row_d, strict=True)])
+         for i, (row, row_d) in enumerate(zip(order, distances, strict=True))]))
 
 
 def scores(found: set[tuple[int, int]], true: set[tuple[int, int]]) -> dict[str, float]:
@@ -81,12 +82,18 @@ def photos(folder: Path) -> dict[str, dict[str, float]]:
     n = len(files)
     ordered = {(i, j) for i in range(n) for j in range(n) if i != j and labels[i] == labels[j]}
     unordered = {(i, j) for i, j in ordered if i < j}
+    kinds = np.array([f.stem for f in files])  # original, jpeg30, crop60, ...
     table = {}
     for strictness in copies.LEVELS:
         marked = flags(order, distances, thumbs, strictness)
         pairs = {(i, int(j)) for i in range(n) for j, m in zip(order[i], marked[i], strict=True)
                  if m}
         table[f"flag, {strictness}"] = scores(pairs, ordered)
+        # Of each kind's copy pairs (it lists, or is listed by, one of its 12 copies).
+        table[f"flag, {strictness}, recall by kind"] = {
+            kind: round(sum(1 for i, j in pairs & ordered if kinds[i] == kind or kinds[j] == kind)
+                        / sum(1 for i, j in ordered if kinds[i] == kind or kinds[j] == kind), 3)
+            for kind in sorted(set(kinds))}
         grouped = {(a, b) for group in copies.groups(pairs)
                    for a, b in itertools.combinations(group, 2)}
         table[f"groups, {strictness}"] = scores(grouped, unordered)

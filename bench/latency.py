@@ -80,7 +80,7 @@ def seed(root: Path, count: int, pictures: list[bytes], model: Path) -> None:
     the service builds it, the last results check marked done, and the results'
     near-duplicate marks at the configured strictness.
     """
-    from lookalike.core import card, index, results
+    from lookalike.core import card, copies, index, results
     from lookalike.core import config as configuration
     from lookalike.core.encoder import load as load_encoder
     from lookalike.core.store import Answer, Entry, Library
@@ -135,7 +135,7 @@ def seed(root: Path, count: int, pictures: list[bytes], model: Path) -> None:
         library.set_meta("checked_generation", str(library.generation))
         # (Else the service's start queues every results file to have its near-duplicate
         # marks checked, as after a change of `duplicates.strictness`.)
-        library.set_meta("strictness", config.strictness)
+        library.set_meta("strictness", copies.judged_with(config.strictness))
 
 
 def seeded_neighbors(ids: np.ndarray, vectors: np.ndarray, pictures: np.ndarray,

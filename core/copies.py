@@ -5,12 +5,16 @@ recompressed, cropped, recoloured, captioned, mirrored) from another
 drawing of the same thing: two hands' 3s are as near as a photo and its
 60% crop. So each image also keeps a `thumbnail` (32x32 grey levels, made
 from the pixels the encoder reads: 1 kB, no extra decoding), and a pair of
-neighbours is a near-duplicate when their pictures match pixel for pixel:
-the normalised correlation of their grey levels at 16x16, at its best over
-the image and its mirror image, whole or centrally cropped to 90 to 60% of
-its side, on either side of the pair (`similarities`). A `Strictness` says
-how high that correlation must be, and how far the learned distance may
-be; a person picks it by name (`LEVELS`, calibrated on development data).
+neighbours is a near-duplicate when their pictures match pixel for pixel
+(`similarities`): one image's whole picture against the view of the other
+it best matches (the image or its mirror image, whole or centrally cropped
+to 90 to 60% of its side, or turned by 3 or 6 degrees either way and
+cropped to 80% at most; at 16x16, inside the inscribed circle), either way
+round, by the correlation of their grey levels where both are mid-tones (a
+blank ground, a clipped highlight or a turned copy's black corner is no
+evidence), leaving out the two of 16 blocks that match worst (a caption, a
+logo). A `Strictness` says how high that correlation must be; a person
+picks it by name (`LEVELS`, calibrated on development data).
 
 Groups are the connected sets of images joined by a near-duplicate flag in
 some results file (`groups`).
@@ -25,34 +29,47 @@ import numpy as np
 from PIL import Image
 
 THUMB_SIDE = 32  # the stored thumbnail's side
-COMPARED = 16  # the side at which two thumbnails are correlated
-CROPS = (0.9, 0.8, 0.7, 0.6)  # central crops (share of the side) tried on either side
+COMPARED = 16  # the side at which two pictures are correlated
+# The views of an image that a copy's whole picture may match (its mirror image's are
+# these, mirrored: `flip`): (turn in degrees, central crop as a share of the side).
+# Turned copies are rarely cropped much as well.
+STRAIGHT = tuple((0.0, keep) for keep in (1.0, 0.9, 0.8, 0.75, 0.7, 0.65, 0.6))
+TURNED = tuple((degrees, keep) for degrees in (-3.0, 3.0, -6.0, 6.0) for keep in (1.0, 0.9, 0.8))
+VIEWS = STRAIGHT + TURNED
+MIDTONES = (16, 239)  # grey levels (exclusive) that count as evidence
+BLOCKS = 4  # blocks a side of the compared picture
+DROPPED = 2  # blocks that match worst, left out
+FEWEST = 40  # pixels that must count, else no match
+MATCHED_AT_ONCE = 1024  # pictures matched in one batch
+FLOOR = 0.6  # a best view correlating less: no copy, without a closer look
+QUERIES_AT_ONCE = 128  # queries judged together (some 30 MB of arrays)
 LUMA = np.array([0.299, 0.587, 0.114], np.float32)
-CACHED_VIEWS = 16_384  # thumbnails whose views are kept (2.5 MB each thousand)
+CACHED_VIEWS = 16_384  # thumbnails whose views are kept (6 kB each)
+CACHED_SCORES = 1 << 18  # pairs whose similarity is kept (100 bytes each)
+RULE = 2  # the version of the rule below: marks judged by another are judged again
 
 
 @dataclass(frozen=True)
 class Strictness:
-    """A near-duplicate is a pair with correlation >= `close_similarity` within
-    `close_distance`, or >= `similarity` within `distance` (the learned distance)."""
+    """A near-duplicate is a pair within `distance` (the learned distance) whose pictures
+    match with a correlation >= `similarity`."""
 
-    close_distance: float
-    close_similarity: float
     distance: float
     similarity: float
-
-    def flags(self, distances: np.ndarray, similarities: np.ndarray) -> np.ndarray:
-        return ((distances <= self.close_distance) & (similarities >= self.close_similarity)) | \
-            ((distances <= self.distance) & (similarities >= self.similarity))
 
 
 # Chosen on the development photos, glyphs and digits of the evaluation suite
 # (bench/duplicates.py; figures in BENCHMARKS.md, "Near-duplicates").
 LEVELS = {
-    "strict": Strictness(0.30, 0.95, 1.2, 0.995),
-    "normal": Strictness(0.35, 0.90, 1.2, 0.99),
-    "loose": Strictness(0.50, 0.90, 1.2, 0.98),
+    "strict": Strictness(1.2, 0.99),
+    "normal": Strictness(1.2, 0.985),
+    "loose": Strictness(1.2, 0.98),
 }
+
+
+def judged_with(strictness: str) -> str:
+    """What the library notes its results files' marks were judged with."""
+    return f"{strictness} (rule {RULE})"
 
 
 def thumbnail(pixels: np.ndarray) -> bytes:
@@ -64,92 +81,278 @@ def thumbnail(pixels: np.ndarray) -> bytes:
     return np.asarray(small, np.float32).round().clip(0, 255).astype(np.uint8).tobytes()
 
 
-def resized_views(image: np.ndarray) -> np.ndarray:
-    """The views of a (THUMB_SIDE, THUMB_SIDE) float32 image that a copy's whole picture
-    may match: (2 + 2 crops, COMPARED^2), the whole image first, its mirror image second."""
-    out = []
-    for flipped in (image, image[:, ::-1]):
-        picture = Image.fromarray(np.ascontiguousarray(flipped), "F")
-        for keep in (1.0, *CROPS):
-            margin = THUMB_SIDE * (1 - keep) / 2
-            box = (margin, margin, THUMB_SIDE - margin, THUMB_SIDE - margin)
-            out.append(np.asarray(picture.resize((COMPARED, COMPARED), Image.Resampling.BILINEAR,
-                                                 box=box), np.float32).ravel())
-    return np.stack(out)
+def cropped(image: np.ndarray, keep: float) -> np.ndarray:
+    """The central crop keeping `keep` of each side of a (THUMB_SIDE, THUMB_SIDE) float32
+    image, resized to COMPARED x COMPARED."""
+    margin = THUMB_SIDE * (1 - keep) / 2
+    box = (margin, margin, THUMB_SIDE - margin, THUMB_SIDE - margin)
+    picture = Image.fromarray(np.ascontiguousarray(image), "F")
+    return np.asarray(picture.resize((COMPARED, COMPARED), Image.Resampling.BILINEAR, box=box),
+                      np.float32)
 
 
 @functools.cache
-def view_maps() -> tuple[np.ndarray, np.ndarray]:
-    """(rows, columns): each view (`resized_views`) of an image X is rows[v] @ X @ columns[v],
-    since resizing is separable and linear in the grey levels. Read off the resize itself:
-    an image of one lit row (or column) shows that row's (column's) weights."""
-    side, views = THUMB_SIDE, 2 * (1 + len(CROPS))
-    rows = np.zeros((views, COMPARED, side), np.float32)
-    columns = np.zeros((views, side, COMPARED), np.float32)
-    for line in range(side):
-        lit = np.zeros((side, side), np.float32)
+def crop_map(keep: float) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, columns): the crop of an image X (`cropped`) is rows @ X @ columns, since
+    resizing is separable and linear in the grey levels. Read off the resize itself: an
+    image of one lit row (or column) shows that row's (column's) weights."""
+    rows = np.zeros((COMPARED, THUMB_SIDE), np.float32)
+    columns = np.zeros((THUMB_SIDE, COMPARED), np.float32)
+    for line in range(THUMB_SIDE):
+        lit = np.zeros((THUMB_SIDE, THUMB_SIDE), np.float32)
         lit[line, :] = 1.0  # weights along the rows (a resize's weights sum to 1)
-        rows[:, :, line] = resized_views(lit).reshape(views, COMPARED, COMPARED)[:, :, 0]
-        lit = np.zeros((side, side), np.float32)
-        lit[:, line] = 1.0
-        columns[:, line, :] = resized_views(lit).reshape(views, COMPARED, COMPARED)[:, 0, :]
+        rows[:, line] = cropped(lit, keep)[:, 0]
+        columns[line, :] = cropped(lit.T, keep)[0, :]
     return rows, columns
 
 
+@functools.cache
+def view_map() -> np.ndarray:
+    """(THUMB_SIDE^2, len(VIEWS) x pixels in the disc): every view is linear in the grey
+    levels, so the views of a thumbnail are its pixels times this matrix. Read off the
+    views of images of one lit pixel: each turned (bilinear, black beyond the edge),
+    then cropped (`crop_map`)."""
+    lit = np.eye(THUMB_SIDE * THUMB_SIDE, dtype=np.float32).reshape(-1, THUMB_SIDE, THUMB_SIDE)
+    turned = {degrees: lit if not degrees else np.stack([
+        np.asarray(Image.fromarray(image, "F").rotate(degrees, Image.Resampling.BILINEAR))
+        for image in lit]) for degrees in {degrees for degrees, _ in VIEWS}}
+    made = [(crop_map(keep)[0] @ turned[degrees] @ crop_map(keep)[1]).reshape(len(lit), -1)
+            for degrees, keep in VIEWS]
+    return np.stack([view[:, disc()] for view in made], axis=1).reshape(len(lit), -1)
+
+
+@functools.cache
+def disc() -> np.ndarray:
+    """The pixels of a COMPARED x COMPARED picture inside its inscribed circle (turning
+    by a few degrees brings no corner into it), as a flat boolean mask."""
+    y, x = np.mgrid[:COMPARED, :COMPARED] + 0.5 - COMPARED / 2
+    return ((y ** 2 + x ** 2) <= (COMPARED / 2) ** 2).ravel()
+
+
+@functools.cache
+def block_of() -> np.ndarray:
+    """(pixels in the disc, BLOCKS^2): which block each compared pixel is in, one-hot."""
+    y, x = np.mgrid[:COMPARED, :COMPARED] * BLOCKS // COMPARED
+    block = (y * BLOCKS + x).ravel()[disc()]
+    return (block[:, None] == np.arange(BLOCKS * BLOCKS)[None, :]).astype(np.float32)
+
+
 def views(thumbs: list[bytes]) -> np.ndarray:
-    """The views of each thumbnail (`resized_views`) as (n, views, COMPARED^2) unit
-    vectors, mean removed."""
-    grey = np.frombuffer(b"".join(thumbs), np.uint8).reshape(
-        len(thumbs), 1, THUMB_SIDE, THUMB_SIDE).astype(np.float32)
-    rows, columns = view_maps()
-    stacked = (rows @ grey @ columns).reshape(len(thumbs), len(rows), COMPARED ** 2)
-    stacked -= stacked.mean(axis=2, keepdims=True)
-    stacked /= np.maximum(np.linalg.norm(stacked, axis=2, keepdims=True), 1e-6)
-    return stacked
+    """The VIEWS of each thumbnail, as (n, len(VIEWS), pixels in the disc) uint8 grey
+    levels, the whole image first. The mirror image's views are these, mirrored (`flip`):
+    VIEWS turn either way by the same angles."""
+    grey = np.frombuffer(b"".join(thumbs), np.uint8).reshape(len(thumbs), -1)
+    made = (grey.astype(np.float32) @ view_map()).reshape(len(thumbs), len(VIEWS), -1)
+    return made.round().clip(0, 255).astype(np.uint8)
 
 
-def similarities(one: np.ndarray, others: np.ndarray) -> np.ndarray:
-    """How well an image's views (`views`, one image) match each of `others`' as copies:
-    the best correlation of one's whole picture with any view of the other, either way
-    round (1: the same picture); one score per other."""
-    mine_in_theirs = (others @ one[0]).max(axis=1)  # (others, views) -> best view
-    theirs_in_mine = (one @ others[:, 0, :].T).max(axis=0)  # (views, others) -> best view
-    return np.maximum(mine_in_theirs, theirs_in_mine)
+@functools.cache
+def flip() -> np.ndarray:
+    """The permutation of the disc's pixels that mirrors a compared picture."""
+    order = np.arange(COMPARED * COMPARED).reshape(COMPARED, COMPARED)[:, ::-1].ravel()
+    inside = np.flatnonzero(disc())
+    return np.searchsorted(inside, order[inside])
+
+
+def unit(pictures: np.ndarray) -> np.ndarray:
+    """Pictures (..., pixels) with their mean removed, scaled to unit length."""
+    centred = pictures - pictures.mean(axis=-1, keepdims=True)
+    return centred / np.maximum(np.linalg.norm(centred, axis=-1, keepdims=True), 1e-6)
+
+
+def spread(pictures: np.ndarray) -> np.ndarray:
+    """The length of pictures (..., pixels) once their mean is removed."""
+    total = pictures.sum(axis=-1)
+    squares = np.einsum("...p,...p->...", pictures, pictures)
+    return np.sqrt(np.maximum(squares - total * total / pictures.shape[-1], 1e-6))
+
+
+def correlation(sums: np.ndarray) -> np.ndarray:
+    """Correlations from sums (..., 6): counted pixels, x, y, x^2, y^2, xy."""
+    count, x, y, xx, yy, xy = np.moveaxis(np.maximum(sums, 0.0), -1, 0)
+    count = np.maximum(count, 1.0)
+    covariance = xy - x * y / count
+    variances = (xx - x * x / count) * (yy - y * y / count)
+    return covariance / np.sqrt(np.maximum(variances, 1e-6))
+
+
+def match(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """How well pictures `x` and `y` (n, pixels in the disc, float32 grey levels) match
+    as copies: their correlation where both are mid-tones, once the DROPPED blocks that
+    differ most are left out (0 when fewer than FEWEST pixels count)."""
+    low, high = MIDTONES
+    counted = ((x > low) & (x < high) & (y > low) & (y < high)).astype(np.float32)
+    x, y = x * counted, y * counted
+    # Each block's sums, from which the correlation with any blocks left out follows.
+    products = np.stack([counted, x, y, x * x, y * y, x * y], axis=1)  # (n, 6, pixels)
+    sums = (products.reshape(-1, x.shape[1]) @ block_of()).reshape(
+        len(x), 6, -1).transpose(0, 2, 1)  # (n, blocks, 6)
+    total = sums.sum(axis=1)  # (n, 6)
+    count, sx, sy, sxx, syy, sxy = np.moveaxis(total, -1, 0)
+    count = np.maximum(count, 1.0)
+    mx, my = sx / count, sy / count
+    dx = np.sqrt(np.maximum(sxx - sx * mx, 1e-6))
+    dy = np.sqrt(np.maximum(syy - sy * my, 1e-6))
+    c, bx, by, bxx, byy, bxy = np.moveaxis(sums, -1, 0)  # (n, blocks) each
+    mx, my, dx, dy = mx[:, None], my[:, None], dx[:, None], dy[:, None]
+    # Each block's sum of squared differences of the standardised levels.
+    differences = ((bxx - 2 * mx * bx + mx * mx * c) / (dx * dx)
+                   + (byy - 2 * my * by + my * my * c) / (dy * dy)
+                   - 2 * (bxy - mx * by - my * bx + mx * my * c) / (dx * dy))
+    worst = np.argsort(-differences, axis=1)[:, :DROPPED]
+    kept = total - np.take_along_axis(sums, worst[:, :, None], axis=1).sum(axis=1)
+    return np.where(kept[:, 0] >= FEWEST, correlation(kept), 0.0)
+
+
+@dataclass
+class Seen:
+    """Thumbnails' views (`views`) and what comparing them needs, row by row."""
+
+    pictures: np.ndarray  # (n, len(VIEWS), pixels in the disc) uint8
+    spreads: np.ndarray  # (n, len(VIEWS)) float32: each view's `spread`
+    facing: np.ndarray  # (n, 2, pixels) float32: the whole picture, its mirror image, `unit`
+
+    @classmethod
+    def of(cls, thumbs: list[bytes]) -> Seen:
+        pictures = views(thumbs)
+        floats = pictures.astype(np.float32)
+        whole = unit(floats[:, 0])
+        return cls(pictures, spread(floats), np.stack([whole, whole[:, flip()]], axis=1))
+
+    @classmethod
+    def room(cls, rows: int) -> Seen:
+        """Room for `rows` rows (memory is taken as rows are filled)."""
+        pixels = int(disc().sum())
+        return cls(np.empty((rows, len(VIEWS), pixels), np.uint8),
+                   np.empty((rows, len(VIEWS)), np.float32),
+                   np.empty((rows, 2, pixels), np.float32))
+
+    def put(self, start: int, other: Seen) -> None:
+        end = start + len(other.pictures)
+        self.pictures[start:end] = other.pictures
+        self.spreads[start:end] = other.spreads
+        self.facing[start:end] = other.facing
+
+
+def similarities(seen: Seen, pairs: np.ndarray) -> np.ndarray:
+    """How well pictures match as copies (1: the same picture), pair by pair: `pairs`
+    (pairs, 2) are rows of `seen`, few first pictures with many others (a query and
+    its neighbours) best. One picture's whole against the view of the other that
+    correlates best with it (of its own views and its mirror image's), and the other
+    way round, the better of the two (`match`)."""
+    # The pairs of each first picture side by side: (firsts, up to `width` others).
+    firsts, slot = np.unique(pairs[:, 0], return_inverse=True)
+    counts = np.bincount(slot)
+    order = np.argsort(slot, kind="stable")
+    place = np.empty(len(pairs), np.intp)
+    place[order] = np.arange(len(pairs)) - np.repeat(np.cumsum(counts) - counts, counts)
+    others = np.zeros((len(firsts), counts.max()), np.intp)
+    others[slot, place] = pairs[:, 1]
+    # A picture's correlation with a unit one (mean removed) is their dot product over
+    # the picture's spread; a mirrored view against a whole is the view against the
+    # mirrored whole. (firsts, others, views, facing), either way round, in one matrix
+    # product per first picture, not per pair. Views are gathered as uint8, then made
+    # float: a quarter of the memory traffic.
+    count, width, seen_views = len(firsts), others.shape[1], seen.pictures.shape[1]
+    theirs = (seen.pictures[others].reshape(count, width * seen_views, -1).astype(np.float32)
+              @ seen.facing[firsts].transpose(0, 2, 1)).reshape(count, width, seen_views, 2)
+    theirs /= seen.spreads[others][..., None]
+    mine = (seen.pictures[firsts].astype(np.float32)
+            @ seen.facing[others].reshape(count, 2 * width, -1).transpose(0, 2, 1))
+    mine = mine.reshape(count, seen_views, width, 2).transpose(0, 2, 1, 3)
+    mine /= seen.spreads[firsts][:, None, :, None]
+    # Each pair both ways round: the picture whose view is tried, the one whose whole is.
+    shown = np.concatenate([others[slot, place], firsts[slot]])
+    whole = np.concatenate([firsts[slot], others[slot, place]])
+    correlations = np.concatenate([theirs[slot, place], mine[slot, place]]).reshape(
+        len(shown), -1)  # (2 x pairs, views x facing)
+    top = correlations.argmax(axis=1)
+    scores = correlations[np.arange(len(top)), top]
+    view, side = np.divmod(top, 2)
+    mirrored = side == 1  # the view faced the mirrored whole
+    near = np.flatnonzero(scores >= FLOOR)  # below: no copy, whatever a closer look says
+    for start, end in batches(len(near), MATCHED_AT_ONCE):  # kept in the processor's cache
+        some = near[start:end]
+        facing_whole = seen.pictures[whole[some], 0]
+        turned = mirrored[some]
+        facing_whole[turned] = facing_whole[turned][:, flip()]
+        scores[some] = match(seen.pictures[shown[some], view[some]].astype(np.float32),
+                             facing_whole.astype(np.float32))
+    return np.maximum(scores[:len(pairs)], scores[len(pairs):])
+
+
+def batches(count: int, size: int) -> list[tuple[int, int]]:
+    return [(start, min(start + size, count)) for start in range(0, count, size)]
+
+
+Query = tuple[bytes | None, list[tuple[float, bytes | None]]]  # a thumbnail, its neighbours'
+
+
+def pair_key(one: bytes, other: bytes) -> int:
+    """A pair of thumbnails, in either order, as a number (a hash: two pairs share one
+    with a chance of one in 2^64)."""
+    mine, theirs = hash(one), hash(other)
+    return hash((mine, theirs) if mine <= theirs else (theirs, mine))
 
 
 class Judge:
     """Near-duplicate flags of neighbour pairs at one strictness, with each thumbnail's
-    views made once."""
+    views made once and kept (up to CACHED_VIEWS)."""
 
     def __init__(self, strictness: str) -> None:
         self.level = LEVELS[strictness]
-        self.cache: dict[bytes, np.ndarray] = {}
+        self.rows: dict[bytes, int] = {}  # thumbnail -> its row of `seen`
+        self.seen: Seen | None = None  # made at the first judgement
+        self.scores: dict[int, float] = {}  # by `pair_key`
 
-    def views_of(self, thumbs: list[bytes]) -> np.ndarray:
-        missing = {thumb for thumb in thumbs if thumb not in self.cache}
-        if len(self.cache) + len(missing) > CACHED_VIEWS:  # keep memory bounded
-            self.cache.clear()
-            missing = set(thumbs)
+    def rows_of(self, thumbs: list[bytes]) -> np.ndarray:
+        """The rows of `seen` that hold `thumbs`' views, those not made before made in
+        one batch. At most CACHED_VIEWS are kept, or those of one batch if more."""
+        needed = set(thumbs)
+        missing = [thumb for thumb in needed if thumb not in self.rows]
+        room = max(CACHED_VIEWS, len(needed))
+        if self.seen is None or len(self.seen.pictures) < room:
+            self.seen, missing = Seen.room(room), list(needed)
+            self.rows.clear()
+        elif len(self.rows) + len(missing) > len(self.seen.pictures):  # keep memory bounded
+            missing = list(needed)
+            self.rows.clear()
         if missing:
-            made = list(missing)
-            self.cache.update(zip(made, views(made), strict=True))
-        return np.stack([self.cache[thumb] for thumb in thumbs])
+            start = len(self.rows)
+            self.seen.put(start, Seen.of(missing))
+            self.rows.update({thumb: start + n for n, thumb in enumerate(missing)})
+        return np.array([self.rows[thumb] for thumb in thumbs], np.intp)
+
+    def marks(self, queries: list[Query]) -> list[list[bool]]:
+        """Whether each neighbour (its learned distance, its thumbnail) of each query is
+        a near-duplicate of the query's image (no thumbnail on either side: never)."""
+        marks = [[False] * len(neighbors) for _, neighbors in queries]
+        for start, end in batches(len(queries), QUERIES_AT_ONCE):
+            judged = [(q, n, thumb, other) for q, (thumb, neighbors) in
+                      enumerate(queries[start:end], start) if thumb is not None
+                      for n, (distance, other) in enumerate(neighbors)
+                      if other is not None and distance <= self.level.distance]
+            # Two images are often each other's neighbours: a pair is compared once.
+            new: dict[int, tuple[bytes, bytes]] = {}  # `pair_key`: (query, other)
+            for _, _, one, other in judged:
+                key = pair_key(one, other)
+                if key not in self.scores:
+                    new.setdefault(key, (one, other))
+            if new:
+                rows = self.rows_of([thumb for pair in new.values() for thumb in pair])
+                assert self.seen is not None  # (made by rows_of)
+                if len(self.scores) + len(new) > CACHED_SCORES:  # keep memory bounded
+                    self.scores.clear()
+                self.scores.update(zip(new, similarities(self.seen, rows.reshape(-1, 2)).tolist(),
+                                       strict=True))
+            for q, n, one, other in judged:
+                marks[q][n] = self.scores[pair_key(one, other)] >= self.level.similarity
+        return marks
 
     def copies(self, thumb: bytes | None,
                neighbors: list[tuple[float, bytes | None]]) -> list[bool]:
-        """Whether each neighbour (its learned distance, its thumbnail) is a near-duplicate
-        of the image of `thumb` (no thumbnail: never)."""
-        marks = [False] * len(neighbors)
-        judged = [(n, distance, other) for n, (distance, other) in enumerate(neighbors)
-                  if other is not None and distance <= self.level.distance]
-        if thumb is None or not judged:
-            return marks
-        seen = self.views_of([thumb, *(other for _, _, other in judged)])
-        scores = similarities(seen[0], seen[1:])
-        flags = self.level.flags(np.array([distance for _, distance, _ in judged]), scores)
-        for (n, _, _), flag in zip(judged, flags.tolist(), strict=True):
-            marks[n] = flag
-        return marks
+        """`marks` of one query."""
+        return self.marks([(thumb, neighbors)])[0]
 
     def is_copy(self, distance: float, thumb: bytes | None, other: bytes | None) -> bool:
         """Whether a neighbour at `distance` is a near-duplicate (no thumbnail: never)."""

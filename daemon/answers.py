@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -46,6 +46,16 @@ class ResultsFile(NamedTuple):
 Writing = tuple[list[ResultsFile], Future[list[OSError | None]]]  # files in the `writer`
 
 
+class Searched(NamedTuple):
+    """A chunk of library rows with their neighbours found, and their near-duplicates
+    (row id -> marked neighbours' row ids) being judged."""
+
+    records: dict[int, Record]
+    found: dict[int, list[Neighbor]]
+    names: Names
+    marks: Future[dict[int, set[int]]]
+
+
 class Answers:
     """Results files of library rows and query images; `writer` writes them in batches."""
 
@@ -54,6 +64,7 @@ class Answers:
         self.library = library
         self.encoder = encoder
         self.writer = ThreadPoolExecutor(1, thread_name_prefix="results")  # `answer`
+        self.judging = ThreadPoolExecutor(1, thread_name_prefix="marks")  # `answer`
         self.scratch: results.Scratch | None = None  # temporaries of results: `take_scratch`
         self.stock_blanks = False  # whether the scratch can make inbox results files ahead
         self.judges: dict[str, copies.Judge] = {}  # by strictness
@@ -84,6 +95,7 @@ class Answers:
             self.scratch.stock(count)
 
     def close(self) -> None:
+        self.judging.shutdown(wait=True)
         self.writer.shutdown(wait=True)
         if self.scratch is not None:
             self.scratch.close()
@@ -97,33 +109,43 @@ class Answers:
 
         `nearby` holds the rows' nearest neighbours when already searched (a
         wider search's first k are exactly the k nearest), `marks` the rows'
-        near-duplicates among them when already judged. A chunk's files
-        are written in the `writer` thread while the next chunk is searched:
-        the search and the writes' system calls let go of the GIL, so the
-        two cores share what was one core's work.
+        near-duplicates among them when already judged. Three threads share
+        the work of each chunk, one step behind each other: while the next
+        chunk is searched, this one's near-duplicates are judged in the
+        `judging` thread and the one before's files written in the `writer`
+        thread; the search, the judgement's array work and the writes'
+        system calls let go of the GIL, so the two cores share what was one
+        core's work.
         """
         wanted = list(row_ids)
         progress = Progress("results", len(wanted))
+        judged: Searched | None = None  # the chunk searched last
         writing: Writing | None = None
         try:
-            for start in range(0, len(wanted), ANSWER_CHUNK):
-                files = self.results_files(searcher, wanted[start:start + ANSWER_CHUNK], names,
-                                           nearby, marks)
-                documents = [(file.target, file.document) for file in files]
-                last, writing = writing, (
-                    files, self.writer.submit(results.write_many, documents, self.scratch))
-                if last is not None:
-                    tally.answered += self.finish_writing(*last)
-                progress.update(start + ANSWER_CHUNK)
+            for start in [*range(0, len(wanted), ANSWER_CHUNK), len(wanted)]:
+                searched = (self.searched(searcher, wanted[start:start + ANSWER_CHUNK], names,
+                                          nearby, marks)
+                            if start < len(wanted) else None)
+                if judged is not None:
+                    files = self.results_files(searcher, judged)
+                    documents = [(file.target, file.document) for file in files]
+                    last, writing = writing, (
+                        files, self.writer.submit(results.write_many, documents, self.scratch))
+                    if last is not None:
+                        tally.answered += self.finish_writing(*last)
+                    progress.update(start)
+                judged = searched
         finally:
             progress.finish()
+            if judged is not None:  # the judging thread is left idle
+                wait([judged.marks])
             if writing is not None:  # (after a failure too: what reached the disk counts)
                 tally.answered += self.finish_writing(*writing)
 
-    def results_files(self, searcher: Searcher, row_ids: list[int], names: Names | None,
-                      nearby: dict[int, list[Neighbor]] | None,
-                      marks: dict[int, set[int]] | None = None) -> list[ResultsFile]:
-        """The results files that `row_ids` need, with their neighbours found."""
+    def searched(self, searcher: Searcher, row_ids: list[int], names: Names | None,
+                 nearby: dict[int, list[Neighbor]] | None,
+                 marks: dict[int, set[int]] | None = None) -> Searched:
+        """`row_ids` with their neighbours found, their near-duplicates being judged."""
         k = self.config.neighbors
         chunk = self.library.fetch(row_ids)
         if nearby is None:
@@ -132,12 +154,33 @@ class Answers:
             found = {row: nearby[row][:k] for row in chunk if row in nearby}
         listed = {n.row_id for near in found.values() for n in near}
         known = names if names is not None else self.library.describe(listed)
-        judged = marks is None or any(row not in marks for row in chunk)
-        thumbs = self.library.thumbnails(listed | set(chunk)) if judged else {}
+        unjudged = [record for record in chunk.values()
+                    if (marks is None or record.id not in marks) and record.error_code is None]
+        # (The library is read here, in its own thread; the judging thread reads none.)
+        thumbs = (self.library.thumbnails(listed | {record.id for record in unjudged})
+                  if unjudged else {})
+        judging = [(record.id, record.sha256, thumbs.get(record.id),
+                    [n for n in found.get(record.id, []) if n.row_id in known])
+                   for record in unjudged]
+        return Searched(chunk, found, known, self.judging.submit(
+            self.marks_of, judging, known, thumbs, marks or {}))
+
+    def marks_of(self, judging: list[tuple[int, str | None, bytes | None, list[Neighbor]]],
+                 names: Names, thumbs: dict[int, bytes],
+                 given: dict[int, set[int]]) -> dict[int, set[int]]:
+        """Each row's near-duplicates: those `given`, and those of `judging` (row id,
+        SHA-256, thumbnail, neighbours) judged together, each thumbnail's views made once."""
+        judged = self.near_duplicates([(sha256, thumb, near) for _, sha256, thumb, near in judging],
+                                      names, thumbs)
+        return {**given, **dict(zip((row for row, *_ in judging), judged, strict=True))}
+
+    def results_files(self, searcher: Searcher, searched: Searched) -> list[ResultsFile]:
+        """The results files that a searched chunk's rows need, once judged."""
+        marks = searched.marks.result()
         return [file for file in (
-            self.results_file(record, found.get(record.id, []), searcher, known, thumbs,
-                              None if marks is None else marks.get(record.id))
-            for record in chunk.values()) if file is not None]
+            self.results_file(record, searched.found.get(record.id, []), searcher,
+                              searched.names, marks.get(record.id, set()))
+            for record in searched.records.values()) if file is not None]
 
     def finish_writing(self, files: list[ResultsFile],
                        writing: Future[list[OSError | None]]) -> int:
@@ -151,10 +194,9 @@ class Answers:
         return len(done)
 
     def results_file(self, record: Record, near: list[Neighbor], searcher: Searcher,
-                     names: Names, thumbs: dict[int, bytes],
-                     marks: set[int] | None = None) -> ResultsFile | None:
+                     names: Names, marks: set[int]) -> ResultsFile | None:
         """The results file a row needs, or None when the one on disk says it already;
-        `marks`: its near-duplicates when known (else they are judged)."""
+        `marks`: its near-duplicates."""
         marked: list[int] = []
         if record.error_code is not None:
             document = results.error(record.path, record.error_code,
@@ -162,9 +204,7 @@ class Answers:
             near = []
         else:
             near = [n for n in near if n.row_id in names]
-            marked = ([n.row_id for n in near if n.row_id in marks] if marks is not None
-                      else self.near_duplicates(record.sha256, thumbs.get(record.id), near,
-                                                names, thumbs))
+            marked = [n.row_id for n in near if n.row_id in marks]
             document = self.document(record.path, record.sha256, near, searcher, names,
                                      set(marked))
         stamp = results.fingerprint(document)
@@ -175,13 +215,16 @@ class Answers:
         return ResultsFile(target, document, Answer(record.id, stamp, [n.row_id for n in near],
                                                     near[-1].distance if full else None, marked))
 
-    def near_duplicates(self, sha256: str | None, thumb: bytes | None, near: list[Neighbor],
-                        names: Names, thumbs: dict[int, bytes]) -> list[int]:
-        """The row ids of `near` that are near-duplicates of an image (`core.copies`):
-        identical bytes, or a copy at the configured strictness."""
-        copied = self.judge.copies(thumb, [(n.distance, thumbs.get(n.row_id)) for n in near])
-        return [n.row_id for n, copy in zip(near, copied, strict=True)
-                if copy or (sha256 is not None and names[n.row_id][1] == sha256)]
+    def near_duplicates(self, images: list[tuple[str | None, bytes | None, list[Neighbor]]],
+                        names: Names, thumbs: dict[int, bytes]) -> list[set[int]]:
+        """For each image (its SHA-256, thumbnail and neighbours), the row ids of its
+        neighbours that are near-duplicates of it (`core.copies`): identical bytes, or
+        a copy at the configured strictness."""
+        judged = self.judge.marks([(thumb, [(n.distance, thumbs.get(n.row_id)) for n in near])
+                                   for _, thumb, near in images])
+        return [{n.row_id for n, copy in zip(near, copied, strict=True)
+                 if copy or (sha256 is not None and names[n.row_id][1] == sha256)}
+                for (sha256, _, near), copied in zip(images, judged, strict=True)]
 
     def answer_missing(self, searcher: Searcher, tally: Tally,
                        records: Iterable[Record] | None = None) -> None:
@@ -202,7 +245,7 @@ class Answers:
         (`moves.carried`); the marks hold at the strictness they were made at.
         """
         generation = str(self.library.generation)
-        same_marks = self.library.meta("strictness") == self.config.strictness
+        same_marks = self.library.meta("strictness") == copies.judged_with(self.config.strictness)
         if self.library.meta("answered_generation") == generation and same_marks:
             if unanswered is not None:
                 self.answer(searcher, unanswered, tally)
@@ -216,7 +259,7 @@ class Answers:
                     carried.copies if carried is not None and same_marks else None)
         self.answer(searcher, [row for row in names if row not in known], tally, names)
         self.library.set_meta("answered_generation", generation)
-        self.library.set_meta("strictness", self.config.strictness)
+        self.library.set_meta("strictness", copies.judged_with(self.config.strictness))
 
     # -- other images -----------------------------------------------------------
     def answer_queries(self, searcher: Searcher, tally: Tally,
@@ -256,9 +299,9 @@ class Answers:
         names = self.library.describe(n.row_id for n in near)
         near = [n for n in near if n.row_id in names]
         thumbs = self.library.thumbnails(n.row_id for n in near)
-        marked = self.near_duplicates(decoded.sha256, copies.thumbnail(decoded.pixels), near,
-                                      names, thumbs)
-        return self.document(name, decoded.sha256, near, searcher, names, set(marked))
+        [marked] = self.near_duplicates(
+            [(decoded.sha256, copies.thumbnail(decoded.pixels), near)], names, thumbs)
+        return self.document(name, decoded.sha256, near, searcher, names, marked)
 
     def document(self, query: str, sha256: str | None, near: list[Neighbor], searcher: Searcher,
                  names: Names, marked: set[int]) -> dict[str, object]:

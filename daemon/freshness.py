@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from lookalike.core import copies
 from lookalike.core.config import Config
 from lookalike.core.exact import ExactScan, Neighbor, distance
 from lookalike.core.store import MARKS_RESULTS, Library
@@ -204,12 +205,12 @@ class Freshness:
         """When near-duplicates' strictness is not the one the results files were written
         with (a reload, a restart with another config, an older library): queue every
         answered image to be remeasured, which rewrites those whose marks change; how many."""
-        if self.library.meta("strictness") == self.config.strictness:
+        if self.library.meta("strictness") == copies.judged_with(self.config.strictness):
             return 0
         rows = [record.id for record in self.library.records().values()
                 if record.answered is not None and record.error_code is None]
         self.outdated.add({row: set() for row in rows})
-        self.library.set_meta("strictness", self.config.strictness)
+        self.library.set_meta("strictness", copies.judged_with(self.config.strictness))
         return len(rows)
 
     # -- the check of every results file -----------------------------------------

@@ -272,7 +272,7 @@ def set_up_new_library(config: Config, library: Library) -> None:
     """
     if library.generation:
         return
-    library.set_meta("strictness", config.strictness)
+    library.set_meta("strictness", copies.judged_with(config.strictness))
     for folder in (config.inbox, config.query_dir):
         if folder is not None and not folder.exists():
             folder.mkdir(parents=True)

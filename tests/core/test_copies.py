@@ -36,7 +36,9 @@ def made_copies(original: Image.Image) -> dict[str, Image.Image]:
     return {"half": original.resize((w // 2, h // 2)),
             "mirror": ImageOps.mirror(original),
             "gray": original.convert("L").convert("RGB"),
-            "crop80": original.crop((w // 10, h // 10, w - w // 10, h - h // 10))}
+            "crop80": original.crop((w // 10, h // 10, w - w // 10, h - h // 10)),
+            "crop60": original.crop((w // 5, h // 5, w - w // 5, h - h // 5)),
+            "turned": original.rotate(5, Image.Resampling.BICUBIC)}
 
 
 def test_copies_are_marked_and_other_pictures_are_not() -> None:
@@ -56,7 +58,7 @@ def test_distinct_drawings_of_one_digit_are_not_copies(digits_root: Path) -> Non
     thumbs = [thumb_of(Image.open(p).convert("RGB"))
               for p in sorted((digits_root / "3").glob("*.png"))[:40]]
     marked = [judge.is_copy(0.5, a, b) for i, a in enumerate(thumbs) for b in thumbs[i + 1:]]
-    assert np.mean(marked) < 0.05
+    assert np.mean(marked) < 0.01
 
 
 def test_groups_join_marked_pairs_largest_first() -> None:
@@ -91,4 +93,4 @@ def test_the_judge_keeps_a_bounded_cache_and_judges_the_same_after_clearing_it(
     assert small.copies(mine, [(0.5, thumb) for thumb in copied]) == [True] * len(copied)
     # A new query with a neighbour cached before: the cache is cleared, the views made again.
     assert small.copies(theirs, [(0.5, copied[0]), (0.5, mine)]) == [False, False]
-    assert len(small.cache) == 3
+    assert len(small.rows) == 3
