@@ -75,8 +75,9 @@ def seed(root: Path, count: int, pictures: list[bytes], model: Path) -> None:
     The inbox gets `count` hard links to the distinct pictures (spread over
     folders of 1,000), each with a results file (a hard link too); the
     library gets a row per link, its vector the picture's own (from the
-    encoder) plus a little noise, marked answered with its true neighbours
-    (`seeded_neighbors`) as the service would have; the index is built as
+    encoder) plus a little noise and its near-duplicate thumbnail, marked
+    answered with its true neighbours (`seeded_neighbors`) as the service
+    would have; the index is built as
     the service builds it, the last results check marked done, and the results'
     near-duplicate marks at the configured strictness.
     """
@@ -92,6 +93,7 @@ def seed(root: Path, count: int, pictures: list[bytes], model: Path) -> None:
     shape = encoder.shape
     pixels = np.stack([models_pixels(data, shape) for data in pictures])
     latents = encoder.encode(pixels)
+    thumbs = [copies.thumbnail(one) for one in pixels]  # as ingest keeps them, for the marks
     rng = np.random.default_rng(0)
     noise = 0.05 * float(latents.std())
     config = configuration.load(root / "config.yaml")
@@ -116,7 +118,8 @@ def seed(root: Path, count: int, pictures: list[bytes], model: Path) -> None:
                         results.results_path(config.inbox / relative))
                 size, mtime_ns, sha256, _ = facts[picture]
                 vector = latents[picture] + noise * rng.standard_normal(latents.shape[1])
-                entries.append(Entry(relative, size, mtime_ns, sha256, model_id, vector))
+                entries.append(Entry(relative, size, mtime_ns, sha256, model_id, vector,
+                                     thumb=thumbs[picture]))
             library.apply(entries)
             print(f"seeded {min(count, start + 50_000)}/{count}", flush=True)
         records = library.records()
