@@ -13,10 +13,11 @@ import json
 import logging
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from lookalike.core import config as configuration
 from lookalike.core import index
@@ -27,6 +28,8 @@ from lookalike.daemon import tensorflow_log
 from lookalike.daemon.logs import setup_logging
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from lookalike.core.encoder import Encoder
 
 log = logging.getLogger("lookalike")
@@ -175,15 +178,7 @@ def load_encoder(config: Config) -> Encoder:
     from lookalike.core import encoder as encoders  # TensorFlow loads here, only when encoding
 
     encoder = encoders.load(config.model, config.image.max_pixels)
-    problems = []
-    if config.image.size not in (None, encoder.shape.size):
-        problems.append(f"At 'image.size': {config.image.size}, but the encoder reads "
-                        f"{encoder.shape.size}x{encoder.shape.size} images")
-    if config.image.color not in (None, encoder.shape.color):
-        problems.append(f"At 'image.color': {config.image.color}, but the encoder reads "
-                        f"{encoder.shape.color} images")
-    if problems:
-        raise ConfigError(problems)
+    check_shape(config, encoder.shape.size, encoder.shape.color)
     side = encoder.shape.size
     log.info("encoder %s (%dx%d %s -> %d) loaded in %.1f s", config.model.name, side, side,
              encoder.shape.color, encoder.latent_dim, time.monotonic() - started)
@@ -192,6 +187,59 @@ def load_encoder(config: Config) -> Encoder:
     gc.collect()
     gc.freeze()
     return encoder
+
+
+def check_shape(config: Config, side: int, color: str) -> None:
+    """Refuse an encoder whose input disagrees with `image.size` and `image.color`."""
+    problems = []
+    if config.image.size not in (None, side):
+        problems.append(f"At 'image.size': {config.image.size}, but the encoder reads "
+                        f"{side}x{side} images")
+    if config.image.color not in (None, color):
+        problems.append(f"At 'image.color': {config.image.color}, but the encoder reads "
+                        f"{color} images")
+    if problems:
+        raise ConfigError(problems)
+
+
+class EncoderWhenNeeded:
+    """The configured encoder, loaded (TensorFlow with it, 5 to 7 s) only when a first
+    image is to be encoded: a `run --once` that finds nothing new to read (after
+    `lookalike import`, a move, an unchanged inbox) never loads it. What the pass needs
+    before, the encoder's input and id, its file says without TensorFlow (`card`)."""
+
+    def __init__(self, config: Config, side: int, channels: int) -> None:
+        from lookalike.core import card
+        from lookalike.core.images import Shape
+
+        self.config = config
+        self.shape = Shape(side, "rgb" if channels == 3 else "grayscale",
+                           config.image.max_pixels)
+        self.model_id = card.model_id(config.model)
+        self.loaded: Encoder | None = None
+        self.loading = threading.Lock()
+
+    def encode(self, pixels: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        with self.loading:
+            if self.loaded is None:
+                self.loaded = load_encoder(self.config)
+                if self.loaded.model_id != self.model_id:
+                    raise ConfigError([f"the encoder {self.config.model} changed during the run"])
+        return self.loaded.encode(pixels, batch_size)
+
+
+def encoder_when_needed(config: Config) -> Encoder:
+    """`EncoderWhenNeeded`, or the encoder loaded now when its file does not say its input
+    (or is missing: then loading says what is wrong)."""
+    from lookalike.core import card
+
+    declared = card.input_shape(config.model)
+    if declared is None:
+        return load_encoder(config)
+    side, channels = declared
+    check_shape(config, side, "rgb" if channels == 3 else "grayscale")
+    # (Ingest and answers use only `shape`, `model_id` and `encode`.)
+    return cast("Encoder", EncoderWhenNeeded(config, side, channels))
 
 
 # -- commands ---------------------------------------------------------------
@@ -205,7 +253,7 @@ def run(args: argparse.Namespace) -> int:
     config = load_config(args)
     if args.once:
         from lookalike.daemon import once
-        return once.run(config, load_encoder)
+        return once.run(config, encoder_when_needed)
     from lookalike.daemon import service
     return service.run(config, load_encoder)
 

@@ -248,7 +248,8 @@ def test_commands_without_a_model_do_not_import_tensorflow(copied: Shared) -> No
         else:
             raise AssertionError("--help did not exit")
         for argv in (["check-config", "-c", config], ["status", "-c", config],
-                     ["status", "--json", "-c", config], ["rebuild", "-c", config]):
+                     ["status", "--json", "-c", config], ["rebuild", "-c", config],
+                     ["run", "--once", "-c", config]):  # (nothing new to encode)
             assert main(argv) == 0, argv
         heavy = sorted(name for name in sys.modules
                        if name.split(".")[0] in ("tensorflow", "keras"))
@@ -260,6 +261,15 @@ def test_commands_without_a_model_do_not_import_tensorflow(copied: Shared) -> No
     assert "IMPORTED []" in finished.stdout, finished.stdout[-2000:]
     assert "index generation" in finished.stdout  # rebuild did run
 
+
+
+def test_an_encoder_that_reads_another_size_is_refused_in_one_line(
+        make_config: Callable[..., Path], lookalike: Lookalike) -> None:
+    config = make_config(model=str(DEFAULT_MODEL), image={"size": 64})
+    finished = lookalike("run", "--once", "-c", config)
+    assert finished.returncode != 0
+    assert "At 'image.size': 64, but the encoder reads 56x56 images" in finished.stderr
+    assert "Traceback" not in finished.stderr
 
 
 def test_the_command_tunes_openblas_before_numpy_loads_it() -> None:

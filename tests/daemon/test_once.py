@@ -237,6 +237,9 @@ def test_unusable_files_get_error_results(library: Library) -> None:
 def test_second_run_does_no_work(library: Library) -> None:
     assert library.second.summary == {"images": 303, "added": 0, "updated": 0, "removed": 0,
                                       "unusable": 0, "written": 0, "encoded": 0, "reused": 0}
+    # With nothing to encode, the encoder (and TensorFlow) is never loaded.
+    assert "loaded in" in library.first.process.stderr
+    assert "loaded in" not in library.second.process.stderr
     assert len(library.mtimes_after_first) == 305
     assert library.mtimes_after_second == library.mtimes_after_first
 
