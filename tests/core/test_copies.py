@@ -94,3 +94,12 @@ def test_the_judge_keeps_a_bounded_cache_and_judges_the_same_after_clearing_it(
     # A new query with a neighbour cached before: the cache is cleared, the views made again.
     assert small.copies(theirs, [(0.5, copied[0]), (0.5, mine)]) == [False, False]
     assert len(small.rows) == 3
+
+
+def test_the_turn_matrix_is_pillows_rotation() -> None:
+    """The views' turns are Pillow's bilinear rotation, written as a matrix."""
+    image = np.random.default_rng(0).uniform(0, 255, (copies.THUMB_SIDE,) * 2).astype(np.float32)
+    for degrees in (-6.0, 3.0):
+        turned = Image.fromarray(image, "F").rotate(degrees, Image.Resampling.BILINEAR)
+        made = image.reshape(1, -1) @ copies.turn_map(degrees)
+        np.testing.assert_allclose(made.reshape(image.shape), np.asarray(turned), atol=1e-3)
