@@ -352,6 +352,15 @@ class Judge:
             self.rows.update({thumb: start + n for n, thumb in enumerate(missing)})
         return np.array([self.rows[thumb] for thumb in thumbs], np.intp)
 
+    def shrink(self, most: int) -> None:
+        """Let go of the kept views and pair scores if more than `most` thumbnails' views
+        are kept (memory taken as rows fill is given back; they are made again when
+        needed)."""
+        if len(self.rows) > most:
+            self.rows.clear()
+            self.seen = None
+            self.scores.clear()
+
     def marks(self, queries: list[Query]) -> list[list[bool]]:
         """Whether each neighbour (its learned distance, its thumbnail) of each query is
         a near-duplicate of the query's image (no thumbnail on either side: never)."""

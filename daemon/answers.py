@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 ANSWER_CHUNK = 1024  # results computed, written and synced together
+KEPT_AT_REST = 2_048  # thumbnails' views a resting service keeps (`rest`)
 Names = dict[int, tuple[str, str | None]]  # row id -> path and content hash
 
 
@@ -76,6 +77,12 @@ class Answers:
         if strictness not in self.judges:
             self.judges = {strictness: copies.Judge(strictness)}
         return self.judges[strictness]
+
+    def rest(self) -> None:
+        """A spell of work is over: a near-duplicate judge that kept many thumbnails' views
+        (a burst's: up to some 120 MB) lets them go; the few of single arrivals stay."""
+        for judge in self.judges.values():
+            judge.shrink(KEPT_AT_REST)
 
     def take_scratch(self) -> None:
         """Keep temporary results files in the state directory (only its lock holder may).

@@ -200,6 +200,7 @@ class Service:
             self.worked = True
             return
         if self.worked and not len(self.arrivals):  # a spell of work is over: nothing waits
+            self.answers.rest()
             memory.give_back()
             self.worked = False
         self.arrivals.wait(0.2 if len(self.arrivals) else 1.0)

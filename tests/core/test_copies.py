@@ -94,6 +94,11 @@ def test_the_judge_keeps_a_bounded_cache_and_judges_the_same_after_clearing_it(
     # A new query with a neighbour cached before: the cache is cleared, the views made again.
     assert small.copies(theirs, [(0.5, copied[0]), (0.5, mine)]) == [False, False]
     assert len(small.rows) == 3
+    small.shrink(3)  # no more than it may keep: kept
+    assert len(small.rows) == 3 and small.scores
+    small.shrink(2)  # more: let go, and judged the same after
+    assert not small.rows and not small.scores and small.seen is None
+    assert small.copies(theirs, [(0.5, copied[0]), (0.5, mine)]) == [False, False]
 
 
 def test_the_turn_matrix_is_pillows_rotation() -> None:
