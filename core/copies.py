@@ -303,8 +303,8 @@ def similarities(seen: Seen, pairs: np.ndarray) -> np.ndarray:
     for start, end in batches(len(near), MATCHED_AT_ONCE):  # kept in the processor's cache
         some = near[start:end]
         facing_whole = seen.pictures[whole[some], 0]
-        turned = mirrored[some]
-        facing_whole[turned] = facing_whole[turned][:, flip()]
+        flipped = mirrored[some]
+        facing_whole[flipped] = facing_whole[flipped][:, flip()]
         scores[some] = match(seen.pictures[shown[some], view[some]].astype(np.float32),
                              facing_whole.astype(np.float32))
     return np.maximum(scores[:len(pairs)], scores[len(pairs):])
