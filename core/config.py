@@ -193,5 +193,19 @@ def cross_check(config: Config) -> list[str]:
     return problems
 
 
+def check_encoder(config: Config, side: int, color: str) -> None:
+    """Refuse an encoder that reads side x side `color` images when `image.size` or
+    `image.color` says otherwise."""
+    problems = []
+    if config.image.size not in (None, side):
+        problems.append(f"At 'image.size': {config.image.size}, but the encoder reads "
+                        f"{side}x{side} images")
+    if config.image.color not in (None, color):
+        problems.append(f"At 'image.color': {config.image.color}, but the encoder reads "
+                        f"{color} images")
+    if problems:
+        raise ConfigError(problems)
+
+
 def nested(a: Path, b: Path) -> bool:
     return a == b or a.is_relative_to(b) or b.is_relative_to(a)

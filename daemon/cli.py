@@ -178,7 +178,7 @@ def load_encoder(config: Config) -> Encoder:
     from lookalike.core import encoder as encoders  # TensorFlow loads here, only when encoding
 
     encoder = encoders.load(config.model, config.image.max_pixels)
-    check_shape(config, encoder.shape.size, encoder.shape.color)
+    configuration.check_encoder(config, encoder.shape.size, encoder.shape.color)
     side = encoder.shape.size
     log.info("encoder %s (%dx%d %s -> %d) loaded in %.1f s", config.model.name, side, side,
              encoder.shape.color, encoder.latent_dim, time.monotonic() - started)
@@ -187,19 +187,6 @@ def load_encoder(config: Config) -> Encoder:
     gc.collect()
     gc.freeze()
     return encoder
-
-
-def check_shape(config: Config, side: int, color: str) -> None:
-    """Refuse an encoder whose input disagrees with `image.size` and `image.color`."""
-    problems = []
-    if config.image.size not in (None, side):
-        problems.append(f"At 'image.size': {config.image.size}, but the encoder reads "
-                        f"{side}x{side} images")
-    if config.image.color not in (None, color):
-        problems.append(f"At 'image.color': {config.image.color}, but the encoder reads "
-                        f"{color} images")
-    if problems:
-        raise ConfigError(problems)
 
 
 class EncoderWhenNeeded:
@@ -237,7 +224,7 @@ def encoder_when_needed(config: Config) -> Encoder:
     if declared is None:
         return load_encoder(config)
     side, channels = declared
-    check_shape(config, side, "rgb" if channels == 3 else "grayscale")
+    configuration.check_encoder(config, side, "rgb" if channels == 3 else "grayscale")
     # (Ingest and answers use only `shape`, `model_id` and `encode`.)
     return cast("Encoder", EncoderWhenNeeded(config, side, channels))
 

@@ -24,8 +24,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from lookalike.core import card
-from lookalike.core.config import Config
-from lookalike.core.errors import ConfigError, LookalikeError, ModelError, StateError
+from lookalike.core.config import Config, check_encoder
+from lookalike.core.errors import LookalikeError, ModelError, StateError
 from lookalike.core.images import Shape
 from lookalike.core.scan import Candidate
 from lookalike.core.store import Entry, Library, Record
@@ -124,15 +124,7 @@ def encoder_shape(config: Config) -> Shape:
         raise ModelError(f"{config.model}: cannot tell what images the encoder reads")
     side, channels = declared
     color = "rgb" if channels == 3 else "grayscale"
-    problems = []
-    if config.image.size not in (None, side):
-        problems.append(f"At 'image.size': {config.image.size}, but the encoder reads "
-                        f"{side}x{side} images")
-    if config.image.color not in (None, color):
-        problems.append(f"At 'image.color': {config.image.color}, but the encoder reads "
-                        f"{color} images")
-    if problems:
-        raise ConfigError(problems)
+    check_encoder(config, side, color)
     return Shape(side, color, config.image.max_pixels)
 
 
