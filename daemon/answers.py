@@ -169,14 +169,16 @@ class Answers:
         judging = [(record.id, record.sha256, thumbs.get(record.id),
                     [n for n in found.get(record.id, []) if n.row_id in known])
                    for record in unjudged]
+        given = {row: marks[row] for row in chunk if row in marks} if marks else {}
         return Searched(chunk, found, known, self.judging.submit(
-            self.marks_of, judging, known, thumbs, marks or {}))
+            self.marks_of, judging, known, thumbs, given))
 
     def marks_of(self, judging: list[tuple[int, str | None, bytes | None, list[Neighbor]]],
                  names: Names, thumbs: dict[int, bytes],
                  given: dict[int, set[int]]) -> dict[int, set[int]]:
-        """Each row's near-duplicates: those `given`, and those of `judging` (row id,
-        SHA-256, thumbnail, neighbours) judged together, each thumbnail's views made once."""
+        """Each row's near-duplicates: those `given` (the chunk's known ones), and those
+        of `judging` (row id, SHA-256, thumbnail, neighbours) judged together, each
+        thumbnail's views made once."""
         judged = self.near_duplicates([(sha256, thumb, near) for _, sha256, thumb, near in judging],
                                       names, thumbs)
         return {**given, **dict(zip((row for row, *_ in judging), judged, strict=True))}
