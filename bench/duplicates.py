@@ -40,15 +40,17 @@ HASHES = {"pHash 64 bit, Hamming <= 10 (imagededup)": (imagehash.phash, 8, 10),
           "dHash 256 bit, Hamming <= 15 (czkawka)": (imagehash.dhash, 16, 15)}
 
 
-def load(folder: Path) -> tuple[list[Path], np.ndarray, list[bytes], np.ndarray]:
-    """Files, latent vectors, thumbnails and labels (sub-folder names) of a folder."""
+def load(folder: Path) -> tuple[list[Path], np.ndarray, list[copies.Picture], np.ndarray]:
+    """Files, latent vectors, pictures (`copies.Picture`) and labels (sub-folder names) of
+    a folder."""
     from lookalike.core.encoder import load as load_encoder
 
     encoder = load_encoder(DEFAULT_MODEL)
     files = sorted(p for p in folder.rglob("*") if p.is_file())
-    pixels = [images.load(p, encoder.shape).pixels for p in files]
-    vectors = encoder.encode(np.stack(pixels))
-    return (files, vectors, [copies.thumbnail(p) for p in pixels],
+    decoded = [images.load(p, encoder.shape) for p in files]
+    vectors = encoder.encode(np.stack([one.pixels for one in decoded]))
+    return (files, vectors, [copies.Picture(copies.thumbnail(one.pixels),
+                                            copies.shape_of(*one.size)) for one in decoded],
             np.array([p.parent.name for p in files]))
 
 
@@ -61,10 +63,10 @@ def nearest(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return order, np.sqrt(np.clip(2 - 2 * np.take_along_axis(cosines, order, 1), 0, None))
 
 
-def flags(order: np.ndarray, distances: np.ndarray, thumbs: list[bytes],
+def flags(order: np.ndarray, distances: np.ndarray, pictures: list[copies.Picture],
           strictness: str) -> np.ndarray:
     return np.array(copies.Judge(strictness).marks(
-        [(thumbs[i], [(float(d), thumbs[j]) for j, d in zip(row, row_d, strict=True)])
+        [(pictures[i], [(float(d), pictures[j]) for j, d in zip(row, row_d, strict=True)])
          for i, (row, row_d) in enumerate(zip(order, distances, strict=True))]))
 
 
@@ -77,7 +79,7 @@ def scores(found: set[tuple[int, int]], true: set[tuple[int, int]]) -> dict[str,
 
 
 def photos(folder: Path) -> dict[str, dict[str, float]]:
-    files, vectors, thumbs, labels = load(folder)
+    files, vectors, pictures, labels = load(folder)
     order, distances = nearest(vectors)
     n = len(files)
     ordered = {(i, j) for i in range(n) for j in range(n) if i != j and labels[i] == labels[j]}
@@ -85,7 +87,7 @@ def photos(folder: Path) -> dict[str, dict[str, float]]:
     kinds = np.array([f.stem for f in files])  # original, jpeg30, crop60, ...
     table = {}
     for strictness in copies.LEVELS:
-        marked = flags(order, distances, thumbs, strictness)
+        marked = flags(order, distances, pictures, strictness)
         pairs = {(i, int(j)) for i in range(n) for j, m in zip(order[i], marked[i], strict=True)
                  if m}
         table[f"flag, {strictness}"] = scores(pairs, ordered)
@@ -108,9 +110,9 @@ def photos(folder: Path) -> dict[str, dict[str, float]]:
 
 def renderings(folder: Path) -> dict[str, float]:
     """The share of neighbour pairs marked, at each strictness and by each hash."""
-    files, vectors, thumbs, _ = load(folder)
+    files, vectors, pictures, _ = load(folder)
     order, distances = nearest(vectors)
-    shares = {f"flag, {s}": round(float(flags(order, distances, thumbs, s).mean()), 4)
+    shares = {f"flag, {s}": round(float(flags(order, distances, pictures, s).mean()), 4)
               for s in copies.LEVELS}
     for name, (kind, size, limit) in HASHES.items():
         bits = np.array([kind(Image.open(f), hash_size=size).hash.ravel() for f in files])

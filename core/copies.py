@@ -9,7 +9,9 @@ neighbours is a near-duplicate when their pictures match pixel for pixel
 (`similarities`): one image's whole picture against the view of the other
 it best matches (the image or its mirror image, whole or centrally cropped
 to 90 to 60% of its side, or turned by 3 or 6 degrees either way and
-cropped to 80% at most; at 16x16, inside the inscribed circle), either way
+cropped to 80% at most; at 16x16, inside the inscribed circle; a thumbnail
+squashes its image to a square, so a wide image's turns are slanted ones:
+`Picture`), either way
 round, by the correlation of their grey levels where both are mid-tones (a
 blank ground, a clipped highlight or a turned copy's black corner is no
 evidence), leaving out the two of 16 blocks that match worst (a caption, a
@@ -25,6 +27,7 @@ import functools
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image
@@ -47,7 +50,8 @@ QUERIES_AT_ONCE = 128  # queries judged together (some 30 MB of arrays)
 LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 CACHED_VIEWS = 16_384  # thumbnails whose views are kept (6 kB each)
 CACHED_SCORES = 1 << 18  # pairs whose similarity is kept (100 bytes each)
-RULE = 2  # the version of the rule below: marks judged by another are judged again
+WIDEST = 2  # shapes (`Picture`) up to 2:1 either way; wider ones are judged as 2:1
+RULE = 3  # the version of the rule below: marks judged by another are judged again
 
 
 @dataclass(frozen=True)
@@ -66,6 +70,23 @@ LEVELS = {
     "normal": Strictness(1.2, 0.985),
     "loose": Strictness(1.2, 0.98),
 }
+
+
+class Picture(NamedTuple):
+    """What judging knows of an image: its `thumbnail`, and its shape, the nearest of
+    log2(width / height) in half steps within +-WIDEST (`shape_of`; 0: square or not
+    known). The thumbnail squashes the image to a square, so a turn of a wide image is,
+    in its thumbnail, a turn slanted by its shape (`turn_map`)."""
+
+    thumb: bytes
+    shape: int = 0
+
+
+def shape_of(width: int | None, height: int | None) -> int:
+    """The `Picture` shape of an image of width x height pixels."""
+    if not width or not height:
+        return 0
+    return max(-WIDEST, min(WIDEST, round(2 * math.log2(width / height))))
 
 
 def judged_with(strictness: str) -> str:
@@ -107,17 +128,20 @@ def crop_map(keep: float) -> tuple[np.ndarray, np.ndarray]:
     return rows, columns
 
 
-def turn_map(degrees: float) -> np.ndarray:
-    """(THUMB_SIDE^2 pixels in, THUMB_SIDE^2 pixels out): Pillow's `rotate(degrees,
-    BILINEAR)` of a THUMB_SIDE x THUMB_SIDE image, as the matrix it applies (the same
-    sampling, edges and black beyond them), made without calling it 1,024 times."""
+def turn_map(degrees: float, shape: int = 0) -> np.ndarray:
+    """(THUMB_SIDE^2 pixels in, THUMB_SIDE^2 pixels out): the thumbnail of an image of
+    that `Picture` shape turned by `degrees`, as a matrix. For a square image it is
+    Pillow's `rotate(degrees, BILINEAR)` of the thumbnail (the same sampling, edges and
+    black beyond them), made without calling it 1,024 times; a wide image's is that
+    turn with the thumbnail's squashing undone before it and done again after it."""
     side = THUMB_SIDE
     angle = -math.radians(degrees % 360.0)
     cos, sin = round(math.cos(angle), 15), round(math.sin(angle), 15)
+    wide = 2 ** (shape / 2)  # width / height
     y, x = np.mgrid[:side, :side].reshape(2, -1) + 0.5  # output pixel centres
     # Where each output pixel samples the image (Pillow's affine map about the centre).
-    x_in = cos * (x - side / 2) + sin * (y - side / 2) + side / 2
-    y_in = -sin * (x - side / 2) + cos * (y - side / 2) + side / 2
+    x_in = cos * (x - side / 2) + sin / wide * (y - side / 2) + side / 2
+    y_in = -sin * wide * (x - side / 2) + cos * (y - side / 2) + side / 2
     inside = (x_in >= 0) & (x_in < side) & (y_in >= 0) & (y_in < side)
     left, top = np.floor(x_in - 0.5).astype(int), np.floor(y_in - 0.5).astype(int)
     across, down = x_in - 0.5 - left, y_in - 0.5 - top
@@ -133,15 +157,16 @@ def turn_map(degrees: float) -> np.ndarray:
 
 
 @functools.cache
-def view_map() -> np.ndarray:
-    """(THUMB_SIDE^2, len(VIEWS) x pixels in the disc): every view is linear in the grey
-    levels, so the views of a thumbnail are its pixels times this matrix: each turned
-    (`turn_map`), then cropped (`crop_map`)."""
+def view_map(kinds: tuple[tuple[float, float], ...], shape: int = 0) -> np.ndarray:
+    """(THUMB_SIDE^2, len(kinds) x pixels in the disc): every view is linear in the grey
+    levels, so the views (of those `kinds`: STRAIGHT or TURNED) of a thumbnail of that
+    shape are its pixels times this matrix: each turned (`turn_map`), then cropped
+    (`crop_map`)."""
     pixels = THUMB_SIDE * THUMB_SIDE
-    turned = {degrees: np.eye(pixels, dtype=np.float32) if not degrees else turn_map(degrees)
-              for degrees in {degrees for degrees, _ in VIEWS}}
+    turned = {degrees: np.eye(pixels, dtype=np.float32) if not degrees
+              else turn_map(degrees, shape) for degrees in {degrees for degrees, _ in kinds}}
     made = []
-    for degrees, keep in VIEWS:
+    for degrees, keep in kinds:
         rows, columns = crop_map(keep)
         cropped_views = np.tensordot(np.tensordot(  # rows @ image @ columns, every image
             turned[degrees].reshape(pixels, THUMB_SIDE, THUMB_SIDE), rows, axes=(1, 1)),
@@ -166,12 +191,20 @@ def block_of() -> np.ndarray:
     return (block[:, None] == np.arange(BLOCKS * BLOCKS)[None, :]).astype(np.float32)
 
 
-def views(thumbs: list[bytes]) -> np.ndarray:
-    """The VIEWS of each thumbnail, as (n, len(VIEWS), pixels in the disc) uint8 grey
+def views(pictures: list[Picture]) -> np.ndarray:
+    """The VIEWS of each picture, as (n, len(VIEWS), pixels in the disc) uint8 grey
     levels, the whole image first. The mirror image's views are these, mirrored (`flip`):
-    VIEWS turn either way by the same angles."""
-    grey = np.frombuffer(b"".join(thumbs), np.uint8).reshape(len(thumbs), -1)
-    made = (grey.astype(np.float32) @ view_map()).reshape(len(thumbs), len(VIEWS), -1)
+    VIEWS turn either way by the same angles. (The straight views' matrix serves every
+    shape; a turned one is made for each shape met.)"""
+    grey = np.frombuffer(b"".join(picture.thumb for picture in pictures), np.uint8).reshape(
+        len(pictures), -1).astype(np.float32)
+    made = np.empty((len(pictures), len(VIEWS), int(disc().sum())), np.float32)
+    made[:, :len(STRAIGHT)] = (grey @ view_map(STRAIGHT)).reshape(len(pictures), len(STRAIGHT), -1)
+    shapes = np.array([picture.shape for picture in pictures])
+    for shape in np.unique(shapes).tolist():
+        some = np.flatnonzero(shapes == shape)
+        made[some, len(STRAIGHT):] = (grey[some] @ view_map(TURNED, shape)).reshape(
+            len(some), len(TURNED), -1)
     return made.round().clip(0, 255).astype(np.uint8)
 
 
@@ -242,8 +275,8 @@ class Seen:
     facing: np.ndarray  # (n, 2, pixels) float32: the whole picture, its mirror image, `unit`
 
     @classmethod
-    def of(cls, thumbs: list[bytes]) -> Seen:
-        pictures = views(thumbs)
+    def of(cls, shown: list[Picture]) -> Seen:
+        pictures = views(shown)
         floats = pictures.astype(np.float32)
         whole = unit(floats[:, 0])
         return cls(pictures, spread(floats), np.stack([whole, whole[:, flip()]], axis=1))
@@ -314,11 +347,11 @@ def batches(count: int, size: int) -> list[tuple[int, int]]:
     return [(start, min(start + size, count)) for start in range(0, count, size)]
 
 
-Query = tuple[bytes | None, list[tuple[float, bytes | None]]]  # a thumbnail, its neighbours'
+Query = tuple[Picture | None, list[tuple[float, Picture | None]]]  # a picture, its neighbours'
 
 
-def pair_key(one: bytes, other: bytes) -> int:
-    """A pair of thumbnails, in either order, as a number (a hash: two pairs share one
+def pair_key(one: Picture, other: Picture) -> int:
+    """A pair of pictures, in either order, as a number (a hash: two pairs share one
     with a chance of one in 2^64)."""
     mine, theirs = hash(one), hash(other)
     return hash((mine, theirs) if mine <= theirs else (theirs, mine))
@@ -330,15 +363,15 @@ class Judge:
 
     def __init__(self, strictness: str) -> None:
         self.level = LEVELS[strictness]
-        self.rows: dict[bytes, int] = {}  # thumbnail -> its row of `seen`
+        self.rows: dict[Picture, int] = {}  # its row of `seen`
         self.seen: Seen | None = None  # made at the first judgement
         self.scores: dict[int, float] = {}  # by `pair_key`
 
-    def rows_of(self, thumbs: list[bytes]) -> np.ndarray:
-        """The rows of `seen` that hold `thumbs`' views, those not made before made in
+    def rows_of(self, pictures: list[Picture]) -> np.ndarray:
+        """The rows of `seen` that hold `pictures`' views, those not made before made in
         one batch. At most CACHED_VIEWS are kept, or those of one batch if more."""
-        needed = set(thumbs)
-        missing = [thumb for thumb in needed if thumb not in self.rows]
+        needed = set(pictures)
+        missing = [picture for picture in needed if picture not in self.rows]
         room = max(CACHED_VIEWS, len(needed))
         if self.seen is None or len(self.seen.pictures) < room:
             self.seen, missing = Seen.room(room), list(needed)
@@ -349,8 +382,8 @@ class Judge:
         if missing:
             start = len(self.rows)
             self.seen.put(start, Seen.of(missing))
-            self.rows.update({thumb: start + n for n, thumb in enumerate(missing)})
-        return np.array([self.rows[thumb] for thumb in thumbs], np.intp)
+            self.rows.update({picture: start + n for n, picture in enumerate(missing)})
+        return np.array([self.rows[picture] for picture in pictures], np.intp)
 
     def shrink(self, most: int) -> None:
         """Let go of the kept views and pair scores if more than `most` thumbnails' views
@@ -366,18 +399,18 @@ class Judge:
         a near-duplicate of the query's image (no thumbnail on either side: never)."""
         marks = [[False] * len(neighbors) for _, neighbors in queries]
         for start, end in batches(len(queries), QUERIES_AT_ONCE):
-            judged = [(q, n, thumb, other) for q, (thumb, neighbors) in
-                      enumerate(queries[start:end], start) if thumb is not None
+            judged = [(q, n, picture, other) for q, (picture, neighbors) in
+                      enumerate(queries[start:end], start) if picture is not None
                       for n, (distance, other) in enumerate(neighbors)
                       if other is not None and distance <= self.level.distance]
             # Two images are often each other's neighbours: a pair is compared once.
-            new: dict[int, tuple[bytes, bytes]] = {}  # `pair_key`: (query, other)
+            new: dict[int, tuple[Picture, Picture]] = {}  # `pair_key`: (query, other)
             for _, _, one, other in judged:
                 key = pair_key(one, other)
                 if key not in self.scores:
                     new.setdefault(key, (one, other))
             if new:
-                rows = self.rows_of([thumb for pair in new.values() for thumb in pair])
+                rows = self.rows_of([picture for pair in new.values() for picture in pair])
                 assert self.seen is not None  # (made by rows_of)
                 if len(self.scores) + len(new) > CACHED_SCORES:  # keep memory bounded
                     self.scores.clear()
@@ -387,14 +420,14 @@ class Judge:
                 marks[q][n] = self.scores[pair_key(one, other)] >= self.level.similarity
         return marks
 
-    def copies(self, thumb: bytes | None,
-               neighbors: list[tuple[float, bytes | None]]) -> list[bool]:
+    def copies(self, picture: Picture | None,
+               neighbors: list[tuple[float, Picture | None]]) -> list[bool]:
         """`marks` of one query."""
-        return self.marks([(thumb, neighbors)])[0]
+        return self.marks([(picture, neighbors)])[0]
 
-    def is_copy(self, distance: float, thumb: bytes | None, other: bytes | None) -> bool:
+    def is_copy(self, distance: float, picture: Picture | None, other: Picture | None) -> bool:
         """Whether a neighbour at `distance` is a near-duplicate (no thumbnail: never)."""
-        return self.copies(thumb, [(distance, other)])[0]
+        return self.copies(picture, [(distance, other)])[0]
 
 
 def groups(edges: Iterable[tuple[int, int]]) -> list[list[int]]:

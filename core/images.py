@@ -73,6 +73,7 @@ class Shape:
 class Decoded:
     pixels: np.ndarray  # (size, size, channels) uint8
     sha256: str  # of the file's bytes, as read
+    size: tuple[int, int]  # the picture's upright width and height (`decode_sized`)
 
 
 def read(path: Path) -> bytes:
@@ -107,7 +108,8 @@ def read(path: Path) -> bytes:
 def load(path: Path, shape: Shape) -> Decoded:
     """Read and decode one file; raise UnreadableImage with a code and a reason."""
     data = read(path)
-    return Decoded(decode(data, shape), hashlib.sha256(data).hexdigest())
+    pixels, size = decode_sized(data, shape)
+    return Decoded(pixels, hashlib.sha256(data).hexdigest(), size)
 
 
 def decode(data: bytes, shape: Shape) -> np.ndarray:

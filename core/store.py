@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import copies
 from .errors import StateError
 from .records import ADDED_COLUMNS, RECORD_COLUMNS, SCHEMA, Answer, Entry, Record, Stored
 
@@ -291,10 +292,12 @@ class Library:
             "SELECT id, latent FROM images WHERE latent IS NOT NULL AND deleted = 0 "
             "AND id IN ({})", ids)}
 
-    def thumbnails(self, ids: Iterable[int]) -> dict[int, bytes]:
-        """The near-duplicate thumbnail of each live row id that has one."""
-        return dict(self.select("SELECT id, thumb FROM images WHERE thumb IS NOT NULL "
-                                "AND deleted = 0 AND id IN ({})", ids))
+    def thumbnails(self, ids: Iterable[int]) -> dict[int, copies.Picture]:
+        """The near-duplicate thumbnail and shape of each live row id that has one."""
+        return {row: copies.Picture(thumb, copies.shape_of(width, height))
+                for row, thumb, width, height in self.select(
+                    "SELECT id, thumb, width, height FROM images WHERE thumb IS NOT NULL "
+                    "AND deleted = 0 AND id IN ({})", ids)}
 
     def copy_pairs(self) -> list[tuple[int, int]]:
         """Every (row, row it marks near-duplicate) of the live results files, both live."""

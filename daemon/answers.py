@@ -164,23 +164,24 @@ class Answers:
         unjudged = [record for record in chunk.values()
                     if (marks is None or record.id not in marks) and record.error_code is None]
         # (The library is read here, in its own thread; the judging thread reads none.)
-        thumbs = (self.library.thumbnails(listed | {record.id for record in unjudged})
-                  if unjudged else {})
-        judging = [(record.id, record.sha256, thumbs.get(record.id),
+        pictures = (self.library.thumbnails(listed | {record.id for record in unjudged})
+                    if unjudged else {})
+        judging = [(record.id, record.sha256, pictures.get(record.id),
                     [n for n in found.get(record.id, []) if n.row_id in known])
                    for record in unjudged]
         given = {row: marks[row] for row in chunk if row in marks} if marks else {}
         return Searched(chunk, found, known, self.judging.submit(
-            self.marks_of, judging, known, thumbs, given))
+            self.marks_of, judging, known, pictures, given))
 
-    def marks_of(self, judging: list[tuple[int, str | None, bytes | None, list[Neighbor]]],
-                 names: Names, thumbs: dict[int, bytes],
+    def marks_of(self, judging: list[tuple[int, str | None, copies.Picture | None,
+                                            list[Neighbor]]],
+                 names: Names, pictures: dict[int, copies.Picture],
                  given: dict[int, set[int]]) -> dict[int, set[int]]:
         """Each row's near-duplicates: those `given` (the chunk's known ones), and those
-        of `judging` (row id, SHA-256, thumbnail, neighbours) judged together, each
-        thumbnail's views made once."""
-        judged = self.near_duplicates([(sha256, thumb, near) for _, sha256, thumb, near in judging],
-                                      names, thumbs)
+        of `judging` (row id, SHA-256, picture, neighbours) judged together, each
+        picture's views made once."""
+        judged = self.near_duplicates(
+            [(sha256, picture, near) for _, sha256, picture, near in judging], names, pictures)
         return {**given, **dict(zip((row for row, *_ in judging), judged, strict=True))}
 
     def results_files(self, searcher: Searcher, searched: Searched) -> list[ResultsFile]:
@@ -224,13 +225,15 @@ class Answers:
         return ResultsFile(target, document, Answer(record.id, stamp, [n.row_id for n in near],
                                                     near[-1].distance if full else None, marked))
 
-    def near_duplicates(self, images: list[tuple[str | None, bytes | None, list[Neighbor]]],
-                        names: Names, thumbs: dict[int, bytes]) -> list[set[int]]:
-        """For each image (its SHA-256, thumbnail and neighbours), the row ids of its
-        neighbours that are near-duplicates of it (`core.copies`): identical bytes, or
-        a copy at the configured strictness."""
-        judged = self.judge.marks([(thumb, [(n.distance, thumbs.get(n.row_id)) for n in near])
-                                   for _, thumb, near in images])
+    def near_duplicates(self, images: list[tuple[str | None, copies.Picture | None,
+                                                 list[Neighbor]]],
+                        names: Names, pictures: dict[int, copies.Picture]) -> list[set[int]]:
+        """For each image (its SHA-256, `copies.Picture` and neighbours), the row ids of
+        its neighbours that are near-duplicates of it (`core.copies`): identical bytes,
+        or a copy at the configured strictness."""
+        judged = self.judge.marks(
+            [(picture, [(n.distance, pictures.get(n.row_id)) for n in near])
+             for _, picture, near in images])
         return [{n.row_id for n, copy in zip(near, copied, strict=True)
                  if copy or (sha256 is not None and names[n.row_id][1] == sha256)}
                 for (sha256, _, near), copied in zip(images, judged, strict=True)]
@@ -307,9 +310,9 @@ class Answers:
         near = searcher.neighbors(vector, self.config.neighbors, exclude=exclude)
         names = self.library.describe(n.row_id for n in near)
         near = [n for n in near if n.row_id in names]
-        thumbs = self.library.thumbnails(n.row_id for n in near)
-        [marked] = self.near_duplicates(
-            [(decoded.sha256, copies.thumbnail(decoded.pixels), near)], names, thumbs)
+        pictures = self.library.thumbnails(n.row_id for n in near)
+        picture = copies.Picture(copies.thumbnail(decoded.pixels), copies.shape_of(*decoded.size))
+        [marked] = self.near_duplicates([(decoded.sha256, picture, near)], names, pictures)
         return self.document(name, decoded.sha256, near, searcher, names, marked)
 
     def document(self, query: str, sha256: str | None, near: list[Neighbor], searcher: Searcher,

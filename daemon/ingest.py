@@ -257,7 +257,7 @@ def read(inbox: Path, candidate: scan.Candidate, shape: images.Shape,
         if twin is not None:
             return Read(candidate, None, None, (sha256, twin))
         pixels, (width, height) = images.decode_sized(data, shape)
-        return Read(candidate, images.Decoded(pixels, sha256), None,
+        return Read(candidate, images.Decoded(pixels, sha256, (width, height)), None,
                     picture=(copies.thumbnail(pixels), width, height))
     except UnreadableImage as problem:
         return Read(candidate, None, problem)

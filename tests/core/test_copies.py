@@ -24,11 +24,17 @@ def picture(seed: int = 0) -> Image.Image:
                            .astype(np.uint8))
 
 
-def thumb_of(image: Image.Image) -> bytes:
-    """The thumbnail of an image as ingest makes it: from the pixels the encoder reads."""
+def png(image: Image.Image) -> bytes:
     encoded = io.BytesIO()
     image.save(encoded, format="PNG")
-    return copies.thumbnail(images.decode(encoded.getvalue(), SHAPE))
+    return encoded.getvalue()
+
+
+def thumb_of(image: Image.Image) -> copies.Picture:
+    """The thumbnail and shape of an image as ingest makes them: from the pixels the
+    encoder reads, and the image's size."""
+    return copies.Picture(copies.thumbnail(images.decode(png(image), SHAPE)),
+                          copies.shape_of(*image.size))
 
 
 def made_copies(original: Image.Image) -> dict[str, Image.Image]:
@@ -108,3 +114,22 @@ def test_the_turn_matrix_is_pillows_rotation() -> None:
         turned = Image.fromarray(image, "F").rotate(degrees, Image.Resampling.BILINEAR)
         made = image.reshape(1, -1) @ copies.turn_map(degrees)
         np.testing.assert_allclose(made.reshape(image.shape), np.asarray(turned), atol=1e-3)
+
+
+def test_a_wide_images_turn_is_a_slanted_turn_of_its_thumbnail() -> None:
+    """A thumbnail squashes a 2:1 image to a square: the image turned by 6 degrees has the
+    thumbnail that the turn for its shape makes, not the one a square turn makes."""
+    wide = picture().resize((480, 240))
+    squashed = [np.frombuffer(copies.thumbnail(images.decode(png(image), SHAPE)), np.uint8)
+                .astype(np.float32) for image in (wide, wide.rotate(6, Image.Resampling.BICUBIC))]
+    shape = copies.shape_of(*wide.size)
+    assert shape == 2 and copies.shape_of(240, 480) == -2 and copies.shape_of(None, None) == 0
+    inside = np.ones((copies.THUMB_SIDE, copies.THUMB_SIDE), bool)
+    inside[:4], inside[-4:], inside[:, :4], inside[:, -4:] = False, False, False, False
+
+    def error(made: np.ndarray) -> float:
+        return float(np.abs(made.reshape(inside.shape) - squashed[1].reshape(inside.shape))[
+            inside].mean())
+
+    slanted, square = (error(squashed[0] @ copies.turn_map(6.0, s)) for s in (shape, 0))
+    assert slanted < square / 2

@@ -72,7 +72,8 @@ def test_copies_marked_groups_listed_and_a_strictness_change_rewrites(
     again = run_lookalike("run", "--once", "-c", config, cwd=tmp_path, timeout=300)
     assert again.returncode == 0, again.stderr
     with sqlite3.connect(tmp_path / "state" / "library.sqlite") as db:
-        thumbs = dict(db.execute("SELECT path, thumb FROM images"))
+        thumbs = {path: copies.Picture(thumb, copies.shape_of(width, height)) for path, thumb,
+                  width, height in db.execute("SELECT path, thumb, width, height FROM images")}
         sha = dict(db.execute("SELECT path, sha256 FROM images"))
     changed = 0
     for results in inbox.rglob("*.neighbors.json"):
