@@ -38,7 +38,8 @@ COMPARED = 16  # the side at which two pictures are correlated
 # these, mirrored: `flip`): (turn in degrees, central crop as a share of the side).
 # Turned copies are rarely cropped much as well.
 STRAIGHT = tuple((0.0, keep) for keep in (1.0, 0.9, 0.8, 0.75, 0.7, 0.65, 0.6))
-TURNED = tuple((degrees, keep) for degrees in (-3.0, 3.0, -6.0, 6.0) for keep in (1.0, 0.9, 0.8))
+TURNS, TURNED_KEEPS = (-3.0, 3.0, -6.0, 6.0), (1.0, 0.9, 0.8)
+TURNED = tuple((degrees, keep) for degrees in TURNS for keep in TURNED_KEEPS)
 VIEWS = STRAIGHT + TURNED
 MIDTONES = (16, 239)  # grey levels (exclusive) that count as evidence
 BLOCKS = 4  # blocks a side of the compared picture
@@ -157,22 +158,35 @@ def turn_map(degrees: float, shape: int = 0) -> np.ndarray:
 
 
 @functools.cache
-def view_map(kinds: tuple[tuple[float, float], ...], shape: int = 0) -> np.ndarray:
-    """(THUMB_SIDE^2, len(kinds) x pixels in the disc): every view is linear in the grey
-    levels, so the views (of those `kinds`: STRAIGHT or TURNED) of a thumbnail of that
-    shape are its pixels times this matrix: each turned (`turn_map`), then cropped
-    (`crop_map`)."""
-    pixels = THUMB_SIDE * THUMB_SIDE
-    turned = {degrees: np.eye(pixels, dtype=np.float32) if not degrees
-              else turn_map(degrees, shape) for degrees in {degrees for degrees, _ in kinds}}
-    made = []
-    for degrees, keep in kinds:
-        rows, columns = crop_map(keep)
-        cropped_views = np.tensordot(np.tensordot(  # rows @ image @ columns, every image
-            turned[degrees].reshape(pixels, THUMB_SIDE, THUMB_SIDE), rows, axes=(1, 1)),
-            columns, axes=(1, 0))  # (pixels, COMPARED rows, COMPARED columns)
-        made.append(cropped_views.reshape(pixels, -1)[:, disc()])
-    return np.stack(made, axis=1).reshape(pixels, -1)
+def taps(degrees: float, shape: int) -> tuple[np.ndarray, np.ndarray]:
+    """(where, weights), each (THUMB_SIDE^2 pixels out, 4): `turn_map` as the (up to)
+    four thumbnail pixels that each turned pixel mixes, and how much of each: a turn
+    of many thumbnails is four gathers, not a product with a mostly-zero matrix."""
+    made = turn_map(degrees, shape)
+    where = np.argsort(made == 0, axis=0, kind="stable")[:4].T  # the non-zero ones first
+    return where, np.take_along_axis(made.T, where, axis=1)
+
+
+def turned(grey: np.ndarray, degrees: float, shape: int) -> np.ndarray:
+    """Thumbnails as columns (THUMB_SIDE^2, n) float32, turned by `degrees` (`turn_map`):
+    whole rows gathered, each a pixel of every thumbnail."""
+    where, weights = taps(degrees, shape)
+    made = grey[where[:, 0]] * weights[:, :1]
+    for tap in range(1, where.shape[1]):
+        made += grey[where[:, tap]] * weights[:, tap:tap + 1]
+    return made
+
+
+def crops(grey: np.ndarray, keeps: tuple[float, ...]) -> np.ndarray:
+    """The central crops (`cropped`) keeping each of `keeps` of thumbnails as columns
+    (THUMB_SIDE^2, n) float32, as (len(keeps), pixels in the disc, n): rows @ image @
+    columns (`crop_map`), a few matrix products for every thumbnail at once."""
+    count, side = grey.shape[1], THUMB_SIDE
+    rows = np.concatenate([crop_map(keep)[0] for keep in keeps])  # (keeps x rows out, rows in)
+    down = (rows @ grey.reshape(side, side * count)).reshape(
+        len(keeps), COMPARED, side, count)  # (keeps, rows out, columns in, n)
+    made = np.stack([crop_map(keep)[1].T @ down[n] for n, keep in enumerate(keeps)])
+    return made.reshape(len(keeps), COMPARED * COMPARED, count)[:, disc()]
 
 
 @functools.cache
@@ -193,19 +207,20 @@ def block_of() -> np.ndarray:
 
 def views(pictures: list[Picture]) -> np.ndarray:
     """The VIEWS of each picture, as (n, len(VIEWS), pixels in the disc) uint8 grey
-    levels, the whole image first. The mirror image's views are these, mirrored (`flip`):
-    VIEWS turn either way by the same angles. (The straight views' matrix serves every
-    shape; a turned one is made for each shape met.)"""
-    grey = np.frombuffer(b"".join(picture.thumb for picture in pictures), np.uint8).reshape(
-        len(pictures), -1).astype(np.float32)
-    made = np.empty((len(pictures), len(VIEWS), int(disc().sum())), np.float32)
-    made[:, :len(STRAIGHT)] = (grey @ view_map(STRAIGHT)).reshape(len(pictures), len(STRAIGHT), -1)
+    levels, the whole image first: each thumbnail turned (`turned`, for its shape),
+    then cropped (`crops`). The mirror image's views are these, mirrored (`flip`):
+    VIEWS turn either way by the same angles."""
+    grey = np.ascontiguousarray(np.frombuffer(  # a thumbnail a column
+        b"".join(picture.thumb for picture in pictures), np.uint8).reshape(len(pictures), -1).T,
+        np.float32)
+    made = np.empty((len(VIEWS), int(disc().sum()), len(pictures)), np.float32)
+    made[:len(STRAIGHT)] = crops(grey, tuple(keep for _, keep in STRAIGHT))
     shapes = np.array([picture.shape for picture in pictures])
     for shape in np.unique(shapes).tolist():
-        some = np.flatnonzero(shapes == shape)
-        made[some, len(STRAIGHT):] = (grey[some] @ view_map(TURNED, shape)).reshape(
-            len(some), len(TURNED), -1)
-    return made.round().clip(0, 255).astype(np.uint8)
+        some = np.flatnonzero(shapes == shape) if shapes.min() != shapes.max() else slice(None)
+        made[len(STRAIGHT):, :, some] = np.concatenate(
+            [crops(turned(grey[:, some], degrees, shape), TURNED_KEEPS) for degrees in TURNS])
+    return made.round().clip(0, 255).astype(np.uint8).transpose(2, 0, 1)
 
 
 @functools.cache

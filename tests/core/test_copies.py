@@ -114,6 +114,20 @@ def test_the_turn_matrix_is_pillows_rotation() -> None:
         turned = Image.fromarray(image, "F").rotate(degrees, Image.Resampling.BILINEAR)
         made = image.reshape(1, -1) @ copies.turn_map(degrees)
         np.testing.assert_allclose(made.reshape(image.shape), np.asarray(turned), atol=1e-3)
+        # ... and the gathers that make it for many thumbnails at once
+        gathered = copies.turned(image.reshape(-1, 1), degrees, 0)
+        np.testing.assert_allclose(gathered.ravel(), made.ravel(), atol=1e-3)
+
+
+def test_the_crops_of_many_thumbnails_at_once_are_each_ones_crop() -> None:
+    thumbs = np.random.default_rng(1).uniform(0, 255, (3, copies.THUMB_SIDE ** 2)).astype(
+        np.float32)
+    keeps = (1.0, 0.75, 0.6)
+    made = copies.crops(np.ascontiguousarray(thumbs.T), keeps)  # (keeps, disc, thumbnails)
+    for n, thumb in enumerate(thumbs):
+        for k, keep in enumerate(keeps):
+            one = copies.cropped(thumb.reshape(copies.THUMB_SIDE, -1), keep).ravel()
+            np.testing.assert_allclose(made[k, :, n], one[copies.disc()], atol=1e-3)
 
 
 def test_a_wide_images_turn_is_a_slanted_turn_of_its_thumbnail() -> None:
