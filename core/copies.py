@@ -419,9 +419,9 @@ class Judge:
                       for n, (distance, other) in enumerate(neighbors)
                       if other is not None and distance <= self.level.distance]
             # Two images are often each other's neighbours: a pair is compared once.
+            keys = [pair_key(one, other) for _, _, one, other in judged]
             new: dict[int, tuple[Picture, Picture]] = {}  # `pair_key`: (query, other)
-            for _, _, one, other in judged:
-                key = pair_key(one, other)
+            for key, (_, _, one, other) in zip(keys, judged, strict=True):
                 if key not in self.scores:
                     new.setdefault(key, (one, other))
             if new:
@@ -431,8 +431,8 @@ class Judge:
                     self.scores.clear()
                 self.scores.update(zip(new, similarities(self.seen, rows.reshape(-1, 2)).tolist(),
                                        strict=True))
-            for q, n, one, other in judged:
-                marks[q][n] = self.scores[pair_key(one, other)] >= self.level.similarity
+            for key, (q, n, _, _) in zip(keys, judged, strict=True):
+                marks[q][n] = self.scores[key] >= self.level.similarity
         return marks
 
     def copies(self, picture: Picture | None,
