@@ -1,4 +1,5 @@
-"""Helpers shared by test modules: the installed command, configs, odd image files."""
+"""Helpers shared by test modules: the installed command, configs, odd image files, and
+scenarios run side by side."""
 from __future__ import annotations
 
 import os
@@ -6,10 +7,16 @@ import re
 import struct
 import subprocess
 import sys
+import threading
 import zlib
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Generic, TypeVar
 
+import pytest
 import yaml
+
+T = TypeVar("T")
 
 LOOKALIKE = Path(sys.executable).with_name("lookalike")  # the installed console command
 
@@ -76,3 +83,43 @@ def png_header_only(width: int, height: int) -> bytes:
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
     return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
             + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b""))
+
+
+# -- scenarios side by side --------------------------------------------------------------
+class Background(Generic[T]):
+    """`work()` running from now on in a thread of its own; `result()` waits for what it
+    returned, or raises what it raised (pytest's skips and failures included).
+
+    For a module's scenarios that are independent of each other (each on folders of
+    its own): most of a scenario's time is a `lookalike` process loading TensorFlow on
+    one core, or waiting for the service, so two of them side by side take little
+    more than the longer of them.
+    """
+
+    def __init__(self, work: Callable[[], T], name: str) -> None:
+        self.work = work
+        self.value: T | None = None
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self.run, name=name, daemon=True)
+        self.thread.start()
+
+    def run(self) -> None:
+        try:
+            self.value = self.work()
+        except BaseException as error:  # noqa: BLE001 - raised again by result()
+            self.error = error
+
+    def result(self, timeout: float = 900.0) -> T:
+        self.thread.join(timeout)
+        if self.thread.is_alive():
+            raise AssertionError(f"{self.thread.name} still running after {timeout:.0f} s")
+        if self.error is not None:
+            raise self.error
+        return self.value  # type: ignore[return-value]
+
+
+def wanted(request: pytest.FixtureRequest, names: Iterable[str]) -> list[str]:
+    """Which of the fixtures `names` the tests of this module that are to run use."""
+    used = {name for item in request.session.items
+            if getattr(item, "module", None) is request.module for name in item.fixturenames}
+    return [name for name in names if name in used]

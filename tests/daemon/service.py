@@ -123,11 +123,12 @@ Start = Callable[..., Run]
 
 
 @contextlib.contextmanager
-def launcher(folder: Path) -> Iterator[Start]:
+def launcher(folder: Path, show: bool = True) -> Iterator[Start]:
     """Start `lookalike run -c CONFIG` (extra environment as keywords); kill leftovers after.
 
     Each process's stderr goes to `folder/run-N.log`, printed at the end (pytest shows it
-    when a test fails).
+    when a test fails) unless not `show` (a scenario in the background, whose printing
+    would land in whichever test runs then).
     """
     runs: list[Run] = []
 
@@ -149,7 +150,8 @@ def launcher(folder: Path) -> Iterator[Start]:
         for run in runs:
             if run.process.poll() is None:
                 run.kill()
-            print(f"---- {run.log.name} (exit {run.process.returncode}) ----\n{run.text()}")
+            if show:
+                print(f"---- {run.log.name} (exit {run.process.returncode}) ----\n{run.text()}")
 
 
 # -- images ----------------------------------------------------------------------

@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import os
 import random
@@ -46,7 +47,7 @@ from tests.daemon.service import (
     read_results,
     temporaries,
 )
-from tests.helpers import LOOKALIKE
+from tests.helpers import LOOKALIKE, Background, wanted
 
 pytestmark = pytest.mark.slow
 
@@ -196,10 +197,8 @@ class Killed:
     log: str
 
 
-@pytest.fixture(scope="module")
-def killed(tmp_path_factory: pytest.TempPathFactory, config_in: Callable[..., Path],
-           digit_files: list[tuple[Path, int]]) -> Iterator[Killed]:
-    root = tmp_path_factory.mktemp("killed")
+def sigkills(root: Path, config_in: Callable[..., Path],
+             digit_files: list[tuple[Path, int]]) -> Killed:
     config = config_in(root, **SETTINGS)
     inbox = root / "inbox"
     pool = [path for path, _ in digit_files]
@@ -208,7 +207,7 @@ def killed(tmp_path_factory: pytest.TempPathFactory, config_in: Callable[..., Pa
     fresh = iter(range(60, len(pool)))
     chance = random.Random(6)
     busy = 0
-    with launcher(root) as launch:
+    with launcher(root, show=False) as launch:
         for cycle in range(KILL_CYCLES):
             run = launch(config)
             run.ready()
@@ -245,8 +244,36 @@ def killed(tmp_path_factory: pytest.TempPathFactory, config_in: Callable[..., Pa
         problems = wrong_results(inbox, final.state_dir)
         leftovers = temporaries(inbox)
         code = final.terminate(30)
-        yield Killed(KILL_CYCLES, busy, problems, leftovers, integrity(final.state_dir),
-                     index_loads(final.state_dir), code, final.text())
+        return Killed(KILL_CYCLES, busy, problems, leftovers, integrity(final.state_dir),
+                      index_loads(final.state_dir), code, final.text())
+
+
+@pytest.fixture(scope="module")
+def scenarios(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
+              config_in: Callable[..., Path], digit_files: list[tuple[Path, int]],
+              encoder_path: Path) -> Iterator[dict[str, Background[Any]]]:
+    """This module's scenarios that the tests to run use, started at once, each in a folder
+    of its own: the SIGKILL cycles, the full disks (mostly waiting for the service's
+    retries), the answered and indexed folder and the damaged model."""
+    made = {"killed": (sigkills, "killed", digit_files),
+            "full": (disk_full, "full", digit_files),
+            "indexed_once": (answered_and_indexed, "indexed", digit_files),
+            "damaged_model": (run_on_a_damaged_model, "damaged-model", encoder_path)}
+    started = {}
+    for name in wanted(request, made):
+        work, folder, data = made[name]
+        root = tmp_path_factory.mktemp(folder)
+        started[name] = Background(functools.partial(work, root, config_in, data), name)
+    yield started
+    for scenario in started.values():  # (all done unless a test stopped the run early)
+        with contextlib.suppress(BaseException):
+            scenario.result()
+
+
+@pytest.fixture(scope="module")
+def killed(scenarios: dict[str, Background[Any]]) -> Killed:
+    result: Killed = scenarios["killed"].result()
+    return result
 
 
 STALE = ("names files that do not exist", "not among its")
@@ -324,15 +351,22 @@ class Full:
     log: str
 
 
-@pytest.fixture(scope="module")
-def full(tmp_path_factory: pytest.TempPathFactory, config_in: Callable[..., Path],
-         digit_files: list[tuple[Path, int]]) -> Iterator[Full]:
-    root = tmp_path_factory.mktemp("full")
+def disk_full(root: Path, config_in: Callable[..., Path],
+              digit_files: list[tuple[Path, int]]) -> Full:
     inbox = root / "inbox"
     config = config_in(root, **SETTINGS)
     pool = [path for path, _ in digit_files]
     notify_home = Path(tempfile.mkdtemp(prefix="lk-"))  # a socket path fits in 108 bytes
-    with small_disk(root / "state") as state, small_disk(inbox, "2m"), launcher(root) as launch, \
+    try:
+        return full_disks(root, inbox, config, pool, notify_home)
+    finally:
+        shutil.rmtree(notify_home, ignore_errors=True)
+
+
+def full_disks(root: Path, inbox: Path, config: Path, pool: list[Path],
+               notify_home: Path) -> Full:
+    with small_disk(root / "state") as state, small_disk(inbox, "2m"), \
+            launcher(root, show=False) as launch, \
             contextlib.closing(NotifySocket(notify_home / "notify")) as systemd:
         for n, source in enumerate(pool[:40]):
             shutil.copy(source, inbox / f"{n:04d}.png")
@@ -379,9 +413,14 @@ def full(tmp_path_factory: pytest.TempPathFactory, config_in: Callable[..., Path
             waiting = [name for name in late if not (inbox / (name + SUFFIX)).exists()]
             time.sleep(0.2)
         code = run.terminate(30)
-        yield Full(before, after_full, integrity_while_full, alive, reported, statuses,
-                   resumed, problems, inbox_reported, waiting, code, run.text())
-    shutil.rmtree(notify_home, ignore_errors=True)
+        return Full(before, after_full, integrity_while_full, alive, reported, statuses,
+                    resumed, problems, inbox_reported, waiting, code, run.text())
+
+
+@pytest.fixture(scope="module")
+def full(scenarios: dict[str, Background[Any]]) -> Full:
+    result: Full = scenarios["full"].result()
+    return result
 
 
 def test_a_full_state_disk_keeps_what_the_service_had(full: Full) -> None:
@@ -455,16 +494,14 @@ def test_an_inotify_overflow_is_followed_by_a_rescan_that_finds_everything(
 
 
 # -- 4. a damaged or missing index, a damaged model --------------------------------------------
-@pytest.fixture(scope="module")
-def indexed_once(tmp_path_factory: pytest.TempPathFactory, config_in: Callable[..., Path],
-                 digit_files: list[tuple[Path, int]]) -> Path:
+def answered_and_indexed(root: Path, config_in: Callable[..., Path],
+                         digit_files: list[tuple[Path, int]]) -> Path:
     """A folder with a config, 40 answered images and a built index; the service stopped."""
-    root = tmp_path_factory.mktemp("indexed")
     config = config_in(root, **SETTINGS)
     inbox = root / "inbox"
     for n, (source, _) in enumerate(digit_files[:40]):
         shutil.copy(source, inbox / f"{n:04d}.png")
-    with launcher(root) as launch:
+    with launcher(root, show=False) as launch:
         run = launch(config)
         run.ready()
         wait_correct(run, inbox)
@@ -473,6 +510,12 @@ def indexed_once(tmp_path_factory: pytest.TempPathFactory, config_in: Callable[.
     for log in root.glob("run-*.log"):
         log.unlink()
     return root
+
+
+@pytest.fixture(scope="module")
+def indexed_once(scenarios: dict[str, Background[Any]]) -> Path:
+    result: Path = scenarios["indexed_once"].result()
+    return result
 
 
 @pytest.fixture
@@ -509,11 +552,9 @@ def test_a_damaged_index_is_logged_and_rebuilt(indexed: tuple[Path, Path], start
     assert run.terminate() == 0
 
 
-@pytest.fixture(scope="module")
-def damaged_model(tmp_path_factory: pytest.TempPathFactory, config_in: Callable[..., Path],
-                  encoder_path: Path) -> subprocess.CompletedProcess[str]:
+def run_on_a_damaged_model(folder: Path, config_in: Callable[..., Path],
+                           encoder_path: Path) -> subprocess.CompletedProcess[str]:
     """`lookalike run` on a copy of the encoder cut short."""
-    folder = tmp_path_factory.mktemp("damaged-model")
     damaged = folder / "damaged.keras"
     data = encoder_path.read_bytes()
     damaged.write_bytes(data[:len(data) // 2])
@@ -521,6 +562,12 @@ def damaged_model(tmp_path_factory: pytest.TempPathFactory, config_in: Callable[
     return subprocess.run([str(LOOKALIKE), "run", "-c", str(config)], cwd=folder,
                           capture_output=True, text=True, timeout=120, check=False,
                           env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+
+
+@pytest.fixture(scope="module")
+def damaged_model(scenarios: dict[str, Background[Any]]) -> subprocess.CompletedProcess[str]:
+    result: subprocess.CompletedProcess[str] = scenarios["damaged_model"].result()
+    return result
 
 
 def test_a_damaged_model_file_is_one_error_line_and_a_failure_exit(
