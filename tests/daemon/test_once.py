@@ -1,23 +1,26 @@
 """`lookalike run --once` end to end: the real process over real digit images.
 
-Two scenarios are shared between tests, because each run that encodes pays
-for TensorFlow's import:
+Scenarios are shared between tests, because each run that encodes pays for
+TensorFlow's import (and run side by side, `scenarios`):
 
 - `library`: 300 labelled digits (some in nested folders), three unusable
   files and two query images, run twice (and a third time after a query
   image was replaced);
 - `edited`: 60 digits and an empty file, run; then one image deleted, one
   replaced, one overwritten with text, the empty file filled, one new image
-  and one exact copy added; run again.
+  and one exact copy added; run again;
+- `answered`: 30 digits run once, copied by each test that changes it.
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import json
 import re
 import shutil
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +33,7 @@ from lookalike.core.card import model_id
 from lookalike.core.store import Library as StoredLibrary
 from tests.core.test_copies import made_copies, picture
 from tests.daemon.service import SCHEMA, SUFFIX, results_of
+from tests.helpers import Background, wanted, write_config
 
 SUMMARY = re.compile(r"^(?P<images>\d+) images in the library: (?P<added>\d+) added, "
                      r"(?P<updated>\d+) updated, (?P<removed>\d+) removed, "
@@ -119,11 +123,8 @@ def both_folders(root: Path) -> dict[str, str]:
             for path, digest in user_files(root / name).items()}
 
 
-@pytest.fixture(scope="module")
-def library(tmp_path_factory: pytest.TempPathFactory, config_in: Callable[..., Path],
-            digit_files: list[tuple[Path, int]],
-            lookalike: Callable[..., subprocess.CompletedProcess[str]]) -> Library:
-    root = tmp_path_factory.mktemp("once")
+def three_runs(root: Path, config_in: Callable[..., Path], digit_files: list[tuple[Path, int]],
+               lookalike: Callable[..., subprocess.CompletedProcess[str]]) -> Library:
     config = config_in(root)
     inbox, queries = root / "inbox", root / "queries"
     labels: dict[str, int] = {}
@@ -300,11 +301,8 @@ class Edited:
     untouched_after: dict[str, str]
 
 
-@pytest.fixture(scope="module")
-def edited(tmp_path_factory: pytest.TempPathFactory, config_in: Callable[..., Path],
-           digit_files: list[tuple[Path, int]],
-           lookalike: Callable[..., subprocess.CompletedProcess[str]]) -> Edited:
-    root = tmp_path_factory.mktemp("edits")
+def edits(root: Path, config_in: Callable[..., Path], digit_files: list[tuple[Path, int]],
+          lookalike: Callable[..., subprocess.CompletedProcess[str]]) -> Edited:
     config = config_in(root)
     inbox = root / "inbox"
     for source, _ in digit_files[:60]:
@@ -335,6 +333,62 @@ def edited(tmp_path_factory: pytest.TempPathFactory, config_in: Callable[..., Pa
     second = run_once(lookalike, config)
     return Edited(inbox, before, results_of(inbox), second, victim, spoiled, mended, replaced,
                   twin, new, copy, original, untouched_before, user_files(inbox))
+
+
+def thirty_answered(root: Path, encoder_path: Path, digit_files: list[tuple[Path, int]],
+                    lookalike: Callable[..., subprocess.CompletedProcess[str]]) -> Path:
+    """A folder with a config (`make_config`'s), 30 digits run once, their results and the
+    state."""
+    config = write_config(root, encoder_path)
+    for source, _ in digit_files[:30]:
+        shutil.copy(source, root / "inbox" / source.name)
+    run_once(lookalike, config)
+    return root
+
+
+@pytest.fixture(scope="module")
+def scenarios(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
+              config_in: Callable[..., Path], encoder_path: Path,
+              digit_files: list[tuple[Path, int]],
+              lookalike: Callable[..., subprocess.CompletedProcess[str]]
+              ) -> Iterator[dict[str, Background[Any]]]:
+    """This module's shared runs that the tests to run use, started at once, each in a
+    folder of its own (most of a run's time is TensorFlow's import, on one core)."""
+    made = {"library": (three_runs, config_in), "edited": (edits, config_in),
+            "answered": (thirty_answered, encoder_path)}
+    started = {name: Background(functools.partial(made[name][0], tmp_path_factory.mktemp(name),
+                                                  made[name][1], digit_files, lookalike), name)
+               for name in wanted(request, made)}
+    yield started
+    for scenario in started.values():  # (all done unless a test stopped the run early)
+        with contextlib.suppress(BaseException):
+            scenario.result()
+
+
+@pytest.fixture(scope="module")
+def library(scenarios: dict[str, Background[Any]]) -> Library:
+    result: Library = scenarios["library"].result()
+    return result
+
+
+@pytest.fixture(scope="module")
+def edited(scenarios: dict[str, Background[Any]]) -> Edited:
+    result: Edited = scenarios["edited"].result()
+    return result
+
+
+@pytest.fixture(scope="module")
+def answered(scenarios: dict[str, Background[Any]]) -> Path:
+    result: Path = scenarios["answered"].result()
+    return result
+
+
+@pytest.fixture
+def thirty(answered: Path, tmp_path: Path) -> tuple[Path, list[str]]:
+    """A copy of `answered` (mtimes kept) to change: (its config, the 30 images' names)."""
+    root = tmp_path / "thirty"
+    shutil.copytree(answered, root)
+    return root / "config.yaml", sorted(path.name for path in (root / "inbox").glob("*.png"))
 
 
 def test_edit_run_summary(edited: Edited) -> None:
@@ -444,16 +498,14 @@ def test_a_vanished_inbox_forgets_nothing(edited: Edited, tmp_path: Path, encode
 
 
 def test_results_marked_out_of_date_are_rewritten_by_the_next_run(
-        make_config: Callable[..., Path], inbox_of: Callable[[Path, int], list[str]],
-        lookalike: Callable[..., subprocess.CompletedProcess[str]], tmp_path: Path) -> None:
+        thirty: tuple[Path, list[str]],
+        lookalike: Callable[..., subprocess.CompletedProcess[str]]) -> None:
     """What the service marks before rewriting other images' results survives a crash."""
-    config = make_config()
-    names = inbox_of(tmp_path / "inbox", 30)
-    run_once(lookalike, config)
-    stale, fresh = (tmp_path / "inbox" / (name + SUFFIX) for name in names[:2])
+    config, names = thirty  # 30 digits, run once
+    stale, fresh = (config.parent / "inbox" / (name + SUFFIX) for name in names[:2])
     stale.write_text('{"schema": "lookalike.neighbors/1", "status": "ok"}\n')  # as if old
     before = fresh.stat().st_mtime_ns
-    with StoredLibrary(tmp_path / "state" / "library.sqlite") as stored:
+    with StoredLibrary(config.parent / "state" / "library.sqlite") as stored:
         stored.mark_outdated([stored.records()[names[0]].id])
     assert run_once(lookalike, config).summary["written"] == 1
     assert json.loads(stale.read_text())["neighbors"]
@@ -461,13 +513,11 @@ def test_results_marked_out_of_date_are_rewritten_by_the_next_run(
 
 
 def test_a_results_file_deleted_by_hand_is_written_again_alone(
-        make_config: Callable[..., Path], inbox_of: Callable[[Path, int], list[str]],
-        lookalike: Callable[..., subprocess.CompletedProcess[str]], tmp_path: Path) -> None:
+        thirty: tuple[Path, list[str]],
+        lookalike: Callable[..., subprocess.CompletedProcess[str]]) -> None:
     """The scan sees which results files are there: only the missing one is written."""
-    config = make_config()
-    names = inbox_of(tmp_path / "inbox", 30)
-    run_once(lookalike, config)
-    gone = tmp_path / "inbox" / (names[3] + SUFFIX)
+    config, names = thirty  # 30 digits, run once
+    gone = config.parent / "inbox" / (names[3] + SUFFIX)
     gone.unlink()
     assert run_once(lookalike, config).summary["written"] == 1
     assert json.loads(gone.read_text())["query"] == names[3]
