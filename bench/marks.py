@@ -27,6 +27,7 @@ from moves import make_corpus, run_once
 
 UNMARKED = """\
 # Written by bench/marks.py: the run without near-duplicate judgements.
+import lookalike.daemon  # first, as in the command: its settings for NumPy precede NumPy
 from lookalike.core import copies
 
 copies.Judge.marks = lambda self, queries: [[False] * len(near) for _, near in queries]
