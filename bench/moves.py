@@ -31,6 +31,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -60,12 +61,15 @@ def make_corpus(sources: list[Path], out: Path, count: int) -> None:
 
 
 def run_once(config: Path) -> dict[str, float]:
-    """`lookalike run --once`: its summary's counts, its seconds, and the encoder's loading."""
+    """`lookalike run --once`: its summary's counts, its seconds, the encoder's loading,
+    and the CPU seconds of all its threads (`cpu`: the work, however parallel)."""
     os.sync()
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     done = subprocess.run([str(LOOKALIKE), "run", "--once", "-c", str(config)],
                           capture_output=True, text=True, check=False)
     wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode:
         raise SystemExit(f"lookalike run --once failed ({done.returncode}):\n{done.stderr}")
     summary = SUMMARY.search(done.stdout.strip().splitlines()[-1])
@@ -76,6 +80,7 @@ def run_once(config: Path) -> dict[str, float]:
     counts["startup"] = float(loaded.group("seconds")) if loaded else 0.0
     counts["cost"] = counts["seconds"] - counts["startup"]
     counts["wall"] = wall
+    counts["cpu"] = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
     print(f"  $ lookalike run --once: {done.stdout.strip().splitlines()[-1]}", file=sys.stderr)
     return counts
 
