@@ -17,6 +17,8 @@ listed, and the rows that arrived before a Ctrl-C kept.
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 import re
 import shutil
@@ -40,7 +42,7 @@ from lookalike.daemon.lock import StateLock
 from tests.daemon import raycluster
 from tests.daemon.service import results_of
 from tests.daemon.test_once import SUMMARY, Pass
-from tests.helpers import LOOKALIKE, lookalike_env, refusal
+from tests.helpers import LOOKALIKE, Background, lookalike_env, refusal, wanted
 
 pytest.importorskip("ray", reason="needs the cluster extra: pip install '.[test,cluster]'")
 from lookalike.daemon import importing  # noqa: E402  (needs Ray)
@@ -174,10 +176,8 @@ class Filled:
     results: dict[str, dict[str, Any]]
 
 
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory: pytest.TempPathFactory, collection: Path,
-              config_in: Callable[..., Path], lookalike: Lookalike) -> Filled:
-    root = tmp_path_factory.mktemp("reference")
+def run_once_alone(root: Path, collection: Path, config_in: Callable[..., Path],
+                   lookalike: Lookalike) -> Filled:
     config = copy_of(collection, root, config_in)
     finished = lookalike("run", "--once", "-c", config, timeout=IMPORT_S)
     assert finished.returncode == 0, finished.stderr
@@ -192,16 +192,52 @@ class Imported(Filled):
     once: Pass
 
 
-@pytest.fixture(scope="module")
-def imported(tmp_path_factory: pytest.TempPathFactory, collection: Path,
-             config_in: Callable[..., Path], lookalike: Lookalike) -> Imported:
-    root = tmp_path_factory.mktemp("imported")
+def import_then_run_once(root: Path, collection: Path, config_in: Callable[..., Path],
+                         lookalike: Lookalike) -> Imported:
     config = copy_of(collection, root, config_in)
     process = lookalike("import", "-c", config, timeout=IMPORT_S)
     after_import = library_of(root)
     once = Pass(lookalike("run", "--once", "-c", config, timeout=IMPORT_S))
     return Imported(root, library_of(root), results_of(root / "inbox"), process, after_import,
                     once)
+
+
+@pytest.fixture(scope="module")
+def scenarios(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
+              collection: Path, config_in: Callable[..., Path],
+              lookalike: Lookalike) -> Iterator[dict[str, Background[Any]]]:
+    """What the tests to run use of `run --once` alone, `import` on a local cluster and
+    the start of the cluster of three nodes, started at once, each in a folder of its
+    own: most of their time is Ray's and TensorFlow's start, on one core each."""
+    made = {"reference": run_once_alone, "imported": import_then_run_once}
+    started: dict[str, Background[Any]] = {}
+    with contextlib.ExitStack() as stack:
+        for name in wanted(request, [*made, "cluster"]):
+            root = tmp_path_factory.mktemp(name)
+            if name == "cluster":
+                work: Callable[[], Any] = functools.partial(
+                    stack.enter_context, raycluster.cluster(root, workers=2))
+            else:
+                work = functools.partial(made[name], root, collection, config_in, lookalike)
+            started[name] = Background(work, name)
+        try:
+            yield started
+        finally:  # (all done unless a test stopped the run early); then the cluster stops
+            for scenario in started.values():
+                with contextlib.suppress(BaseException):
+                    scenario.result()
+
+
+@pytest.fixture(scope="module")
+def reference(scenarios: dict[str, Background[Any]]) -> Filled:
+    result: Filled = scenarios["reference"].result()
+    return result
+
+
+@pytest.fixture(scope="module")
+def imported(scenarios: dict[str, Background[Any]]) -> Imported:
+    result: Imported = scenarios["imported"].result()
+    return result
 
 
 def assert_same_rows(ours: Library, theirs: Library) -> None:
@@ -278,9 +314,10 @@ def test_results_files_as_after_run_once_alone(imported: Imported, reference: Fi
 
 # -- a cluster of a head and two worker nodes --------------------------------------
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[raycluster.Cluster]:
-    with raycluster.cluster(tmp_path_factory.mktemp("cluster"), workers=2) as started:
-        yield started
+def cluster(scenarios: dict[str, Background[Any]]) -> raycluster.Cluster:
+    """A head and two worker nodes (started by `scenarios`, stopped after the module)."""
+    started: raycluster.Cluster = scenarios["cluster"].result()
+    return started
 
 
 @pytest.fixture(scope="module")
