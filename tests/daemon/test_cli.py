@@ -5,6 +5,7 @@ Commands that read a library share one: 60 digits answered by one
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -23,7 +24,7 @@ import yaml
 from lookalike.core.card import model_id
 from lookalike.core.config import DEFAULT_MODEL
 from lookalike.daemon.lock import StateLock
-from tests.helpers import refusal
+from tests.helpers import Background, refusal
 
 Lookalike = Callable[..., subprocess.CompletedProcess[str]]
 
@@ -137,10 +138,34 @@ def test_check_config_of_a_missing_file(tmp_path: Path, lookalike: Lookalike) ->
 
 
 # -- query ---------------------------------------------------------------------
-def test_query_prints_the_results_document(shared: Shared, digit_files: list[tuple[Path, int]],
+@dataclass
+class Queried:
+    outside: subprocess.CompletedProcess[str]  # an image not in the inbox
+    inbox: subprocess.CompletedProcess[str]  # -k 5 of the inbox image `image`
+    image: str
+    unusable: subprocess.CompletedProcess[str]  # of `notes`, a text file named .jpg
+    notes: Path
+
+
+@pytest.fixture(scope="module")
+def queried(shared: Shared, digit_files: list[tuple[Path, int]], lookalike: Lookalike,
+            tmp_path_factory: pytest.TempPathFactory) -> Queried:
+    """The tests' queries of the shared library, run at once: each loads TensorFlow,
+    on one core."""
+    notes = tmp_path_factory.mktemp("query") / "notes.jpg"
+    notes.write_text("not a picture\n", encoding="utf-8")
+    image = shared.images[7]
+    runs = [Background(functools.partial(lookalike, "query", *args, "-c", shared.config),
+                       f"query {n}")
+            for n, args in enumerate([(digit_files[1500][0],),  # not in the inbox
+                                      (shared.inbox / image, "-k", "5"), (notes,)])]
+    outside, inbox, unusable = (run.result() for run in runs)
+    return Queried(outside, inbox, image, unusable, notes)
+
+
+def test_query_prints_the_results_document(shared: Shared, queried: Queried,
                                            lookalike: Lookalike, encoder_path: Path) -> None:
-    outside = digit_files[1500][0]  # not in the inbox
-    finished = lookalike("query", outside, "-c", shared.config)
+    finished = queried.outside
     assert finished.returncode == 0, finished.stderr
     document = json.loads(finished.stdout)
     assert document["schema"] == "lookalike.neighbors/1"
@@ -154,9 +179,8 @@ def test_query_prints_the_results_document(shared: Shared, digit_files: list[tup
     assert status_of(lookalike, shared.config)["library"]["images"] == 60  # type: ignore[index]
 
 
-def test_query_k_of_an_inbox_image(shared: Shared, lookalike: Lookalike) -> None:
-    image = shared.images[7]
-    finished = lookalike("query", shared.inbox / image, "-k", "5", "-c", shared.config)
+def test_query_k_of_an_inbox_image(shared: Shared, queried: Queried) -> None:
+    image, finished = queried.image, queried.inbox
     assert finished.returncode == 0, finished.stderr
     document = json.loads(finished.stdout)
     assert document["query"] == image
@@ -172,10 +196,8 @@ def test_query_of_a_missing_image(shared: Shared, lookalike: Lookalike, tmp_path
     assert finished.stdout == ""
 
 
-def test_query_of_an_unusable_image(shared: Shared, lookalike: Lookalike, tmp_path: Path) -> None:
-    notes = tmp_path / "notes.jpg"
-    notes.write_text("not a picture\n", encoding="utf-8")
-    finished = lookalike("query", notes, "-c", shared.config)
+def test_query_of_an_unusable_image(queried: Queried) -> None:
+    notes, finished = queried.notes, queried.unusable
     assert finished.returncode != 0
     assert "Traceback" not in finished.stderr
     document = json.loads(finished.stdout)
@@ -362,13 +384,14 @@ def test_train_goes_on_from_the_shipped_encoder(tmp_path: Path,
     assert not np.array_equal(find_layer(mine, "latent").get_weights()[0],
                               find_layer(shipped, "latent").get_weights()[0])
 
-    # A file without a training state beside it, or none at all, is refused.
+    # A file without a training state beside it, or none at all, is refused (the two
+    # commands at once: each loads TensorFlow first, on one core).
     out.with_name("mine.training.weights.h5").unlink()
-    finished = lookalike("train", "--data", data, "--out", tmp_path / "x.keras", "--start", out)
-    assert "no training state" in one_problem(finished)
-    finished = lookalike("train", "--data", data, "--out", tmp_path / "x.keras", "--start",
-                         tmp_path / "none.keras")
-    assert "no such file" in one_problem(finished)
+    stateless, missing = [Background(functools.partial(
+        lookalike, "train", "--data", data, "--out", tmp_path / "x.keras", "--start", start),
+        f"train --start {start.name}") for start in (out, tmp_path / "none.keras")]
+    assert "no training state" in one_problem(stateless.result())
+    assert "no such file" in one_problem(missing.result())
     assert not (tmp_path / "x.keras").exists()
 
 
