@@ -2,6 +2,8 @@
 scenarios run side by side."""
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 import re
 import struct
@@ -9,9 +11,9 @@ import subprocess
 import sys
 import threading
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import pytest
 import yaml
@@ -121,5 +123,35 @@ class Background(Generic[T]):
 def wanted(request: pytest.FixtureRequest, names: Iterable[str]) -> list[str]:
     """Which of the fixtures `names` the tests of this module that are to run use."""
     used = {name for item in request.session.items
-            if getattr(item, "module", None) is request.module for name in item.fixturenames}
+            if getattr(item, "module", None) is request.module
+            for name in getattr(item, "fixturenames", ())}
     return [name for name in names if name in used]
+
+
+class Scenarios:
+    """A module's scenarios, started side by side (`side_by_side`)."""
+
+    def __init__(self, started: dict[str, Background[Any]]) -> None:
+        self.started = started
+
+    def result(self, name: str) -> Any:
+        """What scenario `name` made (waiting for it), or what it raised."""
+        return self.started[name].result()
+
+
+@contextlib.contextmanager
+def side_by_side(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
+                 made: dict[str, Callable[[Path], Any]]) -> Iterator[Scenarios]:
+    """Start each scenario of `made` (its name: its work, given a new folder named after
+    it) that the tests of this module that are to run use, all at once, each in a
+    `Background` thread; their fixtures take their results. At the end, wait for them all
+    (done by then unless a test stopped the run early)."""
+    started = {name: Background(functools.partial(made[name], tmp_path_factory.mktemp(name)),
+                                name)
+               for name in wanted(request, made)}
+    try:
+        yield Scenarios(started)
+    finally:
+        for scenario in started.values():
+            with contextlib.suppress(BaseException):
+                scenario.result()

@@ -47,7 +47,7 @@ from tests.daemon.service import (
     read_results,
     temporaries,
 )
-from tests.helpers import LOOKALIKE, Background, wanted
+from tests.helpers import LOOKALIKE, Scenarios, side_by_side
 
 pytestmark = pytest.mark.slow
 
@@ -251,29 +251,24 @@ def sigkills(root: Path, config_in: Callable[..., Path],
 @pytest.fixture(scope="module")
 def scenarios(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
               config_in: Callable[..., Path], digit_files: list[tuple[Path, int]],
-              encoder_path: Path) -> Iterator[dict[str, Background[Any]]]:
-    """This module's scenarios that the tests to run use, started at once, each in a folder
-    of its own: the SIGKILL cycles, the full disks (mostly waiting for the service's
-    retries), the answered and indexed folder and the damaged model."""
-    made = {"killed": (sigkills, "killed", digit_files),
-            "full": (disk_full, "full", digit_files),
-            "indexed_once": (answered_and_indexed, "indexed", digit_files),
-            "damaged_model": (run_on_a_damaged_model, "damaged-model", encoder_path)}
-    started = {}
-    for name in wanted(request, made):
-        work, folder, data = made[name]
-        root = tmp_path_factory.mktemp(folder)
-        started[name] = Background(functools.partial(work, root, config_in, data), name)
-    yield started
-    for scenario in started.values():  # (all done unless a test stopped the run early)
-        with contextlib.suppress(BaseException):
-            scenario.result()
+              encoder_path: Path) -> Iterator[Scenarios]:
+    """This module's scenarios, side by side, each in a folder of its own: the SIGKILL
+    cycles, the full disks (mostly waiting for the service's retries), the answered and
+    indexed folder and the damaged model."""
+    made: dict[str, Callable[[Path], Any]] = {
+        "killed": functools.partial(sigkills, config_in=config_in, digit_files=digit_files),
+        "full": functools.partial(disk_full, config_in=config_in, digit_files=digit_files),
+        "indexed_once": functools.partial(answered_and_indexed, config_in=config_in,
+                                          digit_files=digit_files),
+        "damaged_model": functools.partial(run_on_a_damaged_model, config_in=config_in,
+                                           encoder_path=encoder_path)}
+    with side_by_side(request, tmp_path_factory, made) as started:
+        yield started
 
 
 @pytest.fixture(scope="module")
-def killed(scenarios: dict[str, Background[Any]]) -> Killed:
-    result: Killed = scenarios["killed"].result()
-    return result
+def killed(scenarios: Scenarios) -> Killed:
+    return scenarios.result("killed")
 
 
 STALE = ("names files that do not exist", "not among its")
@@ -418,9 +413,8 @@ def full_disks(root: Path, inbox: Path, config: Path, pool: list[Path],
 
 
 @pytest.fixture(scope="module")
-def full(scenarios: dict[str, Background[Any]]) -> Full:
-    result: Full = scenarios["full"].result()
-    return result
+def full(scenarios: Scenarios) -> Full:
+    return scenarios.result("full")
 
 
 def test_a_full_state_disk_keeps_what_the_service_had(full: Full) -> None:
@@ -513,9 +507,8 @@ def answered_and_indexed(root: Path, config_in: Callable[..., Path],
 
 
 @pytest.fixture(scope="module")
-def indexed_once(scenarios: dict[str, Background[Any]]) -> Path:
-    result: Path = scenarios["indexed_once"].result()
-    return result
+def indexed_once(scenarios: Scenarios) -> Path:
+    return scenarios.result("indexed_once")
 
 
 @pytest.fixture
@@ -565,9 +558,8 @@ def run_on_a_damaged_model(folder: Path, config_in: Callable[..., Path],
 
 
 @pytest.fixture(scope="module")
-def damaged_model(scenarios: dict[str, Background[Any]]) -> subprocess.CompletedProcess[str]:
-    result: subprocess.CompletedProcess[str] = scenarios["damaged_model"].result()
-    return result
+def damaged_model(scenarios: Scenarios) -> subprocess.CompletedProcess[str]:
+    return scenarios.result("damaged_model")
 
 
 def test_a_damaged_model_file_is_one_error_line_and_a_failure_exit(

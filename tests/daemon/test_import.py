@@ -42,7 +42,7 @@ from lookalike.daemon.lock import StateLock
 from tests.daemon import raycluster
 from tests.daemon.service import results_of
 from tests.daemon.test_once import SUMMARY, Pass
-from tests.helpers import LOOKALIKE, Background, lookalike_env, refusal, wanted
+from tests.helpers import LOOKALIKE, Scenarios, lookalike_env, refusal, side_by_side
 
 pytest.importorskip("ray", reason="needs the cluster extra: pip install '.[test,cluster]'")
 from lookalike.daemon import importing  # noqa: E402  (needs Ray)
@@ -205,39 +205,29 @@ def import_then_run_once(root: Path, collection: Path, config_in: Callable[..., 
 @pytest.fixture(scope="module")
 def scenarios(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
               collection: Path, config_in: Callable[..., Path],
-              lookalike: Lookalike) -> Iterator[dict[str, Background[Any]]]:
-    """What the tests to run use of `run --once` alone, `import` on a local cluster and
-    the start of the cluster of three nodes, started at once, each in a folder of its
-    own: most of their time is Ray's and TensorFlow's start, on one core each."""
-    made = {"reference": run_once_alone, "imported": import_then_run_once}
-    started: dict[str, Background[Any]] = {}
+              lookalike: Lookalike) -> Iterator[Scenarios]:
+    """`run --once` alone, `import` on a local cluster and the start of the cluster of
+    three nodes (stopped after the module), side by side, each in a folder of its own:
+    most of their time is Ray's and TensorFlow's start, on one core each."""
     with contextlib.ExitStack() as stack:
-        for name in wanted(request, [*made, "cluster"]):
-            root = tmp_path_factory.mktemp(name)
-            if name == "cluster":
-                work: Callable[[], Any] = functools.partial(
-                    stack.enter_context, raycluster.cluster(root, workers=2))
-            else:
-                work = functools.partial(made[name], root, collection, config_in, lookalike)
-            started[name] = Background(work, name)
-        try:
+        made: dict[str, Callable[[Path], Any]] = {
+            name: functools.partial(work, collection=collection, config_in=config_in,
+                                    lookalike=lookalike)
+            for name, work in [("reference", run_once_alone),
+                               ("imported", import_then_run_once)]}
+        made["cluster"] = lambda root: stack.enter_context(raycluster.cluster(root, workers=2))
+        with side_by_side(request, tmp_path_factory, made) as started:
             yield started
-        finally:  # (all done unless a test stopped the run early); then the cluster stops
-            for scenario in started.values():
-                with contextlib.suppress(BaseException):
-                    scenario.result()
 
 
 @pytest.fixture(scope="module")
-def reference(scenarios: dict[str, Background[Any]]) -> Filled:
-    result: Filled = scenarios["reference"].result()
-    return result
+def reference(scenarios: Scenarios) -> Filled:
+    return scenarios.result("reference")
 
 
 @pytest.fixture(scope="module")
-def imported(scenarios: dict[str, Background[Any]]) -> Imported:
-    result: Imported = scenarios["imported"].result()
-    return result
+def imported(scenarios: Scenarios) -> Imported:
+    return scenarios.result("imported")
 
 
 def assert_same_rows(ours: Library, theirs: Library) -> None:
@@ -314,10 +304,9 @@ def test_results_files_as_after_run_once_alone(imported: Imported, reference: Fi
 
 # -- a cluster of a head and two worker nodes --------------------------------------
 @pytest.fixture(scope="module")
-def cluster(scenarios: dict[str, Background[Any]]) -> raycluster.Cluster:
+def cluster(scenarios: Scenarios) -> raycluster.Cluster:
     """A head and two worker nodes (started by `scenarios`, stopped after the module)."""
-    started: raycluster.Cluster = scenarios["cluster"].result()
-    return started
+    return scenarios.result("cluster")
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,6 @@ TensorFlow's import (and run side by side, `scenarios`):
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
 import json
@@ -33,7 +32,7 @@ from lookalike.core.card import model_id
 from lookalike.core.store import Library as StoredLibrary
 from tests.core.test_copies import made_copies, picture
 from tests.daemon.service import SCHEMA, SUFFIX, results_of
-from tests.helpers import Background, wanted, write_config
+from tests.helpers import Scenarios, side_by_side, write_config
 
 SUMMARY = re.compile(r"^(?P<images>\d+) images in the library: (?P<added>\d+) added, "
                      r"(?P<updated>\d+) updated, (?P<removed>\d+) removed, "
@@ -351,36 +350,33 @@ def scenarios(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathF
               config_in: Callable[..., Path], encoder_path: Path,
               digit_files: list[tuple[Path, int]],
               lookalike: Callable[..., subprocess.CompletedProcess[str]]
-              ) -> Iterator[dict[str, Background[Any]]]:
-    """This module's shared runs that the tests to run use, started at once, each in a
-    folder of its own (most of a run's time is TensorFlow's import, on one core)."""
-    made = {"library": (three_runs, config_in), "edited": (edits, config_in),
-            "answered": (thirty_answered, encoder_path)}
-    started = {name: Background(functools.partial(made[name][0], tmp_path_factory.mktemp(name),
-                                                  made[name][1], digit_files, lookalike), name)
-               for name in wanted(request, made)}
-    yield started
-    for scenario in started.values():  # (all done unless a test stopped the run early)
-        with contextlib.suppress(BaseException):
-            scenario.result()
+              ) -> Iterator[Scenarios]:
+    """This module's shared runs, side by side, each in a folder of its own (most of a
+    run's time is TensorFlow's import, on one core)."""
+    made: dict[str, Callable[[Path], Any]] = {
+        "library": functools.partial(three_runs, config_in=config_in, digit_files=digit_files,
+                                     lookalike=lookalike),
+        "edited": functools.partial(edits, config_in=config_in, digit_files=digit_files,
+                                    lookalike=lookalike),
+        "answered": functools.partial(thirty_answered, encoder_path=encoder_path,
+                                      digit_files=digit_files, lookalike=lookalike)}
+    with side_by_side(request, tmp_path_factory, made) as started:
+        yield started
 
 
 @pytest.fixture(scope="module")
-def library(scenarios: dict[str, Background[Any]]) -> Library:
-    result: Library = scenarios["library"].result()
-    return result
+def library(scenarios: Scenarios) -> Library:
+    return scenarios.result("library")
 
 
 @pytest.fixture(scope="module")
-def edited(scenarios: dict[str, Background[Any]]) -> Edited:
-    result: Edited = scenarios["edited"].result()
-    return result
+def edited(scenarios: Scenarios) -> Edited:
+    return scenarios.result("edited")
 
 
 @pytest.fixture(scope="module")
-def answered(scenarios: dict[str, Background[Any]]) -> Path:
-    result: Path = scenarios["answered"].result()
-    return result
+def answered(scenarios: Scenarios) -> Path:
+    return scenarios.result("answered")
 
 
 @pytest.fixture
