@@ -1,9 +1,13 @@
 """`lookalike sheet` and `lookalike eval --sheet` end to end: real process, real PNG files."""
 from __future__ import annotations
 
+import functools
 import shutil
-from collections.abc import Callable
+import subprocess
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -13,7 +17,7 @@ from lookalike.core import lettering, sheet
 from lookalike.core.errors import LookalikeError
 from lookalike.core.sheet import CELL
 from lookalike.daemon import evaluation, sheets
-from tests.helpers import refusal
+from tests.helpers import Scenarios, refusal, side_by_side, write_config
 from tests.helpers import run_lookalike as lookalike
 
 
@@ -24,21 +28,68 @@ def frame_at(picture: Image.Image, row: int, column: int, title_lines: int) -> t
     return color
 
 
-@pytest.mark.slow
-def test_sheet_of_an_inbox_image(make_config: Callable[..., Path],
-                                 inbox_of: Callable[[Path, int], list[str]],
-                                 tmp_path: Path) -> None:
-    config = make_config()
-    names = inbox_of(tmp_path / "inbox", 40)
-    japanese = "ねこの写真_0003.png"  # a name in another script, as many users' are
-    (tmp_path / "inbox" / names[3]).rename(tmp_path / "inbox" / japanese)
-    built = lookalike("run", "--once", "-c", config, cwd=tmp_path)
-    assert built.returncode == 0, built.stderr
-    here = tmp_path / "here"
-    here.mkdir()
+# -- `lookalike sheet`: each of its runs loads TensorFlow (on one core), so the two tests'
+# runs are made side by side, each in a folder of its own
+@dataclass
+class InboxSheet:
+    built: subprocess.CompletedProcess[str]  # run --once of 40 digits
+    finished: subprocess.CompletedProcess[str]  # sheet of `japanese`, -k 5, run in `here`
+    japanese: str
+    here: Path
 
-    finished = lookalike("sheet", tmp_path / "inbox" / japanese, "-k", "5", "-c", config,
-                         cwd=here)
+
+def sheet_of_an_inbox_image(root: Path, encoder_path: Path, digits_root: Path) -> InboxSheet:
+    config = write_config(root, encoder_path)
+    sources = sorted(digits_root.glob("*/*.png"), key=lambda p: p.name)[:40]
+    for source in sources:
+        shutil.copy(source, root / "inbox" / source.name)
+    japanese = "ねこの写真_0003.png"  # a name in another script, as many users' are
+    (root / "inbox" / sources[3].name).rename(root / "inbox" / japanese)
+    built = lookalike("run", "--once", "-c", config, cwd=root)
+    here = root / "here"
+    here.mkdir()
+    if built.returncode != 0:
+        return InboxSheet(built, built, japanese, here)
+    finished = lookalike("sheet", root / "inbox" / japanese, "-k", "5", "-c", config, cwd=here)
+    return InboxSheet(built, finished, japanese, here)
+
+
+def sheet_of_an_unusable_image(root: Path, encoder_path: Path
+                               ) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    """(the folder it ran in, the finished `lookalike sheet` of a text file named .jpg)"""
+    config = write_config(root, encoder_path)
+    notes = root / "notes.jpg"
+    notes.write_text("not a picture\n", encoding="utf-8")
+    return root, lookalike("sheet", notes, "-c", config, cwd=root)
+
+
+@pytest.fixture(scope="module")
+def sheets_made(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
+                encoder_path: Path, digits_root: Path) -> Iterator[Scenarios]:
+    made: dict[str, Callable[[Path], Any]] = {
+        "inbox_sheet": functools.partial(sheet_of_an_inbox_image, encoder_path=encoder_path,
+                                         digits_root=digits_root),
+        "unusable_sheet": functools.partial(sheet_of_an_unusable_image,
+                                            encoder_path=encoder_path)}
+    with side_by_side(request, tmp_path_factory, made) as started:
+        yield started
+
+
+@pytest.fixture(scope="module")
+def inbox_sheet(sheets_made: Scenarios) -> InboxSheet:
+    return sheets_made.result("inbox_sheet")
+
+
+@pytest.fixture(scope="module")
+def unusable_sheet(sheets_made: Scenarios) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    return sheets_made.result("unusable_sheet")
+
+
+@pytest.mark.slow
+def test_sheet_of_an_inbox_image(inbox_sheet: InboxSheet) -> None:
+    built, finished = inbox_sheet.built, inbox_sheet.finished
+    japanese, here = inbox_sheet.japanese, inbox_sheet.here
+    assert built.returncode == 0, built.stderr
     assert finished.returncode == 0, finished.stderr
     written = here / f"{japanese}.sheet.png"  # the default: beside us, named after the image
     assert finished.stdout.strip() == str(written)
@@ -66,13 +117,11 @@ def test_sheet_of_an_inbox_image(make_config: Callable[..., Path],
 
 
 @pytest.mark.slow
-def test_sheet_of_an_unusable_image(make_config: Callable[..., Path], tmp_path: Path) -> None:
-    config = make_config()
-    notes = tmp_path / "notes.jpg"
-    notes.write_text("not a picture\n", encoding="utf-8")
-    finished = lookalike("sheet", notes, "-c", config, cwd=tmp_path)
+def test_sheet_of_an_unusable_image(
+        unusable_sheet: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
+    folder, finished = unusable_sheet
     assert "notes.jpg: not an image file" in refusal(finished)
-    assert not list(tmp_path.glob("*.png"))
+    assert not list(folder.glob("*.png"))
 
 
 def test_sheet_refuses_a_name_it_cannot_write(tmp_path: Path) -> None:
