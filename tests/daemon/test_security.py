@@ -11,6 +11,7 @@ And the model file is loaded without running code it carries.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 import signal
@@ -42,7 +43,7 @@ from tests.daemon.service import (
     read_results,
     wait_answered,
 )
-from tests.helpers import LOOKALIKE
+from tests.helpers import LOOKALIKE, Scenarios, side_by_side
 
 pytestmark = pytest.mark.slow
 
@@ -83,6 +84,12 @@ class Attacked:
     log: str
 
 
+@dataclass
+class ModelWithCode:
+    planted: Path  # the marker its code would create
+    done: subprocess.CompletedProcess[str]
+
+
 def safe_results(image: Path) -> dict[str, Any] | None:
     """read_results, but None for what does not parse (a planted link, say)."""
     try:
@@ -105,10 +112,8 @@ def contents(folder: Path) -> dict[str, bytes]:
     return found
 
 
-@pytest.fixture(scope="module")
-def attacked(tmp_path_factory: pytest.TempPathFactory, config_in: Callable[..., Path],
-             digit_files: list[tuple[Path, int]]) -> Iterator[Attacked]:
-    root = tmp_path_factory.mktemp("attacked")
+def attack(root: Path, config_in: Callable[..., Path],
+           digit_files: list[tuple[Path, int]]) -> Attacked:
     config = config_in(root, **SETTINGS)
     inbox, queries, outside = root / "inbox", root / "queries", root / "outside"
     images = fill(inbox, digit_files[:20])
@@ -131,7 +136,7 @@ def attacked(tmp_path_factory: pytest.TempPathFactory, config_in: Callable[..., 
     observer.schedule(writes, str(root), recursive=True)
     observer.start()
     try:
-        with launcher(root) as launch:
+        with launcher(root, show=False) as launch:
             run = launch(config)
             run.ready()
             wait_answered(run, inbox, images)
@@ -188,9 +193,49 @@ def attacked(tmp_path_factory: pytest.TempPathFactory, config_in: Callable[..., 
     test_made = {str(outside / moved), str(outside / "sub"), str(outside / "sub" / "late.png"),
                  str(outside / "folder" / "late.png")}
     test_made |= {str(outside / "sub" / p.name) for p in (outside / "sub").iterdir()}
-    yield Attacked(root, [path for path in written if path not in test_made], outside_before,
-                   contents(outside), documents, listing, moved_with_folder, alive, code,
-                   run.text())
+    return Attacked(root, [path for path in written if path not in test_made], outside_before,
+                    contents(outside), documents, listing, moved_with_folder, alive, code,
+                    run.text())
+
+
+def run_on_a_model_with_code(folder: Path, config_in: Callable[..., Path]) -> ModelWithCode:
+    """`lookalike run` on an encoder file with a Lambda layer (Python bytecode in the file)
+    that, run, creates a marker file."""
+    import keras
+
+    planted = folder / "marker"
+
+    model = keras.Sequential([
+        keras.Input((56, 56, 1)), keras.layers.Flatten(),
+        # Python bytecode in the file; loaded unsafely it would create the marker
+        keras.layers.Lambda(lambda x, marker=str(planted): (open(marker, "w").write(""), x)[1]),
+        keras.layers.Dense(8)])
+    path = folder / "lambda.keras"
+    model.save(path)
+    planted.unlink()  # building the model here ran it once
+    config = config_in(folder, model=str(path))
+    done = subprocess.run([str(LOOKALIKE), "run", "-c", str(config)], cwd=folder,
+                          capture_output=True, text=True, timeout=120, check=False,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    return ModelWithCode(planted, done)
+
+
+@pytest.fixture(scope="module")
+def scenarios(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
+              config_in: Callable[..., Path], digit_files: list[tuple[Path, int]]
+              ) -> Iterator[Scenarios]:
+    """The module's two services, side by side, each in a folder of its own (the inotify
+    watch of `attack` is on its own folder only)."""
+    made: dict[str, Callable[[Path], Any]] = {
+        "attacked": functools.partial(attack, config_in=config_in, digit_files=digit_files),
+        "model_with_code": functools.partial(run_on_a_model_with_code, config_in=config_in)}
+    with side_by_side(request, tmp_path_factory, made) as started:
+        yield started
+
+
+@pytest.fixture(scope="module")
+def attacked(scenarios: Scenarios) -> Attacked:
+    return scenarios.result("attacked")
 
 
 def test_nothing_is_written_outside_the_watched_folders_and_the_state(attacked: Attacked
@@ -236,25 +281,14 @@ def test_a_fifo_in_place_of_a_results_file_does_not_block_the_service(attacked: 
 
 
 # -- the model file ------------------------------------------------------------------------
-def test_a_model_with_code_in_it_is_refused_in_one_line(tmp_path: Path,
-                                                        config_in: Callable[..., Path]) -> None:
+@pytest.fixture(scope="module")
+def model_with_code(scenarios: Scenarios) -> ModelWithCode:
+    return scenarios.result("model_with_code")
+
+
+def test_a_model_with_code_in_it_is_refused_in_one_line(model_with_code: ModelWithCode) -> None:
     """A Lambda layer is Python bytecode in the file: Keras safe mode refuses to load it."""
-    import keras
-
-    planted = tmp_path / "marker"
-
-    model = keras.Sequential([
-        keras.Input((56, 56, 1)), keras.layers.Flatten(),
-        # Python bytecode in the file; loaded unsafely it would create the marker
-        keras.layers.Lambda(lambda x, marker=str(planted): (open(marker, "w").write(""), x)[1]),
-        keras.layers.Dense(8)])
-    path = tmp_path / "lambda.keras"
-    model.save(path)
-    planted.unlink()  # building the model here ran it once
-    config = config_in(tmp_path, model=str(path))
-    done = subprocess.run([str(LOOKALIKE), "run", "-c", str(config)], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=120, check=False,
-                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    planted, done = model_with_code.planted, model_with_code.done
     lines = [line for line in done.stderr.splitlines() if "lambda.keras" in line]
     assert done.returncode != 0
     assert "Traceback" not in done.stderr
