@@ -15,6 +15,11 @@ a run slow its file creation. Prints each run, the fastest of each kind and
 what the marks add to it; and the CPU seconds of all the command's threads,
 the work the marks add however it overlaps (steadier than the clock on a
 shared machine).
+
+Then the in-process limit of what marks add to the service's answer to one
+arrival: on the library the first run made, each of 1,000 images judged
+against its 12 neighbours as a new arrival is, none of their views kept
+(each of the 13 pictures' views made), and the milliseconds each takes.
 """
 from __future__ import annotations
 
@@ -23,6 +28,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 from moves import make_corpus, run_once
@@ -72,6 +78,7 @@ def main() -> None:
                                   "cost_s": round(counts["cost"], 2),
                                   "cpu_s": round(counts["cpu"], 1)}), flush=True)
         os.environ.pop("PYTHONPATH", None)
+        judging = one_arrival(Path(home) / "marked0")
     marked, unmarked = min(costs["marked"]), min(costs["unmarked"])
     print(f"\n{args.count} images, start-up excluded, fastest of {args.repeats}: "
           f"{marked:.1f} s with near-duplicate marks, {unmarked:.1f} s without: "
@@ -79,6 +86,37 @@ def main() -> None:
     marked, unmarked = min(cpus["marked"]), min(cpus["unmarked"])
     print(f"CPU seconds of all its threads, least of {args.repeats}: {marked:.1f} with marks, "
           f"{unmarked:.1f} without: +{marked / unmarked - 1:.0%}; each run {json.dumps(cpus)}")
+    print(f"Judging one arrival's 12 neighbours, in-process, none of their views kept: "
+          f"p50 {judging[0]:.2f} ms, p99 {judging[1]:.2f} ms")
+
+
+def one_arrival(root: Path, count: int = 1000) -> tuple[float, float]:
+    """p50 and p99 milliseconds of judging an image's neighbours (`Judge.marks`) as the
+    service judges a new arrival's, with no picture's views kept from before."""
+    import lookalike.daemon  # noqa: F401, I001  (first, as in the command: its settings precede NumPy)
+    import sqlite3
+
+    import numpy as np
+
+    from lookalike.core import copies
+
+    with sqlite3.connect(root / "state" / "library.sqlite") as db:
+        pictures = {path: copies.Picture(thumb, copies.shape_of(width, height))
+                    for path, thumb, width, height in
+                    db.execute("SELECT path, thumb, width, height FROM images")}
+    judge = copies.Judge("normal")
+    times = []
+    for results in sorted((root / "inbox").rglob("*.neighbors.json"))[:count]:
+        document = json.loads(results.read_text())
+        query = (pictures[document["query"]],
+                 [(n["distance"], pictures[n["path"]]) for n in document["neighbors"]])
+        judge.rows.clear()
+        judge.scores.clear()
+        started = time.perf_counter()
+        judge.marks([query])
+        times.append(time.perf_counter() - started)
+    p50, p99 = np.percentile(times, [50, 99]) * 1000
+    return float(p50), float(p99)
 
 
 if __name__ == "__main__":
