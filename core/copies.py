@@ -168,8 +168,8 @@ def taps(degrees: float, shape: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def turned(grey: np.ndarray, degrees: float, shape: int) -> np.ndarray:
-    """Thumbnails as columns (THUMB_SIDE^2, n) float32, turned by `degrees` (`turn_map`):
-    whole rows gathered, each a pixel of every thumbnail."""
+    """Thumbnails of one `Picture` shape as columns (THUMB_SIDE^2, n) float32, turned by
+    `degrees` (`turn_map`): whole rows gathered, each a pixel of every thumbnail."""
     where, weights = taps(degrees, shape)
     made = grey[where[:, 0]] * weights[:, :1]
     for tap in range(1, where.shape[1]):
