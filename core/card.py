@@ -11,6 +11,9 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+from .config import Config, check_encoder
+from .images import Shape
+
 SCHEMA = "lookalike.model/1"
 
 
@@ -60,7 +63,8 @@ def input_shape(model_path: Path) -> tuple[int, int] | None:
     Keras config declares them, without loading TensorFlow; None if it declares none.
 
     For `lookalike import`, whose decoding tasks need the encoder's shape
-    before any process has loaded it.
+    before any process has loaded it, and `run --once`, which loads it only
+    when it has something to encode (`declared_shape`).
     """
     try:
         with zipfile.ZipFile(model_path) as archive:
@@ -73,3 +77,16 @@ def input_shape(model_path: Path) -> tuple[int, int] | None:
     if height != width or channels not in (1, 3) or not isinstance(height, int):
         return None
     return height, channels
+
+
+def declared_shape(config: Config) -> Shape | None:
+    """The images the configured encoder reads, as its file declares them (`input_shape`),
+    refused unless they agree with `image.size` and `image.color`, as the service checks
+    (`check_encoder`); None if the file declares none."""
+    declared = input_shape(config.model)
+    if declared is None:
+        return None
+    side, channels = declared
+    shape = Shape(side, "rgb" if channels == 3 else "grayscale", config.image.max_pixels)
+    check_encoder(config, shape.size, shape.color)
+    return shape

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     import numpy as np
 
     from lookalike.core.encoder import Encoder
+    from lookalike.core.images import Shape
 
 log = logging.getLogger("lookalike")
 
@@ -195,13 +196,11 @@ class EncoderWhenNeeded:
     `lookalike import`, a move, an unchanged inbox) never loads it. What the pass needs
     before, the encoder's input and id, its file says without TensorFlow (`card`)."""
 
-    def __init__(self, config: Config, side: int, channels: int) -> None:
+    def __init__(self, config: Config, shape: Shape) -> None:
         from lookalike.core import card
-        from lookalike.core.images import Shape
 
         self.config = config
-        self.shape = Shape(side, "rgb" if channels == 3 else "grayscale",
-                           config.image.max_pixels)
+        self.shape = shape
         self.model_id = card.model_id(config.model)
         self.loaded: Encoder | None = None
         self.loading = threading.Lock()
@@ -220,13 +219,11 @@ def encoder_when_needed(config: Config) -> Encoder:
     (or is missing: then loading says what is wrong)."""
     from lookalike.core import card
 
-    declared = card.input_shape(config.model)
-    if declared is None:
+    shape = card.declared_shape(config)
+    if shape is None:
         return load_encoder(config)
-    side, channels = declared
-    configuration.check_encoder(config, side, "rgb" if channels == 3 else "grayscale")
     # (Ingest and answers use only `shape`, `model_id` and `encode`.)
-    return cast("Encoder", EncoderWhenNeeded(config, side, channels))
+    return cast("Encoder", EncoderWhenNeeded(config, shape))
 
 
 # -- commands ---------------------------------------------------------------

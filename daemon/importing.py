@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from lookalike.core import card
-from lookalike.core.config import Config, check_encoder
+from lookalike.core.config import Config
 from lookalike.core.errors import LookalikeError, ModelError, StateError
 from lookalike.core.images import Shape
 from lookalike.core.scan import Candidate
@@ -119,13 +119,10 @@ def encoder_shape(config: Config) -> Shape:
     `image.color`, as the service checks."""
     if not config.model.is_file():
         raise ModelError(f"{config.model}: no such encoder file")
-    declared = card.input_shape(config.model)
-    if declared is None:
+    shape = card.declared_shape(config)
+    if shape is None:
         raise ModelError(f"{config.model}: cannot tell what images the encoder reads")
-    side, channels = declared
-    color = "rgb" if channels == 3 else "grayscale"
-    check_encoder(config, side, color)
-    return Shape(side, color, config.image.max_pixels)
+    return shape
 
 
 class Writer:
