@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 SCORES_AT_ONCE = 1 << 20  # queries x rows per block of the exact scan (4 MB: stays in cache)
+GROUP = 64  # columns whose least score `lowest` takes first, in one pass
 WITHIN_SLACK = 1e-4  # on squared distances: float32 rounding over 10^3 dimensions is less
 
 
@@ -88,8 +89,7 @@ class ExactScan:
         The distances themselves are computed only for the rows kept: over a
         whole block, the square root alone would cost as much as the product.
         """
-        scores = queries @ self.rows.T
-        scores *= -2.0
+        scores = (queries * np.float32(-2.0)) @ self.rows.T  # (x2 is exact: no rounding)
         if self.metric == "euclidean":
             scores += self.squares  # |x|^2 - 2 q.x: the distance squared, less |q|^2
         return scores
@@ -119,8 +119,7 @@ class ExactScan:
                          k: int) -> list[list[Neighbor]]:
         """The k rows of lowest score for each prepared query, as neighbours; rows
         masked with an infinite score are left out."""
-        count = min(k, scores.shape[1])
-        nearest = np.argpartition(scores, count - 1, axis=1)[:, :count]
+        nearest = lowest(scores, min(k, scores.shape[1]))
         chosen = np.take_along_axis(scores, nearest, axis=1)
         kept = np.isfinite(chosen)
         distances = self.distances(queries, nearest, chosen)
@@ -130,6 +129,30 @@ class ExactScan:
                 for rows, row_distances, keep in zip(self.ids[nearest].tolist(),
                                                      distances.tolist(), kept.tolist(),
                                                      strict=True)]
+
+
+def lowest(scores: np.ndarray, count: int) -> np.ndarray:
+    """The columns of the `count` lowest scores of each row, in no order.
+
+    The `count` lowest of a row lie in at most `count` groups of `GROUP`
+    columns, and those groups' least scores are among the `count` lowest of
+    the groups' least: so the few columns of those groups are all that need
+    ranking, not the whole row (5 times faster for a row of 10^4).
+    """
+    queries, width = scores.shape
+    groups = width // GROUP
+    if groups < 4 * count:  # too few groups to pay
+        return np.argpartition(scores, count - 1, axis=1)[:, :count]
+    grouped = scores[:, :groups * GROUP].reshape(queries, groups, GROUP)
+    chosen = np.argpartition(grouped.min(axis=2), count - 1, axis=1)[:, :count]
+    values = np.take_along_axis(grouped, chosen[:, :, None], axis=1).reshape(queries, -1)
+    columns = (chosen[:, :, None] * GROUP + np.arange(GROUP)).reshape(queries, -1)
+    rest = np.arange(groups * GROUP, width)  # the last, partial group: always a candidate
+    if len(rest):
+        values = np.concatenate([values, scores[:, rest]], axis=1)
+        columns = np.concatenate([columns, np.broadcast_to(rest, (queries, len(rest)))], axis=1)
+    picked = np.argpartition(values, count - 1, axis=1)[:, :count]
+    return np.take_along_axis(columns, picked, axis=1)
 
 
 def norms(matrix: np.ndarray) -> np.ndarray:

@@ -13,7 +13,7 @@ from annoy import AnnoyIndex
 
 from lookalike.core import index, projection
 from lookalike.core.errors import StateError
-from lookalike.core.exact import ExactScan, Neighbor, distance
+from lookalike.core.exact import GROUP, ExactScan, Neighbor, distance, lowest
 from lookalike.core.index_kinds import (
     BuiltIndex,
     EmptyIndex,
@@ -328,6 +328,32 @@ def test_within_finds_every_row_nearer_than_each_radius_and_no_other(metric: str
         assert all(true[n][row - 1000] < radii[n] + 1e-3 for row in near.tolist())
         assert own[n] not in near
     assert len(found[5]) == 399
+
+
+@pytest.mark.parametrize("width", [GROUP * 48, GROUP * 48 + 37, GROUP * 3])
+def test_lowest_finds_each_rows_lowest_scores_with_ties_and_masked_rows(width: int) -> None:
+    """Rows wide enough to be ranked by groups, and a partial last group; ties and
+    infinite (masked) scores as the exact scan has them."""
+    rng = np.random.default_rng(3)
+    scores = np.round(rng.standard_normal((40, width)), 1).astype(np.float32)  # many ties
+    scores[:, rng.integers(0, width, size=width // 3)] = np.inf
+    scores[0, -5:] = -9.0  # the lowest all in the partial group (or the last one)
+    for count in (1, 12, 40):
+        columns = lowest(scores, count)
+        assert columns.shape == (40, count)
+        assert all(len(set(row)) == count for row in columns.tolist())
+        assert np.array_equal(np.sort(np.take_along_axis(scores, columns, axis=1), axis=1),
+                              np.sort(scores, axis=1)[:, :count])
+    assert set(lowest(scores, 5)[0].tolist()) == set(range(width - 5, width))
+
+
+def test_a_wide_exact_scan_finds_the_true_nearest() -> None:
+    rows, queries = clustered(5000, seed=10), clustered(30, seed=11)
+    ids = np.arange(5000) * 3
+    found = ExactScan(ids, rows, "angular").nearest(queries, 12, [None] * 30)
+    for query, near in zip(queries, found, strict=True):
+        true = distance(rows, query, "angular")
+        assert sorted(n.row_id for n in near) == sorted(ids[np.argsort(true)[:12]].tolist())
 
 
 def test_unknown_metric_is_refused() -> None:
