@@ -200,7 +200,7 @@ def main() -> None:
     parser.add_argument("source", type=Path)
     parser.add_argument("--count", type=int, nargs="+", default=[12_480],
                         help="sizes of the 256x256 JPEG corpora (the first: of the mixed one)")
-    parser.add_argument("--large", type=int, default=224)
+    parser.add_argument("--large", type=int, default=224, help="16.8 MP JPEGs (0: none)")
     parser.add_argument("--repeats", type=int, default=3, help="runs of each; the fastest counts")
     parser.add_argument("--json", type=Path, default=None, help="write the rows here")
     args = parser.parse_args()
@@ -216,6 +216,7 @@ def main() -> None:
         *(("256x256 JPEG", count, (256, 256), ("jpg",)) for count in args.count),
         ("16.8 MP JPEG", args.large, (4096, 4096), ("jpg",)),
         ("mixed PNG, WebP, JPEG", args.count[0], None, ("png", "webp", "jpg"))]
+    corpora = [corpus for corpus in corpora if corpus[1]]
     rows: list[dict[str, object]] = []
     with tempfile.TemporaryDirectory() as home:
         spent = Path(home) / "spent"
