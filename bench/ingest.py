@@ -1,15 +1,17 @@
 #!/usr/bin/env python3
 """Bulk ingest: the `lookalike run --once` command against the seed article's pipeline.
 
-    python bench/ingest.py SOURCE_DIR [--count 12480 100000] [--large 224] [--json FILE]
+    python bench/ingest.py SOURCE_DIR [--count 12480 100000] [--large 224] [--mixed N]
+                                      [--json FILE]
 
 Makes corpora of distinct images from the images under SOURCE_DIR (e.g. the
 corpus of scripts/build_corpus.py; a source used again is cropped a little
 differently, so no two files share their bytes, which lookalike would read
 once): (a) for each `--count`, that many 256x256 JPEGs, as the article's
 KaoKore faces; (b) `--large` 4096x4096 JPEGs (16.8 megapixels, upscaled);
-(c) the first `--count` images of 256 to 1024 pixels, a third each PNG,
-WebP and JPEG. For each:
+(c) `--mixed` images (the first `--count` unless given) of 256 to 1024
+pixels, a third each PNG, WebP and JPEG. A count of 0 leaves a corpus out.
+For each:
 - article: in this process, per image tf.io.read_file -> tf.image.decode_jpeg
   (decode_image for the mixed folder) -> tf.image.resize to 56x56, stack,
   encoder.predict, Annoy build (10 trees): it writes nothing;
@@ -201,6 +203,8 @@ def main() -> None:
     parser.add_argument("--count", type=int, nargs="+", default=[12_480],
                         help="sizes of the 256x256 JPEG corpora (the first: of the mixed one)")
     parser.add_argument("--large", type=int, default=224, help="16.8 MP JPEGs (0: none)")
+    parser.add_argument("--mixed", type=int, default=None,
+                        help="mixed PNG, WebP and JPEG images (0: none; default: the first count)")
     parser.add_argument("--repeats", type=int, default=3, help="runs of each; the fastest counts")
     parser.add_argument("--json", type=Path, default=None, help="write the rows here")
     args = parser.parse_args()
@@ -215,7 +219,8 @@ def main() -> None:
     corpora: list[tuple[str, int, tuple[int, int] | None, tuple[str, ...]]] = [
         *(("256x256 JPEG", count, (256, 256), ("jpg",)) for count in args.count),
         ("16.8 MP JPEG", args.large, (4096, 4096), ("jpg",)),
-        ("mixed PNG, WebP, JPEG", args.count[0], None, ("png", "webp", "jpg"))]
+        ("mixed PNG, WebP, JPEG", args.count[0] if args.mixed is None else args.mixed, None,
+         ("png", "webp", "jpg"))]
     corpora = [corpus for corpus in corpora if corpus[1]]
     rows: list[dict[str, object]] = []
     with tempfile.TemporaryDirectory() as home:
