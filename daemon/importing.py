@@ -88,8 +88,7 @@ def run(config: Config, folders: Sequence[Path], address: str | None, verbose: b
                      info.kind, info.seconds)
         tally.seconds = time.monotonic() - started
         images = library.counts()["images"]
-    rate = (tally.added + tally.updated) / tally.seconds
-    print(f"{images} images in the library: {tally.line()} ({rate:,.0f} images/s)")
+    print(f"{images} images in the library: {tally.line()}")
     return 0
 
 

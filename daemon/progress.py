@@ -42,6 +42,9 @@ class Tally:
 
     def line(self) -> str:
         took = f" in {self.seconds:.1f} s" if self.seconds else ""
+        read = self.added + self.updated + self.errors
+        if self.seconds and read:
+            took += f" ({read / self.seconds:,.0f} images/s)"
         return (f"{self.added} added, {self.updated} updated, {self.removed} removed, "
                 f"{self.errors} unusable, {self.answered} results written; {self.encoded} "
                 f"encoded, {self.reused} reused (same bytes){took}")

@@ -54,7 +54,6 @@ DIGITS = 600
 FILES = DIGITS + 3  # and the unusable ones
 UNUSABLE = {"empty.jpg": "empty", "notes.jpg": "not_an_image", "broken/truncated.png": "truncated"}
 IMPORT_S = 240.0  # an import on a loaded 2-core machine: Ray's start, TensorFlow's in an actor
-IMPORT_SUMMARY = re.compile(SUMMARY.pattern.removesuffix("$") + r" \([\d,]+ images/s\)$")
 LOG_LINE = re.compile(r"^\d\d:\d\d:\d\d (INFO|WARNING) lookalike[\w.]*: ")
 ENCODER_ACTOR = "MapBatches(Encoding)"  # in the title of an encoder actor's process
 # Columns of the library that `import` and `run --once` must agree on
@@ -97,7 +96,7 @@ def summary(finished: subprocess.CompletedProcess[str]) -> dict[str, int]:
     assert finished.returncode == 0, finished.stderr
     assert "Traceback" not in finished.stderr, finished.stderr
     line = finished.stdout.strip().splitlines()[-1]
-    match = IMPORT_SUMMARY.match(line)
+    match = SUMMARY.match(line)
     assert match, f"not a summary line: {line!r}"
     return {key: int(value) for key, value in match.groupdict().items()}
 

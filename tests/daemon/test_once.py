@@ -38,7 +38,7 @@ SUMMARY = re.compile(r"^(?P<images>\d+) images in the library: (?P<added>\d+) ad
                      r"(?P<updated>\d+) updated, (?P<removed>\d+) removed, "
                      r"(?P<unusable>\d+) unusable, (?P<written>\d+) results written; "
                      r"(?P<encoded>\d+) encoded, (?P<reused>\d+) reused \(same bytes\) "
-                     r"in [\d.]+ s$")
+                     r"in [\d.]+ s(?: \([\d,]+ images/s\))?$")
 UNUSABLE = {"empty.jpg": "empty", "notes.jpg": "not_an_image", "broken/truncated.png": "truncated"}
 QUERY = "look.png"  # the image of the query folder
 TWIN_QUERY = "same.png"  # a query that is an exact copy of an inbox image

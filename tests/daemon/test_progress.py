@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from lookalike.daemon import logs
-from lookalike.daemon.progress import LOG_EVERY_S, Progress, duration
+from lookalike.daemon.progress import LOG_EVERY_S, Progress, Tally, duration
 from tests.helpers import LOOKALIKE, lookalike_env
 
 LIVE = re.compile(r"\r\x1b\[K(ingest|results): ([\d,]+)/([\d,]+) \(([\d,]+)/s, (.+?) left\)")
@@ -97,3 +97,11 @@ def test_run_once_on_a_terminal_shows_a_live_line_and_ends_with_the_summary(
     # Never left behind: each drawing is erased before anything else is written.
     assert all(shown.startswith("\r\x1b[K", match.end()) for match in LIVE.finditer(shown)), shown
     assert f"{len(names)} images in the library" in finished.stdout
+
+
+def test_the_summary_says_how_many_images_a_second_were_read() -> None:
+    tally = Tally(added=1_200, updated=40, errors=10, answered=1_250, encoded=1_240,
+                  seconds=0.5)
+    assert tally.line().endswith("in 0.5 s (2,500 images/s)")
+    tally.added = tally.updated = tally.errors = 0  # answers alone: no rate to say
+    assert tally.line().endswith("reused (same bytes) in 0.5 s")

@@ -59,4 +59,4 @@ def test_a_burst_ends_with_one_line_of_what_it_did(tmp_path: Path,
         burst.report(105.0, busy=False)  # idle again: no second line
     assert [r.getMessage() for r in caplog.records] == [
         "burst: 780 added, 2 updated, 3 removed, 1 unusable, 803 results written; "
-        "0 encoded, 0 reused (same bytes) in 3.5 s"]
+        "0 encoded, 0 reused (same bytes) in 3.5 s (224 images/s)"]
