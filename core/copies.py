@@ -420,6 +420,10 @@ class Judge:
                       if other is not None and distance <= self.level.distance]
             # Two images are often each other's neighbours: a pair is compared once.
             keys = [pair_key(one, other) for _, _, one, other in judged]
+            # Memory kept bounded, before what this batch needs is looked up: a score
+            # let go after that would be missing below.
+            if len(self.scores) + len(keys) > CACHED_SCORES:
+                self.scores.clear()
             new: dict[int, tuple[Picture, Picture]] = {}  # `pair_key`: (query, other)
             for key, (_, _, one, other) in zip(keys, judged, strict=True):
                 if key not in self.scores:
@@ -427,8 +431,6 @@ class Judge:
             if new:
                 rows = self.rows_of([picture for pair in new.values() for picture in pair])
                 assert self.seen is not None  # (made by rows_of)
-                if len(self.scores) + len(new) > CACHED_SCORES:  # keep memory bounded
-                    self.scores.clear()
                 self.scores.update(zip(new, similarities(self.seen, rows.reshape(-1, 2)).tolist(),
                                        strict=True))
             for key, (q, n, _, _) in zip(keys, judged, strict=True):

@@ -107,6 +107,23 @@ def test_the_judge_keeps_a_bounded_cache_and_judges_the_same_after_clearing_it(
     assert small.copies(theirs, [(0.5, copied[0]), (0.5, mine)]) == [False, False]
 
 
+def test_a_full_cache_of_pair_scores_is_let_go_without_losing_a_batchs_scores(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch of pairs, some of them judged before, that would overflow the kept
+    scores: the old ones go first, and every pair of the batch is judged (a bulk
+    answer of 10^5 images fills the cache)."""
+    original = picture()
+    mine, theirs = thumb_of(original), thumb_of(picture(seed=1))
+    copied = [thumb_of(copy) for copy in made_copies(original).values()]
+    monkeypatch.setattr(copies, "CACHED_SCORES", len(copied))
+    judge = copies.Judge("normal")
+    assert judge.copies(mine, [(0.5, thumb) for thumb in copied]) == [True] * len(copied)
+    assert len(judge.scores) == len(copied)
+    again = [(0.5, thumb) for thumb in copied] + [(0.5, theirs), (0.5, copied[0])]
+    assert judge.copies(mine, again) == [True] * len(copied) + [False, True]
+    assert len(judge.scores) == len(copied) + 1
+
+
 def test_the_turn_matrix_is_pillows_rotation() -> None:
     """The views' turns are Pillow's bilinear rotation, written as a matrix."""
     image = np.random.default_rng(0).uniform(0, 255, (copies.THUMB_SIDE,) * 2).astype(np.float32)
