@@ -12,19 +12,30 @@ from __future__ import annotations
 import numpy as np
 
 AXES_SAMPLE = 50_000  # vectors the projection is fitted on: plenty for 10^3 directions
-PROJECT_BLOCK = 65_536  # vectors projected at a time
+PROJECT_BLOCK = 8_192  # vectors projected (or fitted) at a time: some 15 MB of 456 numbers
 
 
 def main_axes(vectors: np.ndarray, metric: str, dims: int) -> np.ndarray:
     """The `dims` directions along which `vectors` (unit length, for the angular metric)
     vary most, as a (dim, dims) matrix: projecting on them keeps the distances between
     vectors as well as any `dims` directions can. Fitted on a sample of at most
-    AXES_SAMPLE vectors (the same sample each time: builds are repeatable)."""
-    sample = vectors
+    AXES_SAMPLE vectors (the same sample each time: builds are repeatable).
+
+    The covariance is summed a block at a time, in float64: the sample is never
+    copied whole (in float64 it would be 4 times the size of its vectors).
+    """
+    sample = np.arange(len(vectors))
     if len(vectors) > AXES_SAMPLE:
-        sample = vectors[np.random.default_rng(0).choice(len(vectors), AXES_SAMPLE, replace=False)]
-    sample = unit(sample, metric).astype(np.float64)
-    variances, directions = np.linalg.eigh(np.cov(sample, rowvar=False))
+        sample = np.random.default_rng(0).choice(len(vectors), AXES_SAMPLE, replace=False)
+    count, dim = len(sample), vectors.shape[1]
+    total, products = np.zeros(dim), np.zeros((dim, dim))
+    for start in range(0, count, PROJECT_BLOCK):
+        block = unit(vectors[sample[start:start + PROJECT_BLOCK]], metric).astype(np.float64)
+        total += block.sum(axis=0)
+        products += block.T @ block
+    mean = total / max(count, 1)
+    covariance = (products - count * np.outer(mean, mean)) / max(count - 1, 1)
+    variances, directions = np.linalg.eigh(covariance)
     return np.ascontiguousarray(directions[:, ::-1][:, :dims], dtype=np.float32)
 
 

@@ -33,7 +33,7 @@ from .records import ADDED_COLUMNS, RECORD_COLUMNS, SCHEMA, Answer, Entry, Recor
 # Set in a library whose every change marked the results it made out of date (`store`);
 # one made before that, and not stopped cleanly, may hold stale results anywhere.
 MARKS_RESULTS = "changes_mark_results"
-STACK_BLOCK = 65_536  # vectors joined at a time when reading many
+STACK_BLOCK = 8_192  # vectors joined at a time when reading many
 
 
 class Library:
@@ -380,5 +380,12 @@ def stack(rows: Iterable[tuple[int, bytes]]) -> tuple[np.ndarray, np.ndarray]:
         blocks.append(np.frombuffer(b"".join(pending), dtype="<f4"))
     if not ids:
         return np.zeros(0, np.int64), np.zeros((0, 0), np.float32)
-    matrix = blocks[0] if len(blocks) == 1 else np.concatenate(blocks)
-    return np.asarray(ids, np.int64), matrix.reshape(len(ids), -1).astype(np.float32, copy=False)
+    # Each block let go once copied: the matrix and one block at most, not two matrices.
+    matrix = np.empty(sum(len(block) for block in blocks), np.float32)
+    filled = 0
+    blocks.reverse()
+    while blocks:
+        block = blocks.pop()
+        matrix[filled:filled + len(block)] = block
+        filled += len(block)
+    return np.asarray(ids, np.int64), matrix.reshape(len(ids), -1)
