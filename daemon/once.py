@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from lookalike.core.config import Config
 from lookalike.core.errors import StateError
 from lookalike.core.store import Library
-from lookalike.daemon import moves
+from lookalike.daemon import memory, moves
 from lookalike.daemon.answers import Answers, remove_leftovers
 from lookalike.daemon.ingest import Ingest, set_up_new_library
 from lookalike.daemon.lock import StateLock
@@ -37,6 +37,7 @@ def run(config: Config, load_encoder: Callable[[Config], Encoder]) -> int:
         try:
             tally = Tally()
             changes = ingest.reconcile(tally)
+            memory.give_back()  # the ingest's batches: the answering's peak comes next
             search = SearchState.load(config, library, encoder.model_id, ingest.pool,
                                       rebuild_if_behind=True)
             carried = moves.carried(library, changes, search.searcher.metric, config.neighbors)
