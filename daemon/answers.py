@@ -264,7 +264,7 @@ class Answers:
             else:
                 self.answer_missing(searcher, tally)
             return
-        # (The records themselves are let go: 70 MB at 10^5, held through the answering.)
+        # Only the names: the whole records would be held through the answering.
         names = {r.id: (r.path, r.sha256) for r in self.library.records().values()}
         known = {} if carried is None else carried.neighbors
         self.answer(searcher, [row for row in names if row in known], tally, names, known,
