@@ -3,7 +3,8 @@
 Each function takes an encoder (a Keras model from images to vectors) and
 returns a new one whose extra layers are built-in Keras layers with fixed
 weights, so the whole still loads in Keras's safe mode:
-- `with_mirror`: the sum of the latents of the image and of its mirror image;
+- `with_mirror`: the sum of the latents of the image and of its mirror image, with or
+  without the size of their difference (`absolute`);
 - `with_whitening`: the latent PCA-whitened on the training images;
 - `with_edges`: directions of the brightness gradient on a grid, beside the latent;
 - `with_luminance`, `with_colours`: an encoder of grayscale images made to read RGB
@@ -29,6 +30,11 @@ GREY_BINS = 1  # bins on each side of grey left out
 # side: the histogram of a whole image needs no fine detail, and its per-pixel layers
 # cost 16 times less.
 CHROMA_BLOCK = 4
+# Of a mirror-invariant part with its asymmetry (the size of the difference between
+# the image's features and its mirror image's), the whitening keeps this many
+# directions of the asymmetry and fills the rest of the part's width with the mirror
+# sum's: the vector keeps its size (chosen on the development parts, BENCHMARKS.md).
+ASYMMETRY_DIRECTIONS = 32
 
 
 def mirror_image(image: Any, size: int, name: str) -> Any:
@@ -42,13 +48,25 @@ def mirror_image(image: Any, size: int, name: str) -> Any:
     return flipped
 
 
-def with_mirror(encoder: keras.Model) -> keras.Model:
-    """`encoder(image) + encoder(mirror image)`: a mirrored copy gets the very same vector."""
+def with_mirror(encoder: keras.Model, asymmetry: bool = False) -> keras.Model:
+    """`encoder(image) + encoder(mirror image)`: a mirrored copy gets the very same vector.
+    With `asymmetry`, |encoder(image) - encoder(mirror image)| beside it, as much the same."""
     size = int(encoder.input_shape[1])
     image = keras.Input(shape=encoder.input_shape[1:], name="image")
-    both = keras.layers.Add(name="mirror_sum")(
-        [encoder(image), encoder(mirror_image(image, size, "mirror"))])
+    plain, mirrored = encoder(image), encoder(mirror_image(image, size, "mirror"))
+    both = keras.layers.Add(name="mirror_sum")([plain, mirrored])
+    if asymmetry:
+        both = keras.layers.Concatenate(name="mirror_sum_and_asymmetry")([both, absolute(
+            keras.layers.Subtract(name="mirror_difference")([plain, mirrored]), "asymmetry")])
     return keras.Model(image, both, name="encoder")
+
+
+def absolute(values: Any, name: str) -> Any:
+    """|values|, as ReLU(x) + ReLU(-x) (Keras has no absolute-value layer)."""
+    layers = keras.layers
+    negated = layers.Rescaling(-1.0, name=f"{name}_negated")(values)
+    return layers.Add(name=f"{name}_size")([layers.ReLU(name=f"{name}_plus")(values),
+                                            layers.ReLU(name=f"{name}_minus")(negated)])
 
 
 def whitening(latents: np.ndarray, shrink: float = 0.01) -> tuple[np.ndarray, np.ndarray]:
@@ -67,10 +85,29 @@ def whitening(latents: np.ndarray, shrink: float = 0.01) -> tuple[np.ndarray, np
     return kernel.astype(np.float32), (-mean @ kernel).astype(np.float32)
 
 
-def with_whitening(encoder: keras.Model, pixels: np.ndarray) -> keras.Model:
-    """`encoder` followed by a fixed Dense layer that PCA-whitens its latents on `pixels`."""
+def whitening_with_asymmetry(values: np.ndarray, weight: float
+                              ) -> tuple[np.ndarray, np.ndarray]:
+    """Kernel and bias of the map from (n, 2d) values, a mirror sum then its asymmetry, to
+    d numbers: the sum and the asymmetry each PCA-whitened, the first ASYMMETRY_DIRECTIONS
+    of the asymmetry (at most a quarter of d) times `weight` beside the sum's first ones."""
+    width = values.shape[1] // 2
+    kept = min(ASYMMETRY_DIRECTIONS, width // 4)
+    (summed, summed_bias), (apart, apart_bias) = (
+        whitening(part.astype(np.float64)) for part in (values[:, :width], values[:, width:]))
+    kernel = np.zeros((2 * width, width), np.float32)
+    kernel[:width, :width - kept] = summed[:, :width - kept]
+    kernel[width:, width - kept:] = weight * apart[:, :kept]
+    return kernel, np.concatenate([summed_bias[:width - kept], weight * apart_bias[:kept]])
+
+
+def with_whitening(encoder: keras.Model, pixels: np.ndarray, asymmetry: float = 0.0
+                   ) -> keras.Model:
+    """`encoder` followed by a fixed Dense layer that PCA-whitens its latents on `pixels`;
+    with `asymmetry`, latents that are a mirror sum and its asymmetry, whitened apart, the
+    asymmetry at that weight (`whitening_with_asymmetry`)."""
     latents = encoder.predict(pixels.astype(np.float32), batch_size=256, verbose=0)
-    kernel, bias = whitening(latents.astype(np.float64))
+    kernel, bias = (whitening_with_asymmetry(latents, asymmetry) if asymmetry
+                    else whitening(latents.astype(np.float64)))
     layer = keras.layers.Dense(kernel.shape[1], trainable=False, name="whiten")
     whitened = keras.Model(encoder.inputs[0], layer(encoder.outputs[0]), name="encoder")
     layer.set_weights([kernel, bias])
@@ -92,8 +129,11 @@ def keep_fitted(encoder: keras.Model, start: keras.Model) -> None:
     """
     for name in FITTED:
         mine, theirs = find_layer(encoder, name), find_layer(start, name)
-        if (mine is None) != (theirs is None):
-            raise ValueError(f"layer {name!r} is in one encoder only")
+        if (mine is None) != (theirs is None) or (
+                mine is not None and theirs is not None
+                and [w.shape for w in mine.get_weights()] != [w.shape for w in
+                                                              theirs.get_weights()]):
+            raise ValueError(f"layer {name!r} differs between the encoders")
         if mine is not None and theirs is not None:
             mine.set_weights(theirs.get_weights())
 
@@ -111,14 +151,16 @@ def find_layer(model: keras.Model, name: str) -> keras.layers.Layer | None:
 
 
 def with_edges(encoder: keras.Model, pixels: np.ndarray, directions: int, weight: float,
-               mirror: bool = False) -> keras.Model:
+               mirror: bool = False, asymmetry: float = 0.0) -> keras.Model:
     """`encoder`'s latent (scaled to unit length) beside a grid of edge directions.
 
     The edges: the gradient of the brightness in `directions` directions,
     rectified and averaged over a 4x4 grid of cells, square-rooted,
     PCA-whitened on `pixels` (n, size, size, channels) uint8, scaled to unit
     length, times `weight`. With `mirror`, the mirror image's gradients are
-    added to the image's first, so that a mirrored copy has the same edges.
+    added to the image's first, so that a mirrored copy has the same edges;
+    with `asymmetry` too, the size of their difference stands beside that sum,
+    whitened apart at that weight (`whitening_with_asymmetry`).
     """
     layers = keras.layers
     size, channels = int(encoder.input_shape[1]), int(encoder.input_shape[3])
@@ -137,9 +179,13 @@ def with_edges(encoder: keras.Model, pixels: np.ndarray, directions: int, weight
         # The mirror image's edges are the image's, cells reversed left to right and
         # each direction a turned to pi - a: a fixed permutation, added.
         mirrored = layers.Dense(width, use_bias=False, trainable=False, name="edges_mirror")
-        flat = layers.Add(name="edges_mirror_sum")([flat, mirrored(flat)])
+        flipped = mirrored(flat)
+        summed = layers.Add(name="edges_mirror_sum")([flat, flipped])
+        flat = summed if not asymmetry else layers.Concatenate(name="edges_with_asymmetry")(
+            [summed, absolute(layers.Subtract(name="edges_mirror_difference")([flat, flipped]),
+                              "edges_asymmetry")])
         mirrored.set_weights([mirror_permutation(directions)])
-    roots = square_root(flat, width, 1e-4, "edges_root")
+    roots = square_root(flat, int(flat.shape[-1]), 1e-4, "edges_root")
     whiten = layers.Dense(width, trainable=False, name="edges_whiten")
     parts = [layers.UnitNormalization(name="latent_unit")(encoder.outputs[0]),
              layers.Rescaling(weight, name="edges_weight")(
@@ -155,7 +201,8 @@ def with_edges(encoder: keras.Model, pixels: np.ndarray, directions: int, weight
     gradient.set_weights([kernel])
     seen = keras.Model(image, roots).predict(pixels.astype(np.float32), batch_size=256,
                                              verbose=0)
-    whiten.set_weights(list(whitening(seen.astype(np.float64))))
+    whiten.set_weights(list(whitening_with_asymmetry(seen, asymmetry) if mirror and asymmetry
+                            else whitening(seen.astype(np.float64))))
     return keras.Model(image, layers.Concatenate(name="appearance")(parts), name="encoder")
 
 

@@ -21,7 +21,9 @@ convolutions are built so that one pass gives that very sum:
   of channels (`SamePairs`).
 
 The latent is a Dense layer on the features v: the sum over an image and its
-mirror image, Dense(v) + Dense(P v), is one Dense layer, its kernel K + P K.
+mirror image, Dense(v) + Dense(P v), is one Dense layer, its kernel K + P K;
+their difference, one with the kernel K - P K, whose size is as much the same
+for both.
 `one_pass` rebuilds a trained encoder so, from plain built-in layers (no
 constraint: it loads in Keras's safe mode), batch normalisation folded into
 the convolutions.
@@ -32,6 +34,8 @@ from typing import Any
 
 import keras
 import numpy as np
+
+from .fitting import absolute
 
 
 def mirrored_kernel(kernel: Any, paired_input: bool) -> Any:
@@ -110,11 +114,13 @@ def feature_mirror(side: tuple[int, int, int], flat: bool, pooled: bool) -> np.n
     return np.concatenate(parts)
 
 
-def one_pass(encoder: keras.Model, mirror_sum: bool = True) -> keras.Model:
+def one_pass(encoder: keras.Model, mirror_sum: bool = True, asymmetry: bool = False
+             ) -> keras.Model:
     """A trained encoder of mirrored convolutions (`training.conv_autoencoder` with
     `equivariant`) rebuilt from plain built-in layers: batch normalisation folded into the
     convolutions, and with `mirror_sum` the latent of the image plus that of its mirror
-    image, computed in one pass."""
+    image, computed in one pass; with `asymmetry` too, the size of their difference beside
+    it (as `fitting.with_mirror` gives, in one pass)."""
     layers = keras.layers
     image = keras.Input(shape=encoder.input_shape[1:], name="image")
     x, trunk = image, encoder.layers[1:]
@@ -137,12 +143,18 @@ def one_pass(encoder: keras.Model, mirror_sum: bool = True) -> keras.Model:
     features = parts[0] if len(parts) == 1 else layers.Concatenate()(parts)
     dense = encoder.get_layer("latent")
     kernel, bias = (np.asarray(w, np.float64) for w in dense.get_weights())
+    back = np.argsort(feature_mirror(side, flat, pooled))  # type: ignore[arg-type]
+    plain = kernel
     if mirror_sum:
-        back = np.argsort(feature_mirror(side, flat, pooled))  # type: ignore[arg-type]
-        kernel, bias = kernel + kernel[back], 2 * bias
+        kernel, bias = plain + plain[back], 2 * bias
     latent = layers.Dense(dense.units, name="latent")
     out = latent(features)
     latent.set_weights([kernel.astype(np.float32), bias.astype(np.float32)])
+    if mirror_sum and asymmetry:
+        difference = layers.Dense(dense.units, use_bias=False, name="latent_difference")
+        out = layers.Concatenate(name="latent_and_asymmetry")(
+            [out, absolute(difference(features), "asymmetry")])
+        difference.set_weights([(plain - plain[back]).astype(np.float32)])
     return keras.Model(image, out, name="encoder")
 
 

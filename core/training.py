@@ -130,7 +130,12 @@ class Recipe:
     `mirror` makes the latent the sum of the image's and its mirror image's,
     so a mirrored copy has the same vector: by running the learned part on
     both, or, with `equivariant` (convolutions in mirrored pairs, trained so,
-    for `conv_autoencoder` only), in one pass; `whiten` PCA-whitens the latent;
+    for `conv_autoencoder` only), in one pass; `asymmetry` weighs, beside
+    the mirror sum of the latent and of the edges, what the sum throws away
+    but its sign: the size of the difference between the image's and its
+    mirror image's, as much the same for a mirror image (a handwritten 2 is
+    not a mirrored one summed with itself); `whiten` PCA-whitens the latent
+    (needed with `asymmetry`: it keeps the vector's size);
     `edges` directions of the brightness gradient, summed over a 4x4 grid
     of cells, stand beside it at `edges_weight`.
     """
@@ -147,6 +152,7 @@ class Recipe:
     learning_rate: float = 1e-3
     mirror: bool = False
     equivariant: bool = False
+    asymmetry: float = 0.0
     whiten: bool = False
     edges: int = 0
     edges_weight: float = 1.0
@@ -164,7 +170,7 @@ PRESETS: dict[str, Recipe] = {
     # (bench/suite.py); BENCHMARKS.md gives its held-out figures.
     "lookalike": Recipe(conv_autoencoder, luminance=True, colours=1.6, augment=2.0,
                         jitter=1.0, flip=True, contrast=1.0, mirror=True, equivariant=True,
-                        whiten=True, edges=16),
+                        asymmetry=0.5, whiten=True, edges=16),
 }
 DEFAULT_PRESET = "lookalike"
 # At most this many epochs by default: from random weights, or going on from an
@@ -237,7 +243,11 @@ def train(pixels: np.ndarray, shape: Shape, *, preset: str | Recipe = "seed",
     best = int(np.argmin(held_losses))
     encoder = finish(encoder, seen, recipe, rgb=learned_shape != shape)
     if start is not None:
-        fitting.keep_fitted(encoder, encoders.load(start).model)
+        try:
+            fitting.keep_fitted(encoder, encoders.load(start).model)
+        except ValueError as problem:
+            raise ModelError(f"{start}: its fixed layers were made by another recipe "
+                             f"({problem}); train with --start scratch") from None
     return Training(encoder, {
         "schema": model_card.SCHEMA,
         "preset": name,
@@ -403,15 +413,18 @@ def finish(encoder: keras.Model, pixels: np.ndarray, recipe: Recipe,
            rgb: bool = False) -> keras.Model:
     """The trained `encoder` with the fixed layers `recipe` adds, fitted on `pixels`; with
     `rgb`, made to read RGB images whose luminance it was trained on."""
+    asymmetry = recipe.asymmetry if recipe.mirror else 0.0
+    if asymmetry and not recipe.whiten:
+        raise ModelError("a recipe with asymmetry needs whiten, which keeps the vector's size")
     if recipe.equivariant:
-        encoder = mirrored.one_pass(encoder, mirror_sum=recipe.mirror)
+        encoder = mirrored.one_pass(encoder, mirror_sum=recipe.mirror, asymmetry=bool(asymmetry))
     elif recipe.mirror:
-        encoder = fitting.with_mirror(encoder)
+        encoder = fitting.with_mirror(encoder, asymmetry=bool(asymmetry))
     if recipe.whiten:
-        encoder = fitting.with_whitening(encoder, pixels)
+        encoder = fitting.with_whitening(encoder, pixels, asymmetry)
     if recipe.edges:
         encoder = fitting.with_edges(encoder, pixels, recipe.edges, recipe.edges_weight,
-                                     mirror=recipe.mirror)
+                                     mirror=recipe.mirror, asymmetry=asymmetry)
     if rgb:
         encoder = (fitting.with_colours(encoder, recipe.colours) if recipe.colours
                    else fitting.with_luminance(encoder))

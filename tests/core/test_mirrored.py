@@ -73,6 +73,42 @@ def test_one_pass_is_the_sum_over_the_image_and_its_mirror_image() -> None:
                if isinstance(layer, keras.layers.Conv2D))
 
 
+def test_the_asymmetry_is_the_same_for_a_mirror_image_and_none_for_a_symmetric_one() -> None:
+    built, _ = training.conv_autoencoder(SMALL, 8, equivariant=True)
+    rng = np.random.default_rng(4)
+    noise = rng.uniform(0, 255, (6, 16, 16, 1)).astype(np.float32)
+    symmetric = (noise + noise[:, :, ::-1]) / 2
+    one = mirrored.one_pass(built, asymmetry=True)
+    both = one.predict(noise, verbose=0)
+    assert both.shape == (6, 16)
+    assert relative(both, one.predict(noise[:, :, ::-1], verbose=0)) < 1e-5
+    # The sum is one_pass's without it; beside it |latent(image) - latent(mirror image)|.
+    assert relative(both[:, :8], mirrored.one_pass(built).predict(noise, verbose=0)) < 1e-6
+    plain = mirrored.one_pass(built, mirror_sum=False)
+    difference = plain.predict(noise, verbose=0) - plain.predict(noise[:, :, ::-1], verbose=0)
+    assert np.allclose(both[:, 8:], np.abs(difference), atol=1e-4)
+    assert (both[:, 8:].max(axis=1) > 1e-2).all()
+    assert np.abs(one.predict(symmetric, verbose=0)[:, 8:]).max() < 1e-4
+    # Running the encoder twice gives the same.
+    twice = fitting.with_mirror(built, asymmetry=True).predict(noise, verbose=0)
+    assert relative(twice, both) < 1e-2
+
+
+def test_whitening_with_asymmetry_keeps_the_width_and_weighs_the_asymmetry() -> None:
+    rng = np.random.default_rng(9)
+    values = rng.normal(size=(500, 16)) @ rng.normal(size=(16, 16))
+    kernel, bias = fitting.whitening_with_asymmetry(values, 0.5)
+    assert kernel.shape == (16, 8) and bias.shape == (8,)
+    kept = 8 // 4  # a quarter of the width, fewer than ASYMMETRY_DIRECTIONS
+    # The sum's directions read only the sum, the asymmetry's only the asymmetry.
+    assert not kernel[8:, :8 - kept].any() and not kernel[:8, 8 - kept:].any()
+    out = values @ kernel + bias
+    assert np.allclose(out.mean(0), 0.0, atol=1e-6)
+    spread = out.std(0)
+    assert (spread[:8 - kept] > 0.9).all() and (spread[:8 - kept] < 1.01).all()
+    assert (spread[8 - kept:] > 0.45).all() and (spread[8 - kept:] < 0.51).all()
+
+
 @pytest.mark.slow
 def test_a_trained_mirrored_encoder_gives_a_mirror_image_its_vector(tmp_path: Path) -> None:
     shape = Shape(16, "rgb")

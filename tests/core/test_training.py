@@ -1,6 +1,7 @@
 """Training an encoder: real TensorFlow, tiny images, a few epochs; the fixed layers after."""
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import keras
@@ -170,13 +171,25 @@ def test_default_preset_trains_saves_and_loads_in_safe_mode(tmp_path: Path) -> N
     assert np.allclose(grey_latents[:, :parts], latents[:, :parts], atol=1e-4)
     assert np.array_equal(grey_latents[:, parts:], np.zeros_like(grey_latents[:, parts:]))
     assert (np.abs(latents[:, parts:]).sum(1) > 0.1).all()
-    # The learned part is whitened on the training images, then put on the unit sphere.
+    # The learned part is whitened on the training images, then put on the unit sphere:
+    # its mirror sum (6 of 8 numbers), and apart from it its asymmetry at half weight.
+    assert "latent_and_asymmetry" in names
     learned = keras.Model(brightness.inputs, brightness.get_layer("whiten").output)
     whitened = learned.predict(fitting.luminance(pixels), verbose=0)
     assert np.allclose(whitened.mean(0), 0.0, atol=1e-3)
-    covariance = np.cov(whitened, rowvar=False)
-    assert np.allclose(covariance - np.diag(np.diag(covariance)), 0.0, atol=1e-2)
+    for part, spread in ((slice(0, 6), 1.0), (slice(6, 8), recipe.asymmetry)):
+        covariance = np.cov(whitened[:, part], rowvar=False)
+        assert np.allclose(covariance - np.diag(np.diag(covariance)), 0.0, atol=1e-2)
+        assert np.allclose(np.diag(covariance), spread ** 2, rtol=0.1)
     assert np.allclose(np.linalg.norm(latents[:, :8], axis=1), 1.0, atol=1e-5)
+
+    # Going on from an encoder whose fixed layers another recipe made is refused.
+    plain = replace(recipe, asymmetry=0.0)
+    training.save(training.train(pixels, COLOUR, preset=plain, latent_dim=8, epochs=1,
+                                 batch_size=16, verbose=0), tmp_path / "plain.keras")
+    with pytest.raises(ModelError, match="another recipe"):
+        training.train(pixels, COLOUR, preset=recipe, latent_dim=8, epochs=1, batch_size=16,
+                       verbose=0, start=tmp_path / "plain.keras")
 
 
 def test_the_colours_are_a_histogram_of_saturated_colours() -> None:
