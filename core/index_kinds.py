@@ -34,6 +34,10 @@ if TYPE_CHECKING:
 
 DEFAULT_CANDIDATES = 640  # the schema's index.candidates
 DEFAULT_RESCORE = 192  # the schema's index.rescore
+# At most this many queries' candidates have their full vectors read together: what
+# one read holds in memory grows with the queries, while a few hundred look-alike
+# queries already share most of what they read.
+READ_TOGETHER = 256
 T = TypeVar("T")
 Q = TypeVar("Q")
 
@@ -174,9 +178,20 @@ class TwoStageIndex(AnnoyBacked):
         With signs, only the `rescore` candidates whose signs differ least
         are read: the signs, held in memory, sort out the likely neighbours
         among many candidates, so Annoy can offer more of them without more
-        reads from disk. The candidates' vectors are read once for all the
-        queries: neighbours of a batch of look-alike images share many.
+        reads from disk. The candidates' vectors are read once for up to
+        READ_TOGETHER queries: neighbours of a batch of look-alike images
+        share many.
         """
+        found: list[list[Neighbor]] = []
+        for start in range(0, len(vectors), READ_TOGETHER):
+            end = start + READ_TOGETHER
+            found += self.search_together(vectors[start:end], k, exclude[start:end], stale,
+                                          tuning)
+        return found
+
+    def search_together(self, vectors: np.ndarray, k: int, exclude: Sequence[int | None],
+                        stale: np.ndarray, tuning: Tuning) -> list[list[Neighbor]]:
+        """`search` of a few queries, their candidates' full vectors read at once."""
         metric = self.info.metric
         vectors = np.asarray(vectors, np.float32)
         projected = project(vectors, metric, self.axes)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from annoy import AnnoyIndex
 
-from lookalike.core import index, projection
+from lookalike.core import index, index_kinds, projection
 from lookalike.core.errors import StateError
 from lookalike.core.exact import GROUP, ExactScan, Neighbor, distance, lowest
 from lookalike.core.index_kinds import (
@@ -760,6 +760,25 @@ def test_signs_pick_the_few_candidates_read_in_full(library: Library, state: Pat
     assert reads == [40] * 20  # a search reads the few, whatever it was offered
     assert picked_hits >= 0.8 * hits(every)
     assert picked_hits >= 1.2 * hits(annoys_own)
+
+
+def test_a_batch_of_queries_reads_its_candidates_a_few_queries_at_a_time(
+        library: Library, state: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What one read holds in memory is bounded by the queries read together, and the
+    neighbours found are those of each query searched alone."""
+    fill(library, wide(2000))
+    index.build(library, state, metric="angular", trees=10, model_id=MODEL, dims=16)
+    built = index.load(state)
+    assert built is not None
+    searcher = Searcher.open(library, built, "angular", EXACT, candidates=200, rescore=20)
+    queries = wide(20, seed=301)
+    alone = [searcher.neighbors(query, 10) for query in queries]
+    monkeypatch.setattr(index_kinds, "READ_TOGETHER", 8)
+    reads = counting_reads(built)
+    together = searcher.neighbors_many(queries, 10, [None] * len(queries))
+    assert len(reads) == 3 and all(read <= 8 * 20 for read in reads)
+    assert [[n.row_id for n in near] for near in together] == [
+        [n.row_id for n in near] for near in alone]
 
 
 def test_without_signs_every_candidate_is_read(library: Library, state: Path) -> None:
