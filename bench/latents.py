@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Real latent vectors for index benchmarks: the shipped encoder's, many of them.
 
-    python bench/latents.py OUT.npy --count 100000 [--images FOLDER ...]
+    python bench/latents.py OUT.npy --count 100000 [--images FOLDER ...] [--model FILE]
 
 Encodes every image of the folders, then shifted, rescaled-brightness and
 colour-mixed copies of them (drawn at random, seed 0) until `count` vectors:
@@ -42,6 +42,7 @@ def main() -> None:
     parser.add_argument("--images", type=Path, nargs="+", default=HELDOUT,
                         help="folders of images (default: the evaluation suite's held-out "
                              "parts in /tmp/suite)")
+    parser.add_argument("--model", type=Path, help="an encoder file (default: the shipped one)")
     args = parser.parse_args()
     from lookalike.core.config import DEFAULT_MODEL
     from lookalike.core.encoder import load as load_encoder
@@ -51,7 +52,7 @@ def main() -> None:
     if missing:  # (a missing folder would make other latents, and other figures, silently)
         raise SystemExit(f"no such folder: {', '.join(missing)}; the suite comes from "
                          "`python scripts/build_suite.py /tmp/suite`")
-    encoder = load_encoder(DEFAULT_MODEL)
+    encoder = load_encoder(args.model or DEFAULT_MODEL)
     pixels = np.concatenate([read_folder(folder, encoder.shape)[1] for folder in args.images])
     rng = np.random.default_rng(0)
     latents = [encoder.encode(pixels)]

@@ -170,7 +170,7 @@ PRESETS: dict[str, Recipe] = {
     # (bench/suite.py); BENCHMARKS.md gives its held-out figures.
     "lookalike": Recipe(conv_autoencoder, luminance=True, colours=1.6, augment=2.0,
                         jitter=1.0, flip=True, contrast=1.0, mirror=True, equivariant=True,
-                        asymmetry=0.5, whiten=True, edges=16),
+                        asymmetry=0.25, whiten=True, edges=16),
 }
 DEFAULT_PRESET = "lookalike"
 # At most this many epochs by default: from random weights, or going on from an
