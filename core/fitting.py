@@ -127,12 +127,12 @@ def keep_fitted(encoder: keras.Model, start: keras.Model) -> None:
     vary most within it, which are what tells its images apart, and blows up
     the ones that barely vary (BENCHMARKS.md, "Search quality").
     """
+    def shapes(layer: keras.layers.Layer | None) -> list[tuple[int, ...]] | None:
+        return None if layer is None else [w.shape for w in layer.get_weights()]
+
     for name in FITTED:
         mine, theirs = find_layer(encoder, name), find_layer(start, name)
-        if (mine is None) != (theirs is None) or (
-                mine is not None and theirs is not None
-                and [w.shape for w in mine.get_weights()] != [w.shape for w in
-                                                              theirs.get_weights()]):
+        if shapes(mine) != shapes(theirs):
             raise ValueError(f"layer {name!r} differs between the encoders")
         if mine is not None and theirs is not None:
             mine.set_weights(theirs.get_weights())

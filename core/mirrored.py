@@ -142,9 +142,9 @@ def one_pass(encoder: keras.Model, mirror_sum: bool = True, asymmetry: bool = Fa
         [layers.GlobalAveragePooling2D()(x)] if pooled else [])
     features = parts[0] if len(parts) == 1 else layers.Concatenate()(parts)
     dense = encoder.get_layer("latent")
-    kernel, bias = (np.asarray(w, np.float64) for w in dense.get_weights())
+    plain, bias = (np.asarray(w, np.float64) for w in dense.get_weights())
     back = np.argsort(feature_mirror(side, flat, pooled))  # type: ignore[arg-type]
-    plain = kernel
+    kernel = plain
     if mirror_sum:
         kernel, bias = plain + plain[back], 2 * bias
     latent = layers.Dense(dense.units, name="latent")
