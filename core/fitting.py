@@ -69,11 +69,14 @@ def absolute(values: Any, name: str) -> Any:
                                             layers.ReLU(name=f"{name}_minus")(negated)])
 
 
-def whitening(latents: np.ndarray, shrink: float = 0.01) -> tuple[np.ndarray, np.ndarray]:
+def whitening(latents: np.ndarray, power: float = 0.5, shrink: float = 0.01
+              ) -> tuple[np.ndarray, np.ndarray]:
     """Kernel and bias of the affine map that PCA-whitens `latents` (n, d).
 
-    Each principal direction is scaled by 1 / sqrt(variance + shrink * mean
-    variance): directions that barely vary are not blown up into noise.
+    Each principal direction is scaled by (variance + shrink * mean
+    variance) ** -power: directions that barely vary are not blown up into
+    noise. At `power` 0.5 every direction ends with the same spread; below
+    it, the directions that vary most keep part of their lead.
     """
     mean = latents.mean(0)
     covariance = np.cov(latents - mean, rowvar=False)
@@ -81,33 +84,35 @@ def whitening(latents: np.ndarray, shrink: float = 0.01) -> tuple[np.ndarray, np
     variances = np.clip(variances, 0.0, None)
     order = np.argsort(variances)[::-1]
     variances, directions = variances[order], directions[:, order]
-    kernel = directions / np.sqrt(variances + shrink * variances.mean() + 1e-12)
+    kernel = directions / (variances + shrink * variances.mean() + 1e-12) ** power
     return kernel.astype(np.float32), (-mean @ kernel).astype(np.float32)
 
 
-def whitening_with_asymmetry(values: np.ndarray, weight: float
+def whitening_with_asymmetry(values: np.ndarray, weight: float, power: float = 0.5
                               ) -> tuple[np.ndarray, np.ndarray]:
     """Kernel and bias of the map from (n, 2d) values, a mirror sum then its asymmetry, to
-    d numbers: the sum and the asymmetry each PCA-whitened, the first ASYMMETRY_DIRECTIONS
-    of the asymmetry (at most a quarter of d) times `weight` beside the sum's first ones."""
+    d numbers: the sum and the asymmetry each PCA-whitened at `power` (`whitening`), the
+    first ASYMMETRY_DIRECTIONS of the asymmetry (at most a quarter of d) times `weight`
+    beside the sum's first ones."""
     width = values.shape[1] // 2
     kept = min(ASYMMETRY_DIRECTIONS, width // 4)
     (summed, summed_bias), (apart, apart_bias) = (
-        whitening(part.astype(np.float64)) for part in (values[:, :width], values[:, width:]))
+        whitening(part.astype(np.float64), power)
+        for part in (values[:, :width], values[:, width:]))
     kernel = np.zeros((2 * width, width), np.float32)
     kernel[:width, :width - kept] = summed[:, :width - kept]
     kernel[width:, width - kept:] = weight * apart[:, :kept]
     return kernel, np.concatenate([summed_bias[:width - kept], weight * apart_bias[:kept]])
 
 
-def with_whitening(encoder: keras.Model, pixels: np.ndarray, asymmetry: float = 0.0
-                   ) -> keras.Model:
-    """`encoder` followed by a fixed Dense layer that PCA-whitens its latents on `pixels`;
-    with `asymmetry`, latents that are a mirror sum and its asymmetry, whitened apart, the
-    asymmetry at that weight (`whitening_with_asymmetry`)."""
+def with_whitening(encoder: keras.Model, pixels: np.ndarray, asymmetry: float = 0.0,
+                   power: float = 0.5) -> keras.Model:
+    """`encoder` followed by a fixed Dense layer that PCA-whitens its latents on `pixels`
+    at `power` (`whitening`); with `asymmetry`, latents that are a mirror sum and its
+    asymmetry, whitened apart, the asymmetry at that weight (`whitening_with_asymmetry`)."""
     latents = encoder.predict(pixels.astype(np.float32), batch_size=256, verbose=0)
-    kernel, bias = (whitening_with_asymmetry(latents, asymmetry) if asymmetry
-                    else whitening(latents.astype(np.float64)))
+    kernel, bias = (whitening_with_asymmetry(latents, asymmetry, power) if asymmetry
+                    else whitening(latents.astype(np.float64), power))
     layer = keras.layers.Dense(kernel.shape[1], trainable=False, name="whiten")
     whitened = keras.Model(encoder.inputs[0], layer(encoder.outputs[0]), name="encoder")
     layer.set_weights([kernel, bias])

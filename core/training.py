@@ -135,7 +135,10 @@ class Recipe:
     but its sign: the size of the difference between the image's and its
     mirror image's, as much the same for a mirror image (a handwritten 2 is
     not a mirrored one summed with itself); `whiten` PCA-whitens the latent
-    (needed with `asymmetry`: it keeps the vector's size);
+    (needed with `asymmetry`: it keeps the vector's size), each principal
+    direction scaled by its variance to the power -`whiten_power` (0.5:
+    all end equal; less: the directions that vary most across images count
+    more, as they hold what most images differ by);
     `edges` directions of the brightness gradient, summed over a 4x4 grid
     of cells, stand beside it at `edges_weight`.
     """
@@ -154,6 +157,7 @@ class Recipe:
     equivariant: bool = False
     asymmetry: float = 0.0
     whiten: bool = False
+    whiten_power: float = 0.5
     edges: int = 0
     edges_weight: float = 1.0
 
@@ -170,7 +174,8 @@ PRESETS: dict[str, Recipe] = {
     # (bench/suite.py); BENCHMARKS.md gives its held-out figures.
     "lookalike": Recipe(conv_autoencoder, luminance=True, colours=1.6, augment=2.0,
                         jitter=1.0, flip=True, contrast=1.0, mirror=True, equivariant=True,
-                        asymmetry=0.25, whiten=True, edges=16),
+                        asymmetry=0.25, whiten=True, whiten_power=0.4, edges=16,
+                        edges_weight=0.7),
 }
 DEFAULT_PRESET = "lookalike"
 # At most this many epochs by default: from random weights, or going on from an
@@ -421,7 +426,7 @@ def finish(encoder: keras.Model, pixels: np.ndarray, recipe: Recipe,
     elif recipe.mirror:
         encoder = fitting.with_mirror(encoder, asymmetry=bool(asymmetry))
     if recipe.whiten:
-        encoder = fitting.with_whitening(encoder, pixels, asymmetry)
+        encoder = fitting.with_whitening(encoder, pixels, asymmetry, recipe.whiten_power)
     if recipe.edges:
         encoder = fitting.with_edges(encoder, pixels, recipe.edges, recipe.edges_weight,
                                      mirror=recipe.mirror, asymmetry=asymmetry)

@@ -109,6 +109,19 @@ def test_whitening_with_asymmetry_keeps_the_width_and_weighs_the_asymmetry() -> 
     assert (spread[8 - kept:] > 0.45).all() and (spread[8 - kept:] < 0.51).all()
 
 
+def test_partial_whitening_keeps_the_order_of_the_directions_spread() -> None:
+    rng = np.random.default_rng(3)
+    values = rng.normal(size=(2000, 6)) * np.array([8.0, 4.0, 2.0, 1.0, 0.5, 0.25])
+    for power, spreads in ((0.5, [1.0] * 6), (0.4, 2.0 ** (-0.2 * np.arange(6))),
+                           (0.0, [8.0, 4.0, 2.0, 1.0, 0.5, 0.25])):
+        kernel, bias = fitting.whitening(values, power, shrink=0.0)
+        out = values @ kernel + bias
+        assert np.allclose(out.mean(0), 0.0, atol=1e-6)
+        # Each principal direction's spread is its old one to the power 1 - 2 power.
+        spread = out.std(0) / out.std(0)[0]
+        assert np.allclose(spread, np.array(spreads) / spreads[0], rtol=0.08), power
+
+
 @pytest.mark.slow
 def test_a_trained_mirrored_encoder_gives_a_mirror_image_its_vector(tmp_path: Path) -> None:
     shape = Shape(16, "rgb")

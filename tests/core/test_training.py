@@ -172,15 +172,26 @@ def test_default_preset_trains_saves_and_loads_in_safe_mode(tmp_path: Path) -> N
     assert np.array_equal(grey_latents[:, parts:], np.zeros_like(grey_latents[:, parts:]))
     assert (np.abs(latents[:, parts:]).sum(1) > 0.1).all()
     # The learned part is whitened on the training images, then put on the unit sphere:
-    # its mirror sum (6 of 8 numbers), and apart from it its asymmetry at half weight.
+    # its mirror sum (6 of 8 numbers), and apart from it its asymmetry at its weight,
+    # each principal direction's variance v made v ** (1 - 2 power) (near enough: the
+    # whitening's shrink adds a hundredth of the mean variance).
     assert "latent_and_asymmetry" in names
+    assert recipe.whiten_power < 0.5
+    brightness_only = fitting.luminance(pixels)
+    before = keras.Model(brightness.inputs, brightness.get_layer("latent_and_asymmetry").output
+                         ).predict(brightness_only, verbose=0)
     learned = keras.Model(brightness.inputs, brightness.get_layer("whiten").output)
-    whitened = learned.predict(fitting.luminance(pixels), verbose=0)
+    whitened = learned.predict(brightness_only, verbose=0)
     assert np.allclose(whitened.mean(0), 0.0, atol=1e-3)
-    for part, spread in ((slice(0, 6), 1.0), (slice(6, 8), recipe.asymmetry)):
+    for part, values, weight in ((slice(0, 6), before[:, :8], 1.0),
+                                 (slice(6, 8), before[:, 8:], recipe.asymmetry)):
         covariance = np.cov(whitened[:, part], rowvar=False)
         assert np.allclose(covariance - np.diag(np.diag(covariance)), 0.0, atol=1e-2)
-        assert np.allclose(np.diag(covariance), spread ** 2, rtol=0.1)
+        variances = np.linalg.eigvalsh(np.cov(values, rowvar=False))[::-1]
+        kept = variances[:covariance.shape[0]]
+        expected = weight ** 2 * kept * (kept + 0.01 * variances.mean()) ** (
+            -2 * recipe.whiten_power)
+        assert np.allclose(np.diag(covariance), expected, rtol=0.1)
     assert np.allclose(np.linalg.norm(latents[:, :8], axis=1), 1.0, atol=1e-5)
 
     # Going on from an encoder whose fixed layers another recipe made is refused.
