@@ -29,7 +29,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-from suite import PIXELS, measure
+from suite import PIXELS, measure, vectors_of
 
 from lookalike.core import images
 from lookalike.daemon.training import read_folder
@@ -64,15 +64,12 @@ def trained(path: Path, pixels: np.ndarray, start: Path | None, epochs: int,
     return path
 
 
-def scored(path: Path, suite: Path, domain: str) -> dict[str, object]:
-    from lookalike.core import encoder as encoders
-
+def scored(path: Path, suite: Path, domain: str, models: Path) -> dict[str, object]:
+    """The encoder at `path` scored on `domain`'s development part, as bench/suite.py does."""
     part = suite / domain / "dev"
     paths, _, _ = read_folder(part, PIXELS)
-    encoder = encoders.load(path)
-    _, pixels, _ = read_folder(part, encoder.shape)
-    kind = (suite / domain / "kind").read_text().strip()
-    return measure(kind, encoder.encode(pixels), paths, "angular")
+    vectors, metric = vectors_of(str(path), suite, part, paths, models, domain, None)
+    return measure((suite / domain / "kind").read_text().strip(), vectors, paths, metric)
 
 
 def main() -> int:
@@ -92,7 +89,8 @@ def main() -> int:
         others = [d for d in DOMAINS if d != domain]
         start = trained(args.models / f"without-{domain}.keras",
                         pixels_of(args.suite, others), None, training.EPOCHS["scratch"])
-        row: dict[str, object] = {"domain": domain, "start": scored(start, args.suite, domain)}
+        row: dict[str, object] = {"domain": domain,
+                                  "start": scored(start, args.suite, domain, args.models)}
         own = pixels_of(args.suite, [domain])
         for spec in args.settings.split(";"):
             chosen = setting(spec)
@@ -100,7 +98,7 @@ def main() -> int:
             name = f"{domain}-{spec.replace(',', '-').replace('=', '')}.keras"
             outcome = trained(args.models / name, own, start, epochs,
                               chosen.get("learning_rate"))
-            row[spec] = scored(outcome, args.suite, domain)
+            row[spec] = scored(outcome, args.suite, domain, args.models)
         print(json.dumps(row), flush=True)
     return 0
 
