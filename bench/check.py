@@ -35,6 +35,7 @@ CHUNK = 64
 
 
 def full_check(library: object, built: object, config: object) -> dict[str, object]:
+    from lookalike.core import ranking
     from lookalike.core.search import Searcher
 
     settings = config.index  # type: ignore[attr-defined]
@@ -47,7 +48,8 @@ def full_check(library: object, built: object, config: object) -> dict[str, obje
         started = time.perf_counter()
         for start in range(0, len(rows), CHUNK):
             chunk = library.vectors_of(rows[start:start + CHUNK])  # type: ignore[attr-defined]
-            searcher.neighbors_of(chunk, config.neighbors)  # type: ignore[attr-defined]
+            searcher.neighbors_of(chunk, ranking.candidates(  # type: ignore[attr-defined]
+                config.neighbors))  # type: ignore[attr-defined]
         per_image = (time.perf_counter() - started) / len(rows)
     images = library.counts()["vectors"]  # type: ignore[attr-defined]
     return {"kind": "search every image again", "entering": None,

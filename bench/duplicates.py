@@ -8,8 +8,8 @@ Photos: each sub-folder holds an original and its 12 copies
 (scripts/build_suite.py), so two images are a copy pair when they share a
 sub-folder; the kind of copy is the file's name, and the flag's recall is
 also given for the pairs that each kind is in. Every image is encoded by
-the shipped encoder and its 12 nearest among the part's photos found
-exactly, as a results file lists them; the flag is measured at each
+the shipped encoder and its 12 look-alikes among the part's photos found
+exactly and ranked as a results file ranks them (`core.ranking`); the flag is measured at each
 strictness, as the service decides it (`core.copies`). Recall counts
 every ordered copy pair (13 x 12 a picture): a pair is found when one
 lists the other and marks it. Groups are the connected sets of marked
@@ -32,7 +32,7 @@ import imagehash
 import numpy as np
 from PIL import Image
 
-from lookalike.core import copies, images
+from lookalike.core import copies, evaluate, images
 from lookalike.core.config import DEFAULT_MODEL
 
 K = 12
@@ -55,12 +55,12 @@ def load(folder: Path) -> tuple[list[Path], np.ndarray, list[copies.Picture], np
 
 
 def nearest(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Each row's K nearest rows and their angular distances (sqrt(2 - 2 cos))."""
+    """Each row's K look-alikes, as a results file lists them, and their angular
+    distances (sqrt(2 - 2 cos))."""
+    order, _, _ = evaluate.exact_search(vectors, np.zeros(len(vectors)), K, "angular")
     unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
-    cosines = unit @ unit.T
-    np.fill_diagonal(cosines, -np.inf)
-    order = np.argsort(-cosines, axis=1)[:, :K]
-    return order, np.sqrt(np.clip(2 - 2 * np.take_along_axis(cosines, order, 1), 0, None))
+    cosines = np.einsum("nd,nkd->nk", unit, unit[order])
+    return order, np.sqrt(np.clip(2 - 2 * cosines, 0, None))
 
 
 def flags(order: np.ndarray, distances: np.ndarray, pictures: list[copies.Picture],

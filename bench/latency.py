@@ -76,15 +76,16 @@ def seed(root: Path, count: int, pictures: list[bytes], model: Path) -> None:
     folders of 1,000), each with a results file (a hard link too); the
     library gets a row per link, its vector the picture's own (from the
     encoder) plus a little noise and its near-duplicate thumbnail, marked
-    answered with its true neighbours (`seeded_neighbors`) as the service
+    answered with its true candidates (`seeded_neighbors`) as the service
     would have; the index is built as
-    the service builds it, the last results check marked done, and the results'
-    near-duplicate marks at the configured strictness.
+    the service builds it, the last results check marked done, and the results
+    noted as made by the service's rules (`answers.rules`).
     """
-    from lookalike.core import card, copies, index, results
+    from lookalike.core import card, copies, index, ranking, results
     from lookalike.core import config as configuration
     from lookalike.core.encoder import load as load_encoder
     from lookalike.core.store import Answer, Entry, Library
+    from lookalike.daemon.answers import MADE_WITH, rules
 
     sources, documents = root / "sources", root / "documents"
     sources.mkdir()
@@ -126,24 +127,25 @@ def seed(root: Path, count: int, pictures: list[bytes], model: Path) -> None:
         picture_of = {record.id: int(path[6:13]) % len(pictures)
                       for path, record in records.items()}
         ids, vectors = library.vectors()
+        wide = ranking.candidates(config.neighbors)
         near = seeded_neighbors(ids, vectors, np.array([picture_of[row] for row in ids]),
-                                config.neighbors)
+                                wide)
         library.mark_answered(
             Answer(row, facts[picture_of[row]][3], [n.row_id for n in found],
-                   found[-1].distance if len(found) == config.neighbors else None)
+                   found[-1].distance if len(found) == wide else None)
             for row, found in zip(ids.tolist(), near, strict=True))
         index.build(library, config.state_dir, metric="angular", trees=config.index.trees,
                     model_id=model_id, exact_below=config.index.exact_below,
                     dims=config.index.dims)  # the index the service itself would build
         library.set_meta("checked_generation", str(library.generation))
-        # (Else the service's start queues every results file to have its near-duplicate
-        # marks checked, as after a change of `duplicates.strictness`.)
-        library.set_meta("strictness", copies.judged_with(config.strictness))
+        # (Else the service's start queues every results file to be checked, as after a
+        # change of `duplicates.strictness`.)
+        library.set_meta(MADE_WITH, rules(config.strictness))
 
 
 def seeded_neighbors(ids: np.ndarray, vectors: np.ndarray, pictures: np.ndarray,
                      k: int) -> list[list]:
-    """The k nearest rows to each row, as its results file would name them.
+    """The k nearest rows to each row, as its results file would list them.
 
     Once a picture has more than k copies, its copies' nearest are each
     other (the noise is small beside the distance between two digits), so

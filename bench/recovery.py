@@ -120,13 +120,16 @@ def close(one: float, other: float) -> bool:
 
 
 def same(mine: list[tuple[float, str]] | None, clean: list[tuple[float, str]] | None) -> bool:
-    """The same neighbours, up to the order of ties (`close` distances)."""
+    """The same neighbours, up to ties (`close` distances). Compared nearest first: a
+    results file lists them ranked (`core.ranking`), and float noise may swap two
+    whose ranks are tied."""
     if mine is None or clean is None or len(mine) != len(clean):
         return False
+    mine, clean = sorted(mine), sorted(clean)
     if not all(close(a[0], b[0]) for a, b in zip(mine, clean, strict=True)):
         return False
-    # Which of those tied with the 12th made the list is either's choice: an image that
-    # only one list names must be at a distance close to either list's 12th. (Not a
+    # Which of those tied with the last made the list is either's choice: an image that
+    # only one list names must be at a distance close to either list's farthest. (Not a
     # boundary both lists are cut at: `close` is not transitive, and the encoder's noise
     # puts one list's 0.560692 and the other's 0.560691 on both sides of any line.)
     lasts = [found[-1][0] for found in (mine, clean) if found]

@@ -31,7 +31,10 @@ Encoders (columns):
 Labelled domains report precision@12 (exact search); copy domains report the
 share of images whose first neighbour is a copy of the same picture (all
 kinds, and the worst kind) and the share of each image's other copies among
-its 12 neighbours. Items are searched in a seeded random order, so that
+its 12 neighbours. lookalike's encoders' neighbours are ranked as results
+files rank them (`core.ranking`); the pixels' and pHash's, nearest first, as
+a plain search ranks them (`--nearest-first`: every column's, to see what
+the ranking adds). Items are searched in a seeded random order, so that
 ties (frequent among hashes) are not broken by file order. Trained encoders
 are kept in --models and reused when asked again.
 """
@@ -54,6 +57,7 @@ from lookalike.daemon.training import read_folder, shipped_start
 
 K = 12
 PIXELS = images.Shape(56, "grayscale")
+BASELINES = ("pixels", "phash")  # columns that are not lookalike's encoders
 
 
 def parsed(spec: str) -> Any:
@@ -137,15 +141,16 @@ def vectors_of(column: str, root: Path, part: Path, paths: list[str], models: Pa
     return encoder.encode(pixels), "angular"
 
 
-def measure(kind: str, vectors: np.ndarray, paths: list[str], metric: str) -> dict[str, Any]:
+def measure(kind: str, vectors: np.ndarray, paths: list[str], metric: str,
+            ranked: bool = True) -> dict[str, Any]:
     order = np.random.default_rng(0).permutation(len(paths))  # ties not by file order
     vectors = vectors[order]
     labels = np.array([paths[i].split("/")[0] for i in order])
     if kind == "labels":
-        exact, _ = evaluate.quality(vectors, labels, K, metric)
+        exact, _ = evaluate.quality(vectors, labels, K, metric, ranked=ranked)
         return {"precision": round(exact.precision, 4)}
     stems = np.array([Path(paths[i]).stem for i in order])
-    found = evaluate.copies(vectors, labels, stems, K, metric)
+    found = evaluate.copies(vectors, labels, stems, K, metric, ranked)
     worst = min(found.first_by_kind, key=lambda kind: found.first_by_kind[kind])
     return {"first": round(found.first, 4), "recall": round(found.recall, 4),
             "worst_kind": worst, "worst_first": round(found.first_by_kind[worst], 4),
@@ -169,6 +174,8 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=None,
                         help="of the trained columns (default: as `lookalike train`)")
     parser.add_argument("--models", type=Path, default=Path("bench/results/suite-models"))
+    parser.add_argument("--nearest-first", action="store_true",
+                        help="rank every column's neighbours nearest first")
     parser.add_argument("--results", type=Path, default=Path("bench/results/suite.jsonl"))
     args = parser.parse_args()
     if not args.suite.is_dir():
@@ -187,10 +194,11 @@ def main() -> int:
             started = time.monotonic()
             vectors, metric = vectors_of(column, args.suite, part, paths, args.models, domain,
                                          args.epochs)
+            ranked = column not in BASELINES and not args.nearest_first
             row = {"measured_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
                    "domain": domain, "kind": kind, "part": args.part, "encoder": column,
-                   "epochs": args.epochs, "images": len(paths),
-                   **measure(kind, vectors, paths, metric),
+                   "epochs": args.epochs, "images": len(paths), "ranked": ranked,
+                   **measure(kind, vectors, paths, metric, ranked),
                    "seconds": round(time.monotonic() - started, 1)}
             with open(args.results, "a", encoding="utf-8") as out:
                 out.write(json.dumps(row) + "\n")

@@ -22,8 +22,8 @@ CREATE TABLE IF NOT EXISTS images (
     generation INTEGER NOT NULL,       -- library generation of the last change
     deleted INTEGER NOT NULL DEFAULT 0,
     answered TEXT,                     -- fingerprint of the results file last written
-    named BLOB,                        -- int64 row ids that results file lists
-    radius REAL,                       -- distance of its k-th neighbour (NULL: fewer than k)
+    named BLOB,                        -- int64 row ids that results file lists (core.ranking)
+    radius REAL,                       -- distance of the last of them (NULL: fewer than searched)
     thumb BLOB,                        -- 32x32 grey levels for near-duplicates (core.copies)
     width INTEGER,                     -- of the picture, upright
     height INTEGER,
@@ -102,6 +102,7 @@ class Answer:
 
     row_id: int
     fingerprint: str
-    neighbors: list[int]  # the row ids it lists, nearest first
-    radius: float | None
+    neighbors: list[int]  # the row ids its neighbours were ranked from (`core.ranking`'s
+                          # candidates), nearest first
+    radius: float | None  # the last candidate's distance (None: fewer than searched)
     copies: list[int] = field(default_factory=list)  # those it marks near-duplicate

@@ -17,6 +17,7 @@ import queue
 import stat
 import tempfile
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -135,9 +136,13 @@ def neighbor_line(neighbor: dict[str, Any]) -> str:
             f'"near_duplicate": {near}}}')
 
 
-def fingerprint(document: dict[str, Any]) -> str:
-    """What makes two results for one image the same (not when they were written)."""
+def fingerprint(document: dict[str, Any], candidates: Sequence[int] = ()) -> str:
+    """What makes two results for one image the same: what a reader sees, and the
+    `candidates` (row ids) its neighbours were ranked from (`core.ranking`); not when
+    they were written."""
     lasting = {key: value for key, value in document.items() if key not in ("written_at", "index")}
+    if candidates:
+        lasting["ranked from"] = list(candidates)
     return hashlib.sha256(_canonical(lasting).encode()).hexdigest()[:32]
 
 

@@ -14,7 +14,10 @@ Each change records its own consequences in the transaction that stores it,
 so that a restart redoes exactly what a kill interrupted: stored rows carry
 the new generation and no results (they are answered again), and the live
 rows whose results file lists a row that was replaced or removed are marked
-out of date (`answered` NULL) with it. What new rows enter elsewhere follows
+out of date (`answered` NULL) with it. (A results file's list, as the
+library keeps it, is the candidates its neighbours were ranked from,
+`core.ranking`: it shows k of them, and a change to any may change it.)
+What new rows enter elsewhere follows
 from their generation: the check of the rows changed since the last check
 (`checked_generation`) measures them against every results file.
 """
@@ -217,8 +220,8 @@ class Library:
         self.db.execute("COMMIT")
 
     def radii(self, ids: Iterable[int]) -> dict[int, float | None]:
-        """The k-th neighbour distance in the results file last written for each row id
-        that has one (also while it waits to be rewritten)."""
+        """The distance of the last row listed by the results file last written for each
+        row id that has one (also while it waits to be rewritten)."""
         return {row: radius for row, radius in self.select(
             "SELECT id, radius FROM images WHERE named IS NOT NULL AND deleted = 0 "
             "AND id IN ({})", ids)}
@@ -226,8 +229,9 @@ class Library:
     def answered_rows(self, after: int, limit: int
                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[np.ndarray]]:
         """Up to `limit` live usable rows with a results file, from row id `after` on
-        (exclusive), in id order: ids (n,), vectors (n, d), the distance of each one's
-        k-th neighbour (inf where it listed fewer than k) and the row ids it lists."""
+        (exclusive), in id order: ids (n,), vectors (n, d), the distance of the last row
+        each one lists (inf where it listed fewer than it searched) and the row ids it
+        lists."""
         rows = self.db.execute(
             "SELECT id, latent, radius, named FROM images WHERE id > ? AND deleted = 0 "
             "AND latent IS NOT NULL AND named IS NOT NULL ORDER BY id LIMIT ?",

@@ -17,7 +17,9 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
-from lookalike.core import copies, images, results, scan
+import numpy as np
+
+from lookalike.core import copies, images, ranking, results, scan
 from lookalike.core.config import Config
 from lookalike.core.errors import DiskFull, UnreadableImage, disk_full
 from lookalike.core.exact import Neighbor
@@ -32,8 +34,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 ANSWER_CHUNK = 1024  # results computed, written and synced together
+RANKED_TOGETHER = 256  # rows whose candidates' vectors are read at once (some 20 MB)
 KEPT_AT_REST = 2_048  # thumbnails' views a resting service keeps (`rest`)
 Names = dict[int, tuple[str, str | None]]  # row id -> path and content hash
+MADE_WITH = "made_with"  # the library's note of the rules its results files follow (`rules`)
 
 
 class ResultsFile(NamedTuple):
@@ -48,11 +52,13 @@ Writing = tuple[list[ResultsFile], Future[list[OSError | None]]]  # files in the
 
 
 class Searched(NamedTuple):
-    """A chunk of library rows with their neighbours found, and their near-duplicates
-    (row id -> marked neighbours' row ids) being judged."""
+    """A chunk of library rows with their candidates found (`core.ranking`), the
+    neighbours shown of them, and their near-duplicates (row id -> marked neighbours'
+    row ids) being judged."""
 
     records: dict[int, Record]
     found: dict[int, list[Neighbor]]
+    shown: dict[int, list[Neighbor]]
     names: Names
     marks: Future[dict[int, set[int]]]
 
@@ -115,8 +121,8 @@ class Answers:
         """Write the results file of each row whose results are missing or different.
 
         `nearby` holds the rows' nearest neighbours when already searched (a
-        wider search's first k are exactly the k nearest), `marks` the rows'
-        near-duplicates among them when already judged. Three threads share
+        wider search's first candidates are exactly the nearest searched),
+        `marks` the rows' near-duplicates among them when already judged. Three threads share
         the work of each chunk, one step behind each other: while the next
         chunk is searched, this one's near-duplicates are judged in the
         `judging` thread and the one before's files written in the `writer`
@@ -152,14 +158,17 @@ class Answers:
     def searched(self, searcher: Searcher, row_ids: list[int], names: Names | None,
                  nearby: dict[int, list[Neighbor]] | None,
                  marks: dict[int, set[int]] | None = None) -> Searched:
-        """`row_ids` with their neighbours found, their near-duplicates being judged."""
-        k = self.config.neighbors
+        """`row_ids` with their candidates found and ranked, their near-duplicates being
+        judged."""
+        wide = ranking.candidates(self.config.neighbors)
         chunk = self.library.fetch(row_ids)
+        vectors = self.library.vectors_of(chunk)
         if nearby is None:
-            found = searcher.neighbors_of(self.library.vectors_of(chunk), k)
+            found = searcher.neighbors_of(vectors, wide)
         else:
-            found = {row: nearby[row][:k] for row in chunk if row in nearby}
-        listed = {n.row_id for near in found.values() for n in near}
+            found = {row: nearby[row][:wide] for row in chunk if row in nearby}
+        shown = self.look_alikes(vectors, found, searcher.metric)
+        listed = {n.row_id for near in shown.values() for n in near}
         known = names if names is not None else self.library.describe(listed)
         unjudged = [record for record in chunk.values()
                     if (marks is None or record.id not in marks) and record.error_code is None]
@@ -167,11 +176,24 @@ class Answers:
         pictures = (self.library.thumbnails(listed | {record.id for record in unjudged})
                     if unjudged else {})
         judging = [(record.id, record.sha256, pictures.get(record.id),
-                    [n for n in found.get(record.id, []) if n.row_id in known])
+                    [n for n in shown.get(record.id, []) if n.row_id in known])
                    for record in unjudged]
         given = {row: marks[row] for row in chunk if row in marks} if marks else {}
-        return Searched(chunk, found, known, self.judging.submit(
+        return Searched(chunk, found, shown, known, self.judging.submit(
             self.marks_of, judging, known, pictures, given))
+
+    def look_alikes(self, queries: dict[int, np.ndarray], found: dict[int, list[Neighbor]],
+                    metric: str) -> dict[int, list[Neighbor]]:
+        """The neighbours each row of `found` shows, ranked from its candidates
+        (`core.ranking`); `queries`: the rows' vectors. The candidates' vectors are read
+        for RANKED_TOGETHER rows at a time."""
+        rows = [row for row in found if row in queries]
+        shown: dict[int, list[Neighbor]] = {}
+        for start in range(0, len(rows), RANKED_TOGETHER):
+            some = {row: found[row] for row in rows[start:start + RANKED_TOGETHER]}
+            vectors = self.library.vectors_of({n.row_id for near in some.values() for n in near})
+            shown.update(ranking.ranked(queries, some, vectors, self.config.neighbors, metric))
+        return shown
 
     def marks_of(self, judging: list[tuple[int, str | None, copies.Picture | None,
                                             list[Neighbor]]],
@@ -188,8 +210,9 @@ class Answers:
         """The results files that a searched chunk's rows need, once judged."""
         marks = searched.marks.result()
         return [file for file in (
-            self.results_file(record, searched.found.get(record.id, []), searcher,
-                              searched.names, marks.get(record.id, set()))
+            self.results_file(record, searched.found.get(record.id, []),
+                              searched.shown.get(record.id, []), searcher, searched.names,
+                              marks.get(record.id, set()))
             for record in searched.records.values()) if file is not None]
 
     def finish_writing(self, files: list[ResultsFile],
@@ -203,27 +226,30 @@ class Answers:
         raise_if_full(self.config.inbox, failures)
         return len(done)
 
-    def results_file(self, record: Record, near: list[Neighbor], searcher: Searcher,
-                     names: Names, marks: set[int]) -> ResultsFile | None:
-        """The results file a row needs, or None when the one on disk says it already;
-        `marks`: its near-duplicates."""
+    def results_file(self, record: Record, found: list[Neighbor], near: list[Neighbor],
+                     searcher: Searcher, names: Names, marks: set[int]) -> ResultsFile | None:
+        """The results file a row needs, or None when the one on disk says it already:
+        `found` its candidates, `near` the neighbours shown of them, `marks` its
+        near-duplicates."""
         marked: list[int] = []
         if record.error_code is not None:
             document = results.error(record.path, record.error_code,
                                      record.error_message or record.error_code)
-            near = []
+            found = near = []
         else:
             near = [n for n in near if n.row_id in names]
             marked = [n.row_id for n in near if n.row_id in marks]
             document = self.document(record.path, record.sha256, near, searcher, names,
                                      set(marked))
-        stamp = results.fingerprint(document)
+        listed = [n.row_id for n in found]
+        stamp = results.fingerprint(document, listed)
         target = results.results_path(self.config.inbox / record.path)
         if stamp == record.answered and target.exists():
             return None
-        full = len(near) >= self.config.neighbors
-        return ResultsFile(target, document, Answer(record.id, stamp, [n.row_id for n in near],
-                                                    near[-1].distance if full else None, marked))
+        full = len(found) >= ranking.candidates(self.config.neighbors)
+        return ResultsFile(target, document, Answer(record.id, stamp, listed,
+                                                    found[-1].distance if full else None,
+                                                    marked))
 
     def near_duplicates(self, images: list[tuple[str | None, copies.Picture | None,
                                                  list[Neighbor]]],
@@ -254,11 +280,11 @@ class Answers:
         `unanswered` are those a scan found missing (`Ingest.reconcile`): when the
         library has not changed since every results file was written, only those are due.
         `carried` are rows' neighbours and marks known without a search
-        (`moves.carried`); the marks hold at the strictness they were made at.
+        (`moves.carried`); their marks hold under the rules they were made by (`rules`).
         """
         generation = str(self.library.generation)
-        same_marks = self.library.meta("strictness") == copies.judged_with(self.config.strictness)
-        if self.library.meta("answered_generation") == generation and same_marks:
+        same_rules = self.library.meta(MADE_WITH) == rules(self.config.strictness)
+        if self.library.meta("answered_generation") == generation and same_rules:
             if unanswered is not None:
                 self.answer(searcher, unanswered, tally)
             else:
@@ -268,10 +294,10 @@ class Answers:
         names = {r.id: (r.path, r.sha256) for r in self.library.records().values()}
         known = {} if carried is None else carried.neighbors
         self.answer(searcher, [row for row in names if row in known], tally, names, known,
-                    carried.copies if carried is not None and same_marks else None)
+                    carried.copies if carried is not None and same_rules else None)
         self.answer(searcher, [row for row in names if row not in known], tally, names)
         self.library.set_meta("answered_generation", generation)
-        self.library.set_meta("strictness", copies.judged_with(self.config.strictness))
+        self.library.set_meta(MADE_WITH, rules(self.config.strictness))
 
     # -- other images -----------------------------------------------------------
     def answer_queries(self, searcher: Searcher, tally: Tally,
@@ -307,7 +333,9 @@ class Answers:
         except UnreadableImage as problem:
             return results.error(name, problem.code, problem.message)
         vector = self.encoder.encode(decoded.pixels[None])[0]
-        near = searcher.neighbors(vector, self.config.neighbors, exclude=exclude)
+        found = searcher.neighbors(vector, ranking.candidates(self.config.neighbors),
+                                   exclude=exclude)
+        [near] = self.look_alikes({0: vector}, {0: found}, searcher.metric).values()
         names = self.library.describe(n.row_id for n in near)
         near = [n for n in near if n.row_id in names]
         pictures = self.library.thumbnails(n.row_id for n in near)
@@ -330,6 +358,13 @@ class Answers:
         if failure is not None and not disk_full(failure):
             log.error("%s: cannot write results: %s", target, failure.strerror or failure)
         return failure is not None
+
+
+def rules(strictness: str) -> str:
+    """The rules results files follow, as the library notes them: near-duplicates judged
+    at `strictness`, neighbours ranked as `core.ranking` ranks them. Results files made
+    by others (another strictness; an older release's judging or ranking) are rewritten."""
+    return f"near-duplicates {copies.judged_with(strictness)}; ranking {ranking.RULE}"
 
 
 def raise_if_full(folder: Path, failures: Iterable[OSError | None]) -> None:

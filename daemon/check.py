@@ -1,11 +1,13 @@
-"""The check that every results file still names the k nearest images.
+"""The check that every results file still names the right look-alikes.
 
 On each arrival the service rewrites the results that the new image
 enters, looking among its 96 nearest only (`Freshness.outdated_by`):
-nearness is not symmetric, and that look misses 6-10% of them. The check
-finds the rest. Each image whose results file was written lists its k
-nearest and the distance of the k-th: a row that changed since the last
-check enters those results exactly when it is nearer than that. So a
+nearness is not symmetric, and that look misses some of them
+(bench/reverse.py). The check finds the rest. Each image whose results
+file was written lists its candidates (the nearest its look-alikes are
+ranked from, `core.ranking`) and the distance of the last: a row that
+changed since the last check enters those results exactly when it is
+nearer than that. So a
 `MeasuringCheck` measures the rows changed since against every answered
 image, a block of the library at a time, and the results they enter are
 remeasured (`Freshness.remeasured`).

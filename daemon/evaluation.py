@@ -6,10 +6,12 @@ configured settings. With `--copies` each sub-folder holds copies of one
 picture, and copy detection is measured instead: the share of images whose
 first neighbour is a copy of the same picture (by kind of copy, the file
 name without its extension, where names repeat across sub-folders), and the
-share of each image's other copies among its k nearest. `--baseline pixels`
-measures raw grayscale pixels instead, the floor any encoder must beat.
-`--sheet FILE.png` also draws a few random queries (the same each run) with
-their exact nearest, each framed by whether it shares the query's label.
+share of each image's other copies among its k look-alikes. Look-alikes are
+ranked as results files rank them (`core.ranking`). `--baseline pixels`
+measures raw grayscale pixels instead, nearest first: the floor any encoder
+must beat. `--sheet FILE.png` also draws a few random queries (the same each
+run) with their look-alikes, each framed by whether it shares the query's
+label.
 """
 from __future__ import annotations
 
@@ -60,7 +62,8 @@ def run(args: argparse.Namespace) -> int:
     seconds["read"] = time.monotonic() - started
 
     started = time.monotonic()
-    if args.baseline == "pixels":
+    ranked = args.baseline != "pixels"
+    if not ranked:
         vectors = pixels[keep].reshape(len(keep), -1).astype(np.float32)
     else:
         vectors = encoder.encode(pixels[keep])
@@ -72,14 +75,14 @@ def run(args: argparse.Namespace) -> int:
                               "metric": settings["metric"]}
     if args.copies:
         kinds = np.array([Path(paths[i]).stem for i in keep])
-        found = evaluate.copies(vectors, labels, kinds, args.k, settings["metric"])
+        found = evaluate.copies(vectors, labels, kinds, args.k, settings["metric"], ranked)
         repeated = {kind: share for kind, share in found.first_by_kind.items()
                     if (kinds == kind).sum() > 1}
         report["copies"] = {"first": found.first, "recall": found.recall,
                             "first_by_kind": repeated}
     else:
         exact, annoy = evaluate.quality(vectors, labels, args.k, settings["metric"],
-                                        settings["trees"], settings["search_k"])
+                                        settings["trees"], settings["search_k"], ranked)
         assert annoy is not None
         report.update({"trees": settings["trees"], "search_k": settings["search_k"],
                        "exact": {"precision": exact.precision, "map": exact.mean_ap},
@@ -96,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
                  f"{len(queries)} random queries, each with its {args.k} nearest; frame: "
                  "green = the query's label, red = another label"]
         sheets.save(draw(originals, labels, vectors, queries, args.k, settings["metric"],
-                         title), sheet_path)
+                         ranked, title), sheet_path)
         log.info("sheet of %d queries written to %s", len(queries), sheet_path)
     return 0
 
@@ -113,8 +116,8 @@ def sample(labels: np.ndarray, count: int, seed: int = 0) -> list[int]:
 
 
 def draw(originals: list[Path], labels: np.ndarray, vectors: np.ndarray, queries: list[int],
-         k: int, metric: str, title: list[str]) -> Image.Image:
-    """A sheet row per query: its exact k nearest, framed green (same label) or red."""
+         k: int, metric: str, ranked: bool, title: list[str]) -> Image.Image:
+    """A sheet row per query: its k look-alikes, framed green (same label) or red."""
     vectors = vectors.astype(np.float32)  # as evaluate.quality searches them
     max_pixels = images.Shape.max_pixels
     rows = []
@@ -122,7 +125,10 @@ def draw(originals: list[Path], labels: np.ndarray, vectors: np.ndarray, queries
         # The ranking of evaluate.exact_search, for one query.
         far = evaluate.distances(vectors[q:q + 1], vectors, metric)[0]
         far[q] = np.inf  # never the query itself
-        nearest = np.argsort(far, kind="stable")[:min(k, len(far) - 1)]
+        nearest = np.argsort(far, kind="stable")[:min(evaluate.width(k, ranked), len(far) - 1)]
+        if ranked:
+            nearest = evaluate.rank(vectors, np.array([q]), nearest[None], metric)[0]
+        nearest = nearest[:k]
         same = labels[nearest] == labels[q]
         query = sheet.Tile(sheets.thumbnail_or_none(originals[q], max_pixels),
                            (str(labels[q]), f"{same.sum()} of {len(nearest)} alike"), sheet.QUERY)

@@ -1,8 +1,9 @@
 """Freshness: other images' results kept current as the library changes.
 
 A change makes other images' results out of date: a new image closer than
-an image's k-th neighbour enters its results, an image that changed or
-left leaves the results that listed it. After each change `outdated_by`
+an image's last candidate (`core.ranking`: the nearest its neighbours are
+ranked from) enters its results, an image that changed or left leaves the
+results that listed it. After each change `outdated_by`
 names those images (bounded: among each new image's nearest), the library
 marks them (so that a restart rewrites them too), and they are rewritten
 once no arrival waits: a burst is answered first and each other results
@@ -27,11 +28,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lookalike.core import copies
+from lookalike.core import ranking
 from lookalike.core.config import Config
 from lookalike.core.exact import ExactScan, Neighbor, distance
 from lookalike.core.store import MARKS_RESULTS, Library
-from lookalike.daemon.answers import Answers
+from lookalike.daemon.answers import MADE_WITH, Answers, rules
 from lookalike.daemon.check import MEASURED_AT_MOST, Check, FullCheck, MeasuringCheck, Outdated
 from lookalike.daemon.ingest import Changes
 from lookalike.daemon.progress import Tally
@@ -40,7 +41,8 @@ from lookalike.daemon.searching import SearchState
 log = logging.getLogger(__name__)
 
 # x k: the nearest of a new image whose results it may enter. Nearness is not symmetric:
-# the images whose 12 nearest a new one enters are not all among its own 12 nearest, and
+# the images whose candidates (`core.ranking`: 2k nearest) a new one enters are not all
+# among its own nearest, and
 # the wider it looks the more of them it finds (bench/reverse.py measures how many).
 # Entering costs no search (`remeasured`), so look wide.
 REVERSE_CANDIDATES = 8
@@ -125,7 +127,7 @@ class Freshness:
         """Answered images whose results `changes` may alter (not the changed ones themselves).
 
         A new or moved image enters the results of those of its `nearby`
-        images that it is closer to than their k-th neighbour: each such
+        images that it is closer to than their last candidate: each such
         image comes with the rows that may enter. An image that left or
         changed leaves the results that listed it (`changes.outdated`): those
         come with None, as only a new search finds what takes its place.
@@ -146,15 +148,17 @@ class Freshness:
         return outdated
 
     def remeasured(self, entering: dict[int, set[int]]) -> dict[int, list[Neighbor]]:
-        """The k nearest rows to each row of `entering` that only new rows may enter: its
-        last results and those rows, measured exactly. No search, so it costs little at
-        any library size; rows whose last results cannot be trusted are left out.
+        """The candidates (`core.ranking`) of each row of `entering` that only new rows
+        may enter: the rows it last listed and those rows, measured exactly. No search,
+        so it costs little at any library size; rows whose last list cannot be trusted
+        are left out.
         """
         listed = self.library.neighbors_listed(entering)
         wanted = {*entering, *(r for rows in entering.values() for r in rows),
                   *(int(r) for rows in listed.values() for r in rows)}
         vectors = self.library.vectors_of(wanted)
-        metric, k = self.search.searcher.metric, self.config.neighbors
+        metric = self.search.searcher.metric
+        wide = ranking.candidates(self.config.neighbors)
         found = {}
         for row, new in entering.items():
             if row not in vectors or row not in listed:
@@ -163,11 +167,11 @@ class Freshness:
             if any(r not in vectors for r in last):  # it listed an image gone since
                 continue
             others = sorted({*last, *(r for r in new if r in vectors)} - {row})
-            if len(others) < k:  # a short list (or k grew): search
+            if len(others) < wide:  # a short list (or k grew): search
                 continue
             distances = distance(np.stack([vectors[r] for r in others]), vectors[row], metric)
             ranked = sorted(zip(distances.tolist(), others, strict=True))
-            found[row] = [Neighbor(r, d) for d, r in ranked[:k]]
+            found[row] = [Neighbor(r, d) for d, r in ranked[:wide]]
         return found
 
     def rewrite(self, outdated: Outdated) -> None:
@@ -201,16 +205,19 @@ class Freshness:
         if len(self.outdated) >= OUTDATED_AT_MOST:
             self.rewrite_outdated(len(self.outdated))
 
-    def follow_strictness(self) -> int:
-        """When near-duplicates' strictness is not the one the results files were written
-        with (a reload, a restart with another config, an older library): queue every
-        answered image to be remeasured, which rewrites those whose marks change; how many."""
-        if self.library.meta("strictness") == copies.judged_with(self.config.strictness):
+    def follow_rules(self) -> int:
+        """When the results files follow other rules than this service's (`answers.rules`:
+        another near-duplicate strictness after a reload or a restart with another
+        config, an older release's judging or ranking): queue every answered image to be
+        remeasured (or searched again, if its list is short), which rewrites those whose
+        results change; how many."""
+        made_with = rules(self.config.strictness)
+        if self.library.meta(MADE_WITH) == made_with:
             return 0
         rows = [record.id for record in self.library.records().values()
                 if record.answered is not None and record.error_code is None]
         self.outdated.add({row: set() for row in rows})
-        self.library.set_meta("strictness", copies.judged_with(self.config.strictness))
+        self.library.set_meta(MADE_WITH, made_with)
         return len(rows)
 
     # -- the check of every results file -----------------------------------------
@@ -221,7 +228,7 @@ class Freshness:
     def check_wanted(self, now: float) -> bool:
         """Whether to check every results file now: idle, the index current, the check old.
 
-        The bounded update after each arrival misses an image whose k nearest
+        The bounded update after each arrival misses an image whose candidates
         include a new one that is not among the new one's nearest (nearness is
         not symmetric): the check finds those (`daemon.check`). After a
         restart that followed changes, at once, without waiting for the index:

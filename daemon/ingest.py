@@ -26,7 +26,7 @@ from lookalike.core.config import Config
 from lookalike.core.errors import UnreadableImage
 from lookalike.core.store import Entry, Library, Record
 from lookalike.core.twins import Twin, Twins
-from lookalike.daemon.answers import remove_leftovers
+from lookalike.daemon.answers import MADE_WITH, remove_leftovers, rules
 from lookalike.daemon.progress import Progress, Tally
 
 if TYPE_CHECKING:
@@ -264,15 +264,15 @@ def read(inbox: Path, candidate: scan.Candidate, shape: images.Shape,
 
 
 def set_up_new_library(config: Config, library: Library) -> None:
-    """For a new library only: make missing watched folders, and note the near-duplicate
-    strictness its results files will be written with (so none is checked again for it).
+    """For a new library only: make missing watched folders, and note the rules its
+    results files will follow (`answers.rules`: so none is checked again for them).
 
     A missing inbox of a library that has images is an unmounted disk, not
     a folder to create (creating it would hide the mount point).
     """
     if library.generation:
         return
-    library.set_meta("strictness", copies.judged_with(config.strictness))
+    library.set_meta(MADE_WITH, rules(config.strictness))
     for folder in (config.inbox, config.query_dir):
         if folder is not None and not folder.exists():
             folder.mkdir(parents=True)

@@ -2,10 +2,11 @@
 
 When a scan did nothing but move images (every image it stored took the
 vector of one it forgot: `Changes.moved`), the library holds the same
-vectors as before under other row ids, so each image's k nearest are the
-ones its last results file listed, the moved ones under their new ids.
-Every results file is still rewritten (paths in it changed), but from
-those lists measured again, k distances an image, not from a search of the
+vectors as before under other row ids, so each image's candidates (the
+nearest its neighbours are ranked from, `core.ranking`) are the ones its
+last results file listed, the moved ones under their new ids. Every
+results file is still rewritten (paths in it changed), but from those
+lists measured again, a distance a candidate, not from a search of the
 whole library, and with the near-duplicate marks it last had (the same
 pictures at the same distances make the same marks), not judged again.
 An image whose last list cannot be trusted (its results out of date, a
@@ -32,17 +33,17 @@ def only_moves(changes: Changes) -> bool:
 
 
 class Carried(NamedTuple):
-    """What rows' results files say after a move: their k nearest, and those of them
-    marked near-duplicates."""
+    """What rows' results files say after a move: their candidates (`core.ranking`), and
+    the neighbours marked near-duplicates."""
 
     neighbors: dict[int, list[Neighbor]]
     copies: dict[int, set[int]]
 
 
-def carried(library: Library, changes: Changes, metric: str, k: int) -> Carried:
-    """Each live row's k nearest and near-duplicate marks, from what its results last
-    said (see the top); rows left out are to be searched. Empty unless the changes are
-    moves alone."""
+def carried(library: Library, changes: Changes, metric: str, wide: int) -> Carried:
+    """Each live row's `wide` candidates and near-duplicate marks, from what its results
+    last said (see the top); rows left out are to be searched. Empty unless the changes
+    are moves alone."""
     found = Carried({}, {})
     if not only_moves(changes):
         return found
@@ -65,7 +66,7 @@ def carried(library: Library, changes: Changes, metric: str, k: int) -> Carried:
         marked.update({r: changes.last_copies[r] for r in chunk if r in changes.last_copies})
         vectors = library.vectors_of({*lists, *(n for last in lists.values() for n in last)})
         for row, last in lists.items():
-            if len(last) < k or row not in vectors or any(n not in vectors for n in last):
+            if len(last) < wide or row not in vectors or any(n not in vectors for n in last):
                 continue  # short (a small library, or k grew), or it named an image now gone
             found.neighbors[row] = list(measured(row, last, vectors, metric))
             found.copies[row] = {renamed.get(int(n), int(n)) for n in marked.get(row, ())}

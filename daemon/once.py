@@ -6,6 +6,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from lookalike.core import ranking
 from lookalike.core.config import Config
 from lookalike.core.errors import StateError
 from lookalike.core.store import Library
@@ -40,7 +41,8 @@ def run(config: Config, load_encoder: Callable[[Config], Encoder]) -> int:
             memory.give_back()  # the ingest's batches: the answering's peak comes next
             search = SearchState.load(config, library, encoder.model_id, ingest.pool,
                                       rebuild_if_behind=True)
-            carried = moves.carried(library, changes, search.searcher.metric, config.neighbors)
+            carried = moves.carried(library, changes, search.searcher.metric,
+                                    ranking.candidates(config.neighbors))
             answers.answer_library(search.searcher, tally, changes.unanswered, carried)
             # Every results file now stands as an index of this generation finds it: a
             # service's first check measures only what changes after.

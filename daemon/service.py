@@ -33,7 +33,7 @@ from lookalike.core.config import Config
 from lookalike.core.errors import LookalikeError, disk_full
 from lookalike.core.store import Library
 from lookalike.daemon import memory
-from lookalike.daemon.answers import Answers, remove_leftovers
+from lookalike.daemon.answers import Answers, remove_leftovers, rules
 from lookalike.daemon.freshness import Freshness
 from lookalike.daemon.ingest import Ingest, set_up_new_library
 from lookalike.daemon.lock import StateLock
@@ -168,7 +168,7 @@ class Service:
         if rewritten:
             log.info("rewrote %d results files that named images changed or gone", rewritten)
         if not self.sync.inbox_missing():
-            self.follow_strictness()  # (after: its re-check of the marks waits for READY)
+            self.follow_rules()  # (after: its re-check of the results waits for READY)
         self.freshness.started()
         now = self.clock()  # the periods count from the end of the start-up
         self.sync.last_rescan = self.status.last = self.burst.since = now
@@ -269,13 +269,13 @@ class Service:
         self.arrivals.settle_s, self.arrivals.exclude = live.settle_s, live.exclude
         logging.getLogger().setLevel(live.log_level.upper())
         log.info("config reloaded from %s", live.source)
-        self.follow_strictness()
+        self.follow_rules()
 
-    def follow_strictness(self) -> None:
-        queued = self.freshness.follow_strictness()
+    def follow_rules(self) -> None:
+        queued = self.freshness.follow_rules()
         if queued:
-            log.info("near-duplicates are now %s: checking the marks of %d results files",
-                     self.config.strictness, queued)
+            log.info("results files now follow other rules (%s): checking %d of them",
+                     rules(self.config.strictness), queued)
 
 
 def run(config: Config, load_encoder: Callable[[Config], Encoder]) -> int:

@@ -1,11 +1,12 @@
-"""Retrieval metrics on tiny labelled sets whose right answers are worked out by hand."""
+"""Retrieval metrics on tiny labelled sets whose right answers are worked out by hand
+(nearest first, `ranked=False`), and the look-alikes ranked as results files rank them."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 from annoy import AnnoyIndex
 
-from lookalike.core import evaluate
+from lookalike.core import evaluate, ranking
 
 # Five points on a line (euclidean), two labels:
 #
@@ -27,13 +28,14 @@ LINE_AP = [3 / 4, 3 / 4, 1 / 3, 1 / 2, 5 / 12]
 
 
 def test_exact_search_by_hand() -> None:
-    nearest, average = evaluate.exact_search(LINE, LINE_LABELS, 2, "euclidean")
-    assert nearest.tolist() == LINE_NEAREST_2
+    nearest, average, searched = evaluate.exact_search(LINE, LINE_LABELS, 2, "euclidean",
+                                                       ranked=False)
+    assert nearest.tolist() == searched.tolist() == LINE_NEAREST_2
     assert average == pytest.approx(LINE_AP)
 
 
 def test_precision_and_mean_average_precision_by_hand() -> None:
-    exact, annoy = evaluate.quality(LINE, LINE_LABELS, 2, "euclidean")
+    exact, annoy = evaluate.quality(LINE, LINE_LABELS, 2, "euclidean", ranked=False)
     assert exact.precision == pytest.approx(3 / 10)
     assert exact.mean_ap == pytest.approx(11 / 20)
     assert exact.recall is None and annoy is None
@@ -41,9 +43,13 @@ def test_precision_and_mean_average_precision_by_hand() -> None:
 
 def test_precision_at_1_and_at_4_by_hand() -> None:
     # @1: the nearest are 1 a, 0 a, 1 a, 4 a, 3 b: the query's label only for 0 and 1.
-    assert evaluate.quality(LINE, LINE_LABELS, 1, "euclidean")[0].precision == pytest.approx(2 / 5)
-    # @4 (every other point): a sees 2 of 4 alike, b sees 1 of 4 -> (2+2+1+1+2) / 20.
-    assert evaluate.quality(LINE, LINE_LABELS, 4, "euclidean")[0].precision == pytest.approx(8 / 20)
+    at_1 = evaluate.quality(LINE, LINE_LABELS, 1, "euclidean", ranked=False)[0]
+    assert at_1.precision == pytest.approx(2 / 5)
+    # @4 (every other point): a sees 2 of 4 alike, b sees 1 of 4 -> (2+2+1+1+2) / 20,
+    # whatever the order.
+    for ranked in (False, True):
+        at_4 = evaluate.quality(LINE, LINE_LABELS, 4, "euclidean", ranked=ranked)[0]
+        assert at_4.precision == pytest.approx(8 / 20)
 
 
 def test_exact_search_never_returns_the_query_even_beside_its_twin() -> None:
@@ -51,7 +57,7 @@ def test_exact_search_never_returns_the_query_even_beside_its_twin() -> None:
     vectors = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.7, 0.7]], np.float32)
     labels = np.array(["x", "y", "x", "y"])
     for metric in ("angular", "euclidean"):
-        nearest, _ = evaluate.exact_search(vectors, labels, 3, metric)
+        nearest, _, _ = evaluate.exact_search(vectors, labels, 3, metric)
         assert all(row not in neighbours for row, neighbours in enumerate(nearest.tolist()))
         assert nearest[0, 0] == 2 and nearest[2, 0] == 0
 
@@ -65,6 +71,21 @@ def test_exact_search_in_blocks_agrees_with_one_block(monkeypatch: pytest.Monkey
     blocked = evaluate.exact_search(vectors, labels, 4, "angular")
     assert np.array_equal(whole[0], blocked[0])
     assert np.allclose(whole[1], blocked[1])
+    assert np.array_equal(whole[2], blocked[2])
+
+
+def test_exact_search_ranks_the_nearest_searched_as_results_files_do() -> None:
+    rng = np.random.default_rng(3)
+    vectors = rng.normal(size=(60, 6)).astype(np.float32)
+    labels = rng.integers(0, 4, 60)
+    shown, _, searched = evaluate.exact_search(vectors, labels, 5, "angular")
+    plain, _, _ = evaluate.exact_search(vectors, labels, 5, "angular", ranked=False)
+    assert searched.shape == (60, ranking.candidates(5))
+    assert np.array_equal(searched[:, :5], plain)
+    for row in range(60):
+        places = ranking.order(vectors[row][None], vectors[searched[row]][None], "angular")[0]
+        assert shown[row].tolist() == searched[row][places[:5]].tolist()
+    assert not np.array_equal(shown, plain)  # (the ranking moved some)
 
 
 def test_average_precision_by_hand() -> None:
@@ -130,7 +151,7 @@ def test_copies_by_hand() -> None:
     # With k = 2, the other copies among the 2 nearest: 0 {1} of 2, 1 {0} of 2,
     # 2 {} of 1, 3 {2} of 1, 4 {} of 2 -> (1/2 + 1/2 + 0 + 1 + 0) / 5.
     kinds = np.array(["original", "crop", "original", "crop", "mirror"])
-    found = evaluate.copies(LINE, LINE_LABELS, kinds, 2, "euclidean")
+    found = evaluate.copies(LINE, LINE_LABELS, kinds, 2, "euclidean", ranked=False)
     assert found.first == pytest.approx(2 / 5)
     assert found.recall == pytest.approx(2 / 5)
     assert found.first_by_kind == {"crop": 0.5, "mirror": 0.0, "original": 0.5}
@@ -139,6 +160,6 @@ def test_copies_by_hand() -> None:
 def test_copies_leave_out_a_picture_without_copies() -> None:
     points = np.array([[0.0], [1.0], [5.0]], np.float32)
     found = evaluate.copies(points, np.array(["a", "a", "lone"]), np.array(["x", "y", "x"]),
-                            2, "euclidean")
+                            2, "euclidean", ranked=False)
     assert (found.first, found.recall) == (1.0, 1.0)
     assert found.first_by_kind == {"x": 1.0, "y": 1.0}

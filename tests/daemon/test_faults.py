@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from lookalike.core import ranking
 from tests.daemon.service import (
     SUFFIX,
     NotifySocket,
@@ -89,25 +90,37 @@ def integrity(state_dir: Path) -> str:
 
 
 def exact_neighbors(rows: dict[str, tuple[str | None, np.ndarray | None]]
-                    ) -> dict[str, list[tuple[float, str]]]:
-    """For each usable image: every other usable image by angular distance, nearest first."""
+                    ) -> dict[str, tuple[list[str], set[str]]]:
+    """For each usable image: its K look-alikes, ranked from its exact candidates as
+    results files rank them (`core.ranking`), and the images tied with the last of them
+    (the same score, or, at the last candidate, the same distance), any of which a
+    results file may name instead."""
     usable = {path: latent for path, (_, latent) in rows.items() if latent is not None}
     paths = sorted(usable)
     matrix = np.stack([usable[p] for p in paths]).astype(np.float64)
     unit = matrix / np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
     distance = np.sqrt(np.clip(2.0 - 2.0 * unit @ unit.T, 0.0, None))
+    wide = ranking.candidates(K)
     found = {}
     for n, path in enumerate(paths):
-        order = np.argsort(distance[n], kind="stable")
-        found[path] = [(float(distance[n, m]), paths[m]) for m in order if m != n]
+        order = [m for m in np.argsort(distance[n], kind="stable") if m != n]
+        near = order[:wide]
+        score = ranking.scores(matrix[n][None], matrix[near][None], "angular")[0]
+        places = np.argsort(-score, kind="stable")
+        tied = {paths[near[place]] for place in places[K - 1:]
+                if abs(score[place] - score[places[min(K, len(near)) - 1]]) < 1e-4}
+        if len(order) > wide and abs(distance[n, order[wide]] - distance[n, near[-1]]) < 1e-4:
+            tied |= {paths[m] for m in order}  # other candidates: any look-alike may differ
+        found[path] = ([paths[near[place]] for place in places[:K]], tied)
     return found
 
 
 def wrong_results(inbox: Path, state_dir: Path) -> list[str]:
     """What is wrong with the inbox's results against the library and the files (empty: all right).
 
-    Every image has a parseable results file; an ok one names its 12 exact
-    nearest (up to ties); no results file is left for an image that is gone;
+    Every image has a parseable results file; an ok one names its 12 look-alikes,
+    ranked from its exact candidates (up to ties); no results file is left for an
+    image that is gone;
     the library holds each file's current bytes.
     """
     images = on_disk(inbox)
@@ -136,15 +149,11 @@ def wrong_results(inbox: Path, state_dir: Path) -> list[str]:
         problems += problems_of(document, image, inbox, K)
         if problems or document is None:
             continue
-        nearest = exact[image][:K]
-        radius = nearest[-1][0]
-        expected = {path for _, path in nearest}
-        named = {n["path"]: n["distance"] for n in document["neighbors"]}
-        # a neighbour that is not among the exact 12 must be tied with the 12th
-        wrong = [path for path in set(named) - expected
-                 if abs(named[path] - radius) > 1e-4]
+        expected, tied = exact[image]
+        named = {n["path"] for n in document["neighbors"]}
+        wrong = named - set(expected) - tied
         if wrong:
-            problems.append(f"{image}: names {sorted(wrong)}, not among its {K} nearest")
+            problems.append(f"{image}: names {sorted(wrong)}, not among its {K} look-alikes")
         if len(problems) > 10:
             break
     return problems

@@ -20,7 +20,7 @@ from lookalike.daemon.freshness import Freshness
 from lookalike.daemon.ingest import Changes
 from lookalike.daemon.progress import Tally
 from lookalike.daemon.searching import SearchState
-from tests.daemon.vectors import MODEL, K, clustered, exact, store
+from tests.daemon.vectors import MODEL, WIDE, clustered, exact, shown, store
 
 
 @pytest.fixture
@@ -39,10 +39,10 @@ def freshness_of(library: Library, make_config: Callable[..., Path]) -> Freshnes
 
 
 def answer_exactly(library: Library, rows: list[int]) -> None:
-    """Mark `rows` answered with their exact k nearest, as a results file would say."""
+    """Mark `rows` answered with their exact candidates, as a results file would list them."""
     ids, vectors = library.vectors()
     wanted = library.vectors_of(rows)
-    near = ExactScan(ids, vectors, "angular").nearest(np.stack(list(wanted.values())), K,
+    near = ExactScan(ids, vectors, "angular").nearest(np.stack(list(wanted.values())), WIDE,
                                                       list(wanted))
     library.mark_answered(Answer(row, "f", [n.row_id for n in found], found[-1].distance)
                           for row, found in zip(wanted, near, strict=True))
@@ -70,7 +70,7 @@ def test_new_images_enter_the_results_they_belong_in_without_a_search(
     row = min(remeasured)
     searcher = freshness.search.searcher
     assert [n.distance for n in remeasured[row]] == pytest.approx(
-        [n.distance for n in searcher.neighbors(vectors[ids == row][0], K, exclude=row)],
+        [n.distance for n in searcher.neighbors(vectors[ids == row][0], WIDE, exclude=row)],
         abs=1e-6)
 
 
@@ -92,10 +92,11 @@ def test_an_image_that_left_sends_the_results_listing_it_to_a_new_search(
     assert freshness.remeasured({row: set() for row in listing}) == {}
 
 
-def test_a_list_shorter_than_k_is_searched_again_not_remeasured(
+def test_a_list_shorter_than_the_candidates_is_searched_again_not_remeasured(
         library: Library, make_config: Callable[..., Path]) -> None:
-    """A results file written when k was smaller (a reload raised it) or the library
-    held fewer images: remeasuring would list fewer than k, so it leaves the row out."""
+    """A results file written when k was smaller (a reload raised it), by a release that
+    searched fewer candidates, or when the library held fewer images: remeasuring would
+    list fewer than are searched, so it leaves the row out."""
     rows = store(library, clustered(30, 3), 0)
     answer_exactly(library, rows)
     short = rows[0]
@@ -179,7 +180,8 @@ def test_the_check_remeasures_each_changed_image_into_every_results_file_it_ente
     assert len(changed) <= freshness.check_rewrote < len(old)  # measured, not all searched
     row = min(changed)
     document = json.loads((config.inbox / f"{row - 1}.png.neighbors.json").read_text())
-    assert [n["path"] for n in document["neighbors"]] == [f"{r - 1}.png" for r in after[row]]
+    assert [n["path"] for n in document["neighbors"]] == [f"{r - 1}.png"
+                                                          for r in shown(library)[row]]
     assert library.meta("checked_generation") == str(library.generation)
     freshness.answers.close()
 

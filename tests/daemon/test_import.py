@@ -268,9 +268,11 @@ def test_run_once_after_import_encodes_nothing_and_answers_all(imported: Importe
 
 
 def test_results_files_as_after_run_once_alone(imported: Imported, reference: Filled) -> None:
-    """The same, but for the order of neighbours whose distances agree to the 6 decimals
-    written: float32 rounding (TensorFlow sums differently in batches of other images)
-    may swap such near-ties, or which of them is 12th."""
+    """The same, but for near-ties: float32 rounding (TensorFlow sums differently in
+    batches of other images) may swap two look-alikes whose ranks (`core.ranking`) or
+    distances agree to a few millionths, or which of them makes the list. At most one
+    neighbour in 100 differs; one named by both is the same image, measured and marked
+    the same."""
     assert imported.results.keys() == reference.results.keys()
     assert len(imported.results) == FILES
     swapped = listed = 0
@@ -283,18 +285,13 @@ def test_results_files_as_after_run_once_alone(imported: Imported, reference: Fi
                 one["index"] = {**one["index"], "generation": 0}
         assert ours == theirs, path
         assert [n["rank"] for n in mine] == [n["rank"] for n in others], path
-        for a, b in zip(mine, others, strict=True):
-            assert abs(a["distance"] - b["distance"]) <= 2e-6, (path, a, b)
         by_path = {n["path"]: n for n in others}
-        last = others[-1]["distance"] if others else 0.0
         for n in mine:
             if n["path"] in by_path:  # the same neighbour, marked the same
                 other = by_path[n["path"]]
                 assert (n["duplicate"], n["near_duplicate"]) == \
                     (other["duplicate"], other["near_duplicate"]), (path, n, other)
                 assert abs(n["distance"] - other["distance"]) <= 2e-6, (path, n, other)
-            else:  # 12th here, 13th there
-                assert abs(n["distance"] - last) <= 2e-6, (path, n, others)
         swapped += sum(a["path"] != b["path"] for a, b in zip(mine, others, strict=True))
         listed += len(mine)
     assert listed == DIGITS * 12

@@ -1,13 +1,16 @@
 """Latents for tests of the service's parts on a real library: clustered vectors, stored
-as images of one model, and the exact k nearest of every row."""
+as images of one model; the exact candidates of every row (the nearest a results file
+lists, `core.ranking`) and the k look-alikes it shows of them."""
 from __future__ import annotations
 
 import numpy as np
 
+from lookalike.core import ranking
 from lookalike.core.exact import ExactScan
 from lookalike.core.store import Entry, Library
 
 K = 12
+WIDE = ranking.candidates(K)  # the candidates a results file lists
 MODEL = "m"
 
 
@@ -26,6 +29,17 @@ def store(library: Library, vectors: np.ndarray, first: int) -> list[int]:
 
 
 def exact(library: Library) -> dict[int, list[int]]:
+    """Each row's candidates: its WIDE nearest, nearest first."""
     ids, vectors = library.vectors()
-    near = ExactScan(ids, vectors, "angular").nearest(vectors, K, list(ids))
+    near = ExactScan(ids, vectors, "angular").nearest(vectors, WIDE, list(ids))
     return {int(row): [n.row_id for n in found] for row, found in zip(ids, near, strict=True)}
+
+
+def shown(library: Library) -> dict[int, list[int]]:
+    """Each row's K look-alikes, ranked from its exact candidates."""
+    ids, vectors = library.vectors()
+    by_row = dict(zip(ids.tolist(), vectors, strict=True))
+    near = ExactScan(ids, vectors, "angular").nearest(vectors, WIDE, list(ids))
+    found = dict(zip(ids.tolist(), near, strict=True))
+    return {row: [n.row_id for n in look_alikes] for row, look_alikes in
+            ranking.ranked(by_row, found, by_row, K, "angular").items()}
