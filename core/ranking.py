@@ -44,17 +44,12 @@ def likeness(rows: np.ndarray, others: np.ndarray, metric: str) -> np.ndarray:
     """1 - d^2/2 between each of a query's `rows` (n, r, dim) and each of its `others`
     (n, m, dim): (n, r, m), in float32 (ranks need no more)."""
     rows, others = np.asarray(rows, np.float32), np.asarray(others, np.float32)
-    if metric == "angular":  # sqrt(2 - 2 cos): a zero vector is sqrt(2) from all
-        return np.einsum("nrd,nmd->nrm", unit(rows), unit(others))
     products = np.einsum("nrd,nmd->nrm", rows, others)
-    squares = np.einsum("nrd,nrd->nr", rows, rows)[:, :, None] + \
+    squares = np.einsum("nrd,nrd->nr", rows, rows)[:, :, None], \
         np.einsum("nmd,nmd->nm", others, others)[:, None, :]
-    return 1.0 - 0.5 * (squares - 2.0 * products)
-
-
-def unit(vectors: np.ndarray) -> np.ndarray:
-    return vectors / np.maximum(np.sqrt(np.einsum("...d,...d->...", vectors, vectors)),
-                                1e-30)[..., None]
+    if metric == "angular":  # the cosine (sqrt(2 - 2 cos)): a zero vector's is 0
+        return products / np.maximum(np.sqrt(squares[0] * squares[1]), 1e-30)
+    return 1.0 - 0.5 * (squares[0] + squares[1] - 2.0 * products)
 
 
 def scores(queries: np.ndarray, found: np.ndarray, metric: str) -> np.ndarray:
@@ -77,21 +72,27 @@ def order(queries: np.ndarray, found: np.ndarray, metric: str) -> np.ndarray:
 
 
 def ranked(queries: Mapping[int, np.ndarray], found: Mapping[int, list[Neighbor]],
-           vectors: Mapping[int, np.ndarray], k: int, metric: str) -> dict[int, list[Neighbor]]:
+           ids: np.ndarray, vectors: np.ndarray, k: int,
+           metric: str) -> dict[int, list[Neighbor]]:
     """The k look-alikes of each query (by key), from its candidates in `found`
-    (nearest first) and their `vectors` (a candidate without one is left out)."""
+    (nearest first): their vectors are the rows of `vectors` whose row ids are `ids`
+    (sorted); a candidate without one is left out."""
     shown: dict[int, list[Neighbor]] = {}
-    kept = {key: [n for n in near if n.row_id in vectors] for key, near in found.items()}
-    by_count: dict[int, list[int]] = {}
-    for key, near in kept.items():
-        by_count.setdefault(len(near), []).append(key)
-    for count, keys in by_count.items():
+    groups: dict[int, list[tuple[int, list[Neighbor], np.ndarray]]] = {}  # by count
+    for key, near in found.items():
+        listed = np.fromiter((n.row_id for n in near), np.int64, len(near))
+        at = np.minimum(np.searchsorted(ids, listed), max(len(ids) - 1, 0))
+        held = ids[at] == listed if len(ids) else np.zeros(len(near), bool)
+        if not held.all():
+            near = [n for n, ok in zip(near, held.tolist(), strict=True) if ok]
+            at = at[held]
+        groups.setdefault(len(near), []).append((key, near, at))
+    for count, group in groups.items():
         if count == 0:
-            shown.update({key: [] for key in keys})
+            shown.update({key: [] for key, _, _ in group})
             continue
-        places = order(np.stack([queries[key] for key in keys]),
-                       np.stack([np.stack([vectors[n.row_id] for n in kept[key]])
-                                 for key in keys]), metric)
-        for key, best in zip(keys, places[:, :k].tolist(), strict=True):
-            shown[key] = [kept[key][place] for place in best]
+        places = order(np.stack([queries[key] for key, _, _ in group]),
+                       vectors[np.stack([at for _, _, at in group])], metric)
+        for (key, near, _), best in zip(group, places[:, :k].tolist(), strict=True):
+            shown[key] = [near[place] for place in best]
     return shown

@@ -296,6 +296,15 @@ class Library:
             "SELECT id, latent FROM images WHERE latent IS NOT NULL AND deleted = 0 "
             "AND id IN ({})", ids)}
 
+    def matrix_of(self, ids: Iterable[int]) -> tuple[np.ndarray, np.ndarray]:
+        """The live usable rows among `ids`: their ids (n,), sorted, and latent vectors
+        (n, d), as one matrix."""
+        found, vectors = stack(self.select(
+            "SELECT id, latent FROM images WHERE latent IS NOT NULL AND deleted = 0 "
+            "AND id IN ({})", sorted(set(ids))))
+        order = np.argsort(found, kind="stable")  # (SQLite need not return them in order)
+        return found[order], vectors[order]
+
     def thumbnails(self, ids: Iterable[int]) -> dict[int, copies.Picture]:
         """The near-duplicate thumbnail and shape of each live row id that has one."""
         return {row: copies.Picture(thumb, copies.shape_of(width, height))

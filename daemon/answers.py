@@ -191,8 +191,10 @@ class Answers:
         shown: dict[int, list[Neighbor]] = {}
         for start in range(0, len(rows), RANKED_TOGETHER):
             some = {row: found[row] for row in rows[start:start + RANKED_TOGETHER]}
-            vectors = self.library.vectors_of({n.row_id for near in some.values() for n in near})
-            shown.update(ranking.ranked(queries, some, vectors, self.config.neighbors, metric))
+            ids, vectors = self.library.matrix_of(
+                {n.row_id for near in some.values() for n in near})
+            shown.update(ranking.ranked(queries, some, ids, vectors, self.config.neighbors,
+                                        metric))
         return shown
 
     def marks_of(self, judging: list[tuple[int, str | None, copies.Picture | None,

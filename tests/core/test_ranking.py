@@ -8,6 +8,12 @@ from lookalike.core import ranking
 from lookalike.core.exact import Neighbor
 
 
+def matrix(vectors: dict[int, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Row ids (sorted) and their vectors, as `ranking.ranked` takes them."""
+    ids = np.array(sorted(vectors), np.int64)
+    return ids, np.stack([vectors[row] for row in ids.tolist()])
+
+
 def at(degrees: float) -> np.ndarray:
     radians = np.radians(degrees)
     return np.array([np.cos(radians), np.sin(radians)])
@@ -44,11 +50,14 @@ def test_likeness_is_one_less_half_the_squared_distance() -> None:
 def test_ranked_shows_k_keeps_the_plain_distances_and_leaves_out_what_has_no_vector() -> None:
     vectors = {1: QUERY, **{10 + n: f for n, f in enumerate(FOUND)}}
     found = {1: [Neighbor(10 + n, float(np.linalg.norm(f - QUERY))) for n, f in enumerate(FOUND)]}
-    shown = ranking.ranked({1: QUERY}, found, vectors, 3, "angular")
+    shown = ranking.ranked({1: QUERY}, found, *matrix(vectors), 3, "angular")
     assert shown == {1: [found[1][0], found[1][1], found[1][3]]}
     del vectors[13]  # (the candidate at 25 degrees, gone)
-    assert ranking.ranked({1: QUERY}, found, vectors, 3, "angular") == {1: found[1][:3]}
-    assert ranking.ranked({1: QUERY}, {1: []}, vectors, 3, "angular") == {1: []}
+    assert ranking.ranked({1: QUERY}, found, *matrix(vectors), 3, "angular") == \
+        {1: found[1][:3]}
+    assert ranking.ranked({1: QUERY}, {1: []}, *matrix(vectors), 3, "angular") == {1: []}
+    nothing = np.zeros(0, np.int64), np.zeros((0, 0), np.float32)  # (none of them kept)
+    assert ranking.ranked({1: QUERY}, found, *nothing, 3, "angular") == {1: []}
 
 
 def test_many_queries_of_different_lengths_at_once_rank_as_each_alone() -> None:
@@ -59,8 +68,9 @@ def test_many_queries_of_different_lengths_at_once_rank_as_each_alone() -> None:
         near = sorted((float(np.linalg.norm(vectors[r] - vectors[query])), r)
                       for r in range(5, 40))[:24 - 3 * query]
         found[query] = [Neighbor(r, d) for d, r in near]
-    together = ranking.ranked({q: vectors[q] for q in found}, found, vectors, 12, "euclidean")
+    together = ranking.ranked({q: vectors[q] for q in found}, found, *matrix(vectors), 12,
+                              "euclidean")
     for query, near in found.items():
         assert together[query] == ranking.ranked({query: vectors[query]}, {query: near},
-                                                 vectors, 12, "euclidean")[query]
+                                                 *matrix(vectors), 12, "euclidean")[query]
         assert len(together[query]) == 12

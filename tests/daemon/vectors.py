@@ -42,4 +42,4 @@ def shown(library: Library) -> dict[int, list[int]]:
     near = ExactScan(ids, vectors, "angular").nearest(vectors, WIDE, list(ids))
     found = dict(zip(ids.tolist(), near, strict=True))
     return {row: [n.row_id for n in look_alikes] for row, look_alikes in
-            ranking.ranked(by_row, found, by_row, K, "angular").items()}
+            ranking.ranked(by_row, found, ids, vectors, K, "angular").items()}
