@@ -61,6 +61,20 @@ def with_mirror(encoder: keras.Model, asymmetry: bool = False) -> keras.Model:
     return keras.Model(image, both, name="encoder")
 
 
+def with_band(encoder: keras.Model, band: float) -> keras.Model:
+    """`encoder` reading its image without the top and bottom `band` of its height (each
+    a share of it), the rest stretched back to the full height: the strips where a
+    copy's caption, watermark or logo bar sits, which the picture itself does not have."""
+    layers = keras.layers
+    size = int(encoder.input_shape[1])
+    rows = round(size * band)
+    image = keras.Input(shape=encoder.input_shape[1:], name="image")
+    cropped = layers.Cropping2D(((rows, rows), (0, 0)), name="band")(image)
+    stretched = layers.Resizing(size, size, interpolation="bilinear",
+                                name="band_stretched")(cropped)
+    return keras.Model(image, encoder(stretched), name="encoder")
+
+
 def absolute(values: Any, name: str) -> Any:
     """|values|, as ReLU(x) + ReLU(-x) (Keras has no absolute-value layer)."""
     layers = keras.layers

@@ -138,9 +138,13 @@ class Recipe:
     (needed with `asymmetry`: it keeps the vector's size), each principal
     direction scaled by its variance to the power -`whiten_power` (0.5:
     all end equal; less: the directions that vary most across images count
-    more, as they hold what most images differ by);
-    `edges` directions of the brightness gradient, summed over a 4x4 grid
-    of cells, stand beside it at `edges_weight`.
+    more, as they hold what most images differ by); `band` makes the learned
+    part read the picture without its top and bottom `band` of the height,
+    stretched back (where a copy's caption, watermark or logo bar sits: the
+    learned part weighs a whole picture's look, and on a quiet picture such a
+    bar outweighs it); `edges` directions of the brightness gradient, summed
+    over a 4x4 grid of cells of the whole picture, stand beside it at
+    `edges_weight`.
     """
 
     build: Builder
@@ -158,6 +162,7 @@ class Recipe:
     asymmetry: float = 0.0
     whiten: bool = False
     whiten_power: float = 0.5
+    band: float = 0.0
     edges: int = 0
     edges_weight: float = 1.0
 
@@ -174,7 +179,7 @@ PRESETS: dict[str, Recipe] = {
     # (bench/suite.py); BENCHMARKS.md gives its held-out figures.
     "lookalike": Recipe(conv_autoencoder, luminance=True, colours=1.6, augment=2.0,
                         jitter=1.0, flip=True, contrast=1.0, mirror=True, equivariant=True,
-                        asymmetry=0.25, whiten=True, whiten_power=0.4, edges=16,
+                        asymmetry=0.25, whiten=True, whiten_power=0.4, band=0.1, edges=16,
                         edges_weight=0.7),
 }
 DEFAULT_PRESET = "lookalike"
@@ -425,6 +430,8 @@ def finish(encoder: keras.Model, pixels: np.ndarray, recipe: Recipe,
         encoder = mirrored.one_pass(encoder, mirror_sum=recipe.mirror, asymmetry=bool(asymmetry))
     elif recipe.mirror:
         encoder = fitting.with_mirror(encoder, asymmetry=bool(asymmetry))
+    if recipe.band:
+        encoder = fitting.with_band(encoder, recipe.band)
     if recipe.whiten:
         encoder = fitting.with_whitening(encoder, pixels, asymmetry, recipe.whiten_power)
     if recipe.edges:

@@ -144,3 +144,22 @@ def test_a_trained_mirrored_encoder_gives_a_mirror_image_its_vector(tmp_path: Pa
                if isinstance(layer, keras.layers.Conv2D) and layer.strides == (2, 2)]
     assert len(strided) == 3  # the learned part runs once
     assert "mirror_sum" not in {layer.name for layer in every}
+
+
+def test_the_band_hides_the_top_and_bottom_strips_from_the_learned_part() -> None:
+    """A caption bar along the bottom, a logo strip along the top: the learned part
+    does not see them (`fitting.with_band`); it sees the rest of the picture."""
+    built, _ = training.conv_autoencoder(SMALL, 4)
+    banded = fitting.with_band(built, 0.125)  # 2 rows of 16 at the top and the bottom
+    noise = np.random.default_rng(3).integers(0, 256, (4, 16, 16, 1)).astype(np.float32)
+    captioned = noise.copy()
+    captioned[:, :2], captioned[:, -2:] = 0.0, 255.0
+    seen = banded.predict(noise, verbose=0)
+    assert np.allclose(banded.predict(captioned, verbose=0), seen, atol=1e-5)
+    middle = noise.copy()
+    middle[:, 7:9] = 255.0 - middle[:, 7:9]
+    assert relative(seen, banded.predict(middle, verbose=0)) > 0.01
+    assert relative(seen, built.predict(noise, verbose=0)) > 0.01  # (it is not the whole)
+    both = fitting.with_band(fitting.with_mirror(built), 0.125)  # (the band and the mirror
+    assert np.allclose(both.predict(noise[:, :, ::-1].copy(), verbose=0),  # commute)
+                       both.predict(noise, verbose=0), atol=1e-4)
