@@ -6,17 +6,16 @@ be a look-alike than one that is near the image alone, by chance of the
 learned distance. So each image's `WIDTH` x k nearest are searched (its
 candidates), and ranked by their likeness to the image plus their likeness
 to each of its EXPANDED nearest, that one weighed by its own likeness to
-the image to the power POWER (query expansion, as image retrieval does it
-after "Fine-tuning CNN image retrieval with no human annotation", Radenović
-et al.); the first k are shown. A likeness is 1 - d^2/2 for the distance d
-the index measures: the cosine for the angular distance. The distance a
-results file shows stays the plain one.
+the image to the power POWER (weighted query expansion); the first k are
+shown. A likeness is 1 - d^2/2 for the distance d the index measures: the
+cosine for the angular distance. The distance a results file shows stays
+the plain one.
 
 What a results file says therefore follows from the image's candidates
 alone: any change among them (an image nearer than the last candidate, a
 candidate gone) may change it, and nothing else can. The library keeps
 each results file's candidates and the distance of the last for that
-(`store.Answer`).
+(`records.Answer`).
 
 WIDTH, EXPANDED and POWER were chosen on the development parts of the
 evaluation suite (bench/suite.py; figures in BENCHMARKS.md).
