@@ -96,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
         score = (f"first neighbour a copy {report['copies']['first']:.3f}" if args.copies
                  else f"precision@{args.k} {report['exact']['precision']:.3f}")
         title = [f"{args.data}: {name}, exact search, {score} over {len(labels):,} images",
-                 f"{len(queries)} random queries, each with its {args.k} nearest; frame: "
+                 f"{len(queries)} random queries, each with its {args.k} look-alikes; frame: "
                  "green = the query's label, red = another label"]
         sheets.save(draw(originals, labels, vectors, queries, args.k, settings["metric"],
                          ranked, title), sheet_path)
