@@ -44,11 +44,11 @@ def likeness(rows: np.ndarray, others: np.ndarray, metric: str) -> np.ndarray:
     (n, m, dim): (n, r, m), in float32 (ranks need no more)."""
     rows, others = np.asarray(rows, np.float32), np.asarray(others, np.float32)
     products = np.einsum("nrd,nmd->nrm", rows, others)
-    squares = np.einsum("nrd,nrd->nr", rows, rows)[:, :, None], \
-        np.einsum("nmd,nmd->nm", others, others)[:, None, :]
+    row_squares = np.einsum("nrd,nrd->nr", rows, rows)[:, :, None]
+    other_squares = np.einsum("nmd,nmd->nm", others, others)[:, None, :]
     if metric == "angular":  # the cosine (sqrt(2 - 2 cos)): a zero vector's is 0
-        return products / np.maximum(np.sqrt(squares[0] * squares[1]), 1e-30)
-    return 1.0 - 0.5 * (squares[0] + squares[1] - 2.0 * products)
+        return products / np.maximum(np.sqrt(row_squares * other_squares), 1e-30)
+    return 1.0 - 0.5 * (row_squares + other_squares - 2.0 * products)
 
 
 def scores(queries: np.ndarray, found: np.ndarray, metric: str) -> np.ndarray:

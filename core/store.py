@@ -39,6 +39,11 @@ MARKS_RESULTS = "changes_mark_results"
 STACK_BLOCK = 8_192  # vectors joined at a time when reading many
 
 
+# The latents of the live usable rows among some ids (`Library.select`'s IN list).
+LATENTS_OF = ("SELECT id, latent FROM images WHERE latent IS NOT NULL AND deleted = 0 "
+              "AND id IN ({})")
+
+
 class Library:
     """The library database at `path` (created if missing)."""
 
@@ -292,16 +297,13 @@ class Library:
 
     def vectors_of(self, ids: Iterable[int]) -> dict[int, np.ndarray]:
         """The latent vector of each live usable row id."""
-        return {row: np.frombuffer(blob, "<f4").astype(np.float32) for row, blob in self.select(
-            "SELECT id, latent FROM images WHERE latent IS NOT NULL AND deleted = 0 "
-            "AND id IN ({})", ids)}
+        return {row: np.frombuffer(blob, "<f4").astype(np.float32)
+                for row, blob in self.select(LATENTS_OF, ids)}
 
     def matrix_of(self, ids: Iterable[int]) -> tuple[np.ndarray, np.ndarray]:
         """The live usable rows among `ids`: their ids (n,), sorted, and latent vectors
         (n, d), as one matrix."""
-        found, vectors = stack(self.select(
-            "SELECT id, latent FROM images WHERE latent IS NOT NULL AND deleted = 0 "
-            "AND id IN ({})", sorted(set(ids))))
+        found, vectors = stack(self.select(LATENTS_OF, sorted(set(ids))))
         order = np.argsort(found, kind="stable")  # (SQLite need not return them in order)
         return found[order], vectors[order]
 
