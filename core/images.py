@@ -50,8 +50,8 @@ COLORS = {"rgb": "RGB", "grayscale": "L"}
 WHITE = {"RGB": (255, 255, 255), "L": 255}
 # What makes Pillow do more to a JPEG than decode its pixels: an orientation to
 # apply (EXIF, or XMP since Pillow 9), or a multi-picture file (MPO) that it decodes
-# without draft mode. Found anywhere in the file they send it to Pillow: a stray match
-# in the image data only costs speed.
+# without draft mode. They live in the segments before the first scan (`jpeg_header`);
+# found anywhere there they send the file to Pillow: a stray match only costs speed.
 JPEG_EXTRAS = (b"Exif\x00", b"http://ns.adobe.com/xap/1.0/", b"MPF\x00")
 SIMPLE_COLORSPACES = ("YCbCr", "Gray")  # (CMYK, YCCK and RGB-coded JPEGs: Pillow)
 
@@ -137,7 +137,10 @@ def plain_jpeg(data: bytes, shape: Shape) -> Image.Image | None:
     simplejpeg picks the scale from the wanted size and `min_factor`; the
     ones Pillow's draft picks (1/8, 1/4, 1/2, 1) are among libjpeg's.
     """
-    if not data.startswith(b"\xff\xd8\xff") or any(extra in data for extra in JPEG_EXTRAS):
+    if not data.startswith(b"\xff\xd8\xff"):
+        return None
+    header = jpeg_header(data)
+    if any(extra in header for extra in JPEG_EXTRAS):
         return None
     try:
         height, width, colorspace, _ = simplejpeg.decode_jpeg_header(data)
@@ -153,6 +156,26 @@ def plain_jpeg(data: bytes, shape: Shape) -> Image.Image | None:
     if pixels.shape[:2] != wanted:
         return None
     return Image.fromarray(pixels if shape.color == "rgb" else pixels[:, :, 0])
+
+
+def jpeg_header(data: bytes) -> bytes:
+    """A JPEG's segments before its first scan, where its extras are, walked marker by
+    marker: a large photo's scan is megabytes not worth searching. All of `data` when
+    the segments cannot be walked."""
+    at = 2
+    while at + 4 <= len(data):
+        if data[at] != 0xFF:
+            return data
+        marker = data[at + 1]
+        if marker == 0xDA:  # start of scan
+            return data[:at]
+        if marker == 0xFF:  # a fill byte
+            at += 1
+        elif 0xD0 <= marker <= 0xD7 or marker == 0x01:  # markers without a length
+            at += 2
+        else:
+            at += 2 + int.from_bytes(data[at + 2:at + 4], "big")
+    return data
 
 
 def draft_scale(width: int, height: int, side: int) -> int:

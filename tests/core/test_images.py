@@ -307,12 +307,26 @@ def test_jpeg_that_pillow_would_treat_differently_is_left_to_it() -> None:
     xmp = b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:Description tiff:Orientation="6"/></x:xmpmeta>'
     left = {"exif": jpeg_bytes(picture, exif=exif), "xmp": jpeg_bytes(picture, xmp=xmp),
             "cmyk": jpeg_bytes(picture.convert("CMYK")), "png": png_bytes(picture),
-            "truncated": jpeg_bytes(picture)[:-200]}
+            "truncated": jpeg_bytes(picture)[:-200],
+            # The walk over the segments steps over a start-of-scan marker in a payload.
+            "xmp after a stray marker": with_segment(jpeg_bytes(picture, xmp=xmp),
+                                                     b"\xff\xda" * 99)}
     for name, data in left.items():
         assert images.plain_jpeg(data, RGB) is None, name
     assert images.plain_jpeg(jpeg_bytes(picture), RGB) is not None
     few = images.Shape(56, "rgb", max_pixels=120 * 80 - 1)  # Pillow says it is too large
     assert images.plain_jpeg(jpeg_bytes(picture), few) is None
+
+
+def with_segment(data: bytes, payload: bytes) -> bytes:
+    """A JPEG with an application segment (APP15) holding `payload` first."""
+    return data[:2] + b"\xff\xef" + (2 + len(payload)).to_bytes(2, "big") + payload + data[2:]
+
+
+def test_jpeg_header_ends_at_the_first_scan() -> None:
+    data = jpeg_bytes(noise(120, 80))
+    assert images.jpeg_header(data) == data[:data.index(b"\xff\xda")]
+    assert images.jpeg_header(b"\xff\xd8\xff\xe0 not segments") == b"\xff\xd8\xff\xe0 not segments"
 
 
 def png_bytes(image: Image.Image) -> bytes:
