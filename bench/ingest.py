@@ -16,11 +16,11 @@ For each:
   (decode_image for the mixed folder) -> tf.image.resize to 56x56, stack,
   encoder.predict, Annoy build (10 trees): it writes nothing;
 - lookalike: the command a user runs, `lookalike run --once`, on a fresh
-  state (scan, decode in threads with JPEG draft mode, encode in batches,
+  state (scan, decode in processes with JPEG draft mode, encode in batches,
   SQLite, index, a results file per image), less the wall time of the same
   command on a folder of one image (start-up and loading the encoder; the
-  median of three such runs); its
-  peak resident memory, read from /proc as it runs;
+  median of three such runs); its peak resident memory, read from /proc as
+  it runs, its reading and judging processes' added;
 - the limits behind it: decoding alone (lookalike's decoder, in its two
   threads), encoding alone (batches of 256) and writing the results files
   alone (as lookalike writes them, one sync per batch), in this process.
@@ -149,9 +149,11 @@ LOOKALIKE = Path(sys.executable).with_name("lookalike")
 
 def command(folder: Path, spent: Path) -> tuple[float, float, float]:
     """Wall and CPU seconds and peak resident MB of `lookalike run --once` on `folder`,
-    from a fresh state. Its results files and state then go to a new folder in `spent`:
-    moved, not deleted (see the top)."""
+    from a fresh state, once it wrote every image's results file with its 12
+    neighbours. Its results files and state then go to a new folder in `spent`: moved,
+    not deleted (see the top)."""
     state = Path(tempfile.mkdtemp(dir=spent))
+    count = sum(1 for image in folder.iterdir() if not image.name.endswith(".json"))
     config_file = state / "config.yaml"
     config_file.write_text(f"inbox: {folder}\nquery_dir: null\nstate_dir: {state}/state\n")
     with open(state / "log", "w+b") as log:
@@ -171,17 +173,34 @@ def command(folder: Path, spent: Path) -> tuple[float, float, float]:
             log.seek(0)
             raise SystemExit(f"lookalike run --once failed ({process.returncode}):\n"
                              f"{log.read().decode(errors='replace')[-3000:]}")
+    answered = 0  # a run that skipped or put off any image is no run to time
     for results in folder.glob("*.neighbors.json"):
+        document = json.loads(results.read_text())
+        answered += document["status"] == "ok" and len(document["neighbors"]) == min(
+            12, count - 1)
         results.rename(state / results.name)
+    if answered != count:
+        raise SystemExit(f"lookalike run --once answered {answered} of {count} images in full")
     return wall, usage.ru_utime + usage.ru_stime, peak
 
 
 def high_water_mb(pid: int) -> float:
-    """A process's peak resident memory so far (VmHWM), in MB; 0 once it is gone.
+    """The peak resident memory so far (VmHWM) of a process and of its children now
+    running (lookalike's reading and judging processes), in MB; 0 once it is gone.
 
     Not getrusage's ru_maxrss: that counts the child from its fork, when it
     still shares this process's memory (the article's decoded images).
     """
+    try:
+        children = [int(child) for task in Path(f"/proc/{pid}/task").iterdir()
+                    for child in (task / "children").read_text().split()]
+    except OSError:
+        children = []
+    return sum(peak_mb(one) for one in [pid, *children])
+
+
+def peak_mb(pid: int) -> float:
+    """One process's VmHWM in MB, or 0 if it is gone."""
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith("VmHWM:"):

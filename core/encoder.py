@@ -30,6 +30,7 @@ class Encoder:
         self.model_id = model_id
         self.path = path
         self.latent_dim = int(model.output_shape[-1])
+        self.warmed = False  # `warm`
         signature = [tf.TensorSpec([None, shape.size, shape.size, shape.channels], tf.uint8)]
 
         def encode(pixels: tf.Tensor) -> tf.Tensor:
@@ -37,10 +38,13 @@ class Encoder:
         self._encode = tf.function(encode, input_signature=signature)
 
     def warm(self) -> None:
-        """Trace the encoding now (about 0.2 s) rather than on the first image: a service
-        started with nothing new to read would make the first image dropped wait for it."""
-        self.encode(np.zeros((1, self.shape.size, self.shape.size, self.shape.channels),
-                             np.uint8))
+        """Trace the encoding now (about 0.2 s), once, rather than on the first image: a
+        service started with nothing new to read would make the first image dropped wait
+        for it."""
+        if not self.warmed:
+            self.encode(np.zeros((1, self.shape.size, self.shape.size, self.shape.channels),
+                                 np.uint8))
+            self.warmed = True
 
     def encode(self, pixels: np.ndarray, batch_size: int = 256) -> np.ndarray:
         """Latent vectors (n, latent_dim) float32 for images (n, size, size, channels) uint8."""

@@ -25,6 +25,9 @@ class UnreadableImage(LookalikeError):
         self.code = code
         self.message = message
 
+    def __reduce__(self) -> tuple[type[UnreadableImage], tuple[str, str]]:
+        return type(self), (self.code, self.message)  # (from a reading process: `reading`)
+
 
 class ModelError(LookalikeError):
     """The encoder file is missing, unsafe or of the wrong shape."""

@@ -72,6 +72,7 @@ class Answers:
         self.encoder = encoder
         self.writer = ThreadPoolExecutor(1, thread_name_prefix="results")  # `answer`
         self.judging = ThreadPoolExecutor(1, thread_name_prefix="marks")  # `answer`
+        self.judging.submit(copies.prepare)  # while images are read
         self.scratch: results.Scratch | None = None  # temporaries of results: `take_scratch`
         self.stock_blanks = False  # whether the scratch can make inbox results files ahead
         self.judges: dict[str, copies.Judge] = {}  # by strictness

@@ -206,12 +206,19 @@ class EncoderWhenNeeded:
         self.loading = threading.Lock()
 
     def encode(self, pixels: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        return self.load().encode(pixels, batch_size)
+
+    def warm(self) -> None:
+        """Load and trace the encoder now: images are on their way."""
+        self.load().warm()
+
+    def load(self) -> Encoder:
         with self.loading:
             if self.loaded is None:
                 self.loaded = load_encoder(self.config)
                 if self.loaded.model_id != self.model_id:
                     raise ConfigError([f"the encoder {self.config.model} changed during the run"])
-        return self.loaded.encode(pixels, batch_size)
+            return self.loaded
 
 
 def encoder_when_needed(config: Config) -> Encoder:
@@ -222,7 +229,7 @@ def encoder_when_needed(config: Config) -> Encoder:
     shape = card.declared_shape(config)
     if shape is None:
         return load_encoder(config)
-    # (Ingest and answers use only `shape`, `model_id` and `encode`.)
+    # (Ingest and answers use only `shape`, `model_id`, `encode` and `warm`.)
     return cast("Encoder", EncoderWhenNeeded(config, shape))
 
 

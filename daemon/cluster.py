@@ -1,7 +1,7 @@
 """What `lookalike import` runs on a Ray cluster: listing, reading and encoding images.
 
 Every step uses lookalike's own code, so that each decision is the
-service's: `scan.survey` says which files are images, `ingest.read` reads,
+service's: `scan.survey` says which files are images, `reading.read` reads,
 hashes and decodes them (links out of the inbox, the pixel limit, EXIF
 orientation, the error codes), and the encoder is the configured one. A
 node reads files and the encoder by their paths: every node must see them
@@ -40,8 +40,8 @@ from lookalike.core.copies import THUMB_SIDE
 from lookalike.core.errors import LookalikeError
 from lookalike.core.images import Shape
 from lookalike.daemon import tensorflow_log
-from lookalike.daemon.ingest import read
 from lookalike.daemon.logs import LiveLine
+from lookalike.daemon.reading import read
 
 BATCH = 256  # images a reading task decodes, and an actor encodes, at a time
 # What an encoder actor holds, TensorFlow and the encoder (850 MB measured), reserved so
@@ -132,7 +132,7 @@ def rows(inbox: Path, candidates: Sequence[scan.Candidate], shape: Shape, model:
 
 
 def read_batch(batch: Batch, inbox: str, shape: Shape) -> Batch:
-    """Read, hash and decode a batch of files (`ingest.read`): their columns, with
+    """Read, hash and decode a batch of files (`reading.read`): their columns, with
     `pixels` for the encoder and the near-duplicate thumbnail and picture size; for an
     unusable file, its error code and message (and zeros, and '' for the hash)."""
     count = len(batch["path"])

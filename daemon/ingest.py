@@ -11,23 +11,23 @@ watcher saw.
 """
 from __future__ import annotations
 
-import hashlib
+import itertools
 import logging
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from lookalike.core import copies, images, results, scan
+from lookalike.core import results, scan
 from lookalike.core.config import Config
-from lookalike.core.errors import UnreadableImage
 from lookalike.core.store import Entry, Library, Record
-from lookalike.core.twins import Twin, Twins
+from lookalike.core.twins import Twins
 from lookalike.daemon.answers import MADE_WITH, remove_leftovers, rules
 from lookalike.daemon.progress import Progress, Tally
+from lookalike.daemon.reading import Read, Readers, read
 
 if TYPE_CHECKING:
     from lookalike.core.encoder import Encoder
@@ -40,19 +40,14 @@ log = logging.getLogger(__name__)
 # batches. The service's turns keep `batch_size`: a burst's first results wait for a
 # whole batch.
 SCAN_BATCH = 256
-
-
-@dataclass(frozen=True)
-class Read:
-    """One file after reading: its hash with its pixels or with a library row's vector
-    for the same bytes, or why it is unusable."""
-
-    candidate: scan.Candidate
-    decoded: images.Decoded | None
-    problem: UnreadableImage | None
-    twin: tuple[str, Twin] | None = None  # (SHA-256, the row with those bytes): no pixels
-                                          # to encode
-    picture: tuple[bytes, int, int] | None = None  # near-duplicate thumbnail, width, height
+# And the most bytes of files per batch: a batch of large photos is cut short, so that
+# the pool decodes the next while this one is encoded, rather than every one at once
+# before the first is encoded. 256 small JPEGs take some 5 MB.
+BATCH_BYTES = 16 << 20
+# Images decoded ahead of the batch being encoded: some 10 kB each (the encoder's pixels
+# and a thumbnail). They keep both cores busy while the first batch waits for the encoder
+# to load (TensorFlow: seconds), then while each batch is encoded.
+READ_AHEAD = 8_192
 
 
 @dataclass
@@ -94,7 +89,8 @@ class Ingest:
         self.library = library
         self.encoder = encoder
         self.pool = ThreadPoolExecutor(config.decode_threads, thread_name_prefix="decode")
-        self.twins = Twins(config.state_dir / "library.sqlite", encoder.model_id)
+        self.library_path = config.state_dir / "library.sqlite"
+        self.twins = Twins(self.library_path, encoder.model_id)
         self.stock = stock
         self.interrupted = interrupted  # checked between batches
 
@@ -150,27 +146,45 @@ class Ingest:
                        tally: Tally) -> Changes:
         """Read, encode and store `candidates` in batches; return what was stored (and, in
         `twins`, which stored rows took another row's vector)."""
+        if not candidates:
+            return Changes()
         progress = Progress("ingest", len(candidates))
         self.stock(len(candidates))  # a results file each, made while encoding
-        size, stored = max(self.config.batch_size, SCAN_BATCH), Changes()
-        reading = self.read_batch(candidates[:size])
+        stored = Changes()
+        cuts = batches(candidates, max(self.config.batch_size, SCAN_BATCH), BATCH_BYTES)
+        # More than a batch: read in processes of their own (`reading`).
+        readers = Readers(self.config.decode_threads, self.config.inbox, self.encoder.shape,
+                          self.library_path, self.encoder.model_id) if len(cuts) > 2 else None
+        reading: deque[list[Future[list[Read]]]] = deque()  # batches handed over, in order
+        handed = 0  # batches handed over so far
         try:
-            for start in range(0, len(candidates), size):
-                batch = [future.result() for future in reading]
+            for start, end in itertools.pairwise(cuts):
+                # Up to READ_AHEAD images beyond this batch are read while it is encoded
+                # and stored (and while the encoder loads, at the first).
+                while handed < len(cuts) - 1 and (
+                        not reading or cuts[handed] - start < READ_AHEAD):
+                    some = candidates[cuts[handed]:cuts[handed + 1]]
+                    reading.append(self.read_batch(some) if readers is None
+                                   else readers.submit(some))
+                    handed += 1
+                self.encoder.warm()  # at the first batch: a `run --once` loads it here
+                batch = [one for future in reading.popleft() for one in future.result()]
                 if self.interrupted():
                     log.info("ingest interrupted: %d left for the next start",
                              len(candidates) - start)
                     break
-                # The next batch decodes in the pool while this one is encoded and stored.
-                reading = self.read_batch(candidates[start + size:start + 2 * size])
                 stored += self.store(batch, known, tally)
-                progress.update(start + len(batch))
+                progress.update(end)
         finally:
             progress.finish()
+            if readers is not None:
+                readers.close()
         return stored
 
-    def read_batch(self, candidates: Sequence[scan.Candidate]) -> list[Future[Read]]:
-        return [self.pool.submit(self.read, candidate) for candidate in candidates]
+    def read_batch(self, candidates: Sequence[scan.Candidate]) -> list[Future[list[Read]]]:
+        """Hand `candidates` to the threads, a future for each."""
+        return [self.pool.submit(lambda one: [self.read(one)], candidate)
+                for candidate in candidates]
 
     def read(self, candidate: scan.Candidate) -> Read:
         return read(self.config.inbox, candidate, self.encoder.shape, self.twins)
@@ -199,13 +213,14 @@ class Ingest:
             log.debug("%s: encoded", c.path)
         for c, *_ in taken:
             log.debug("%s: the vector of the same bytes in the library", c.path)
-        for read in batch:
-            if read.problem is not None:
-                c = read.candidate
+        for unusable in batch:
+            if unusable.problem is not None:
+                c = unusable.candidate
                 entries.append(Entry(c.path, c.size, c.mtime_ns, None, None, None,
-                                     read.problem.code, read.problem.message))
+                                     unusable.problem.code, unusable.problem.message))
                 tally.errors += 1
-                log.warning("%s: %s (%s)", c.path, read.problem.message, read.problem.code)
+                log.warning("%s: %s (%s)", c.path, unusable.problem.message,
+                            unusable.problem.code)
         if not entries:
             return Changes()
         outdated = self.library.store(entries).outdated
@@ -231,6 +246,18 @@ class Ingest:
         return Changes(removed=[record.id for record in records.values()], outdated=outdated)
 
 
+def batches(candidates: Sequence[scan.Candidate], most: int, most_bytes: int) -> list[int]:
+    """Where batches of `candidates` start, and the end: at most `most` files a batch,
+    and no more once their sizes reach `most_bytes`."""
+    cuts, count, size = [0], 0, 0
+    for at, candidate in enumerate(candidates, 1):
+        count, size = count + 1, size + candidate.size
+        if count == most or size >= most_bytes or at == len(candidates):
+            cuts.append(at)
+            count, size = 0, 0
+    return cuts
+
+
 def needs_reading(record: Record | None, candidate: scan.Candidate, model_id: str,
                   model_too: bool = True) -> bool:
     """Whether a file must be (re-)read: new, changed on disk, or (with `model_too`) encoded
@@ -240,27 +267,6 @@ def needs_reading(record: Record | None, candidate: scan.Candidate, model_id: st
     if (record.size, record.mtime_ns) != (candidate.size, candidate.mtime_ns):
         return True
     return model_too and record.error_code is None and record.model_id != model_id
-
-
-def read(inbox: Path, candidate: scan.Candidate, shape: images.Shape,
-         twins: Twins | None = None) -> Read:
-    """Read, hash and decode one file of `inbox` for an encoder of `shape`, unless a row of
-    `twins` holds its bytes' vector."""
-    path = inbox / candidate.path
-    try:
-        problem = scan.link_problem(inbox, path)
-        if problem is not None:
-            raise problem
-        data = images.read(path)
-        sha256 = hashlib.sha256(data).hexdigest()
-        twin = None if twins is None else twins.find(sha256, len(data))
-        if twin is not None:
-            return Read(candidate, None, None, (sha256, twin))
-        pixels, (width, height) = images.decode_sized(data, shape)
-        return Read(candidate, images.Decoded(pixels, sha256, (width, height)), None,
-                    picture=(copies.thumbnail(pixels), width, height))
-    except UnreadableImage as problem:
-        return Read(candidate, None, problem)
 
 
 def set_up_new_library(config: Config, library: Library) -> None:

@@ -1,0 +1,103 @@
+"""Reading image files for the ingest: bytes, hash and pixels, in threads or processes.
+
+`read` turns one file into a `Read`: its SHA-256 with the encoder's pixels
+and near-duplicate thumbnail, or the vector of a library row with the same
+bytes (`core.twins`), or why it cannot be used. The ingest reads a few files
+(a service's turn) in its threads: nothing to start, each file at once. It
+reads more than a batch (a start-up scan, `run --once`) in `Readers`,
+processes of their own: a thread holds Python's lock for part of every
+image, and shares that lock with the thread that loads the encoder
+(TensorFlow's import, seconds of Python) and with the one that encodes and
+stores; a process has a lock of its own, so the second core reads at full
+speed from the start.
+"""
+from __future__ import annotations
+
+import hashlib
+import multiprocessing
+import signal
+from collections.abc import Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from lookalike.core import copies, images, scan
+from lookalike.core.errors import UnreadableImage
+from lookalike.core.twins import Twin, Twins
+
+PER_TASK = 32  # files a process reads per task: handing one over costs some 0.1 ms
+
+
+@dataclass(frozen=True)
+class Read:
+    """One file after reading: its hash with its pixels or with a library row's vector
+    for the same bytes, or why it is unusable."""
+
+    candidate: scan.Candidate
+    decoded: images.Decoded | None
+    problem: UnreadableImage | None
+    twin: tuple[str, Twin] | None = None  # (SHA-256, the row with those bytes): no pixels
+                                          # to encode
+    picture: tuple[bytes, int, int] | None = None  # near-duplicate thumbnail, width, height
+
+
+def read(inbox: Path, candidate: scan.Candidate, shape: images.Shape,
+         twins: Twins | None = None) -> Read:
+    """Read, hash and decode one file of `inbox` for an encoder of `shape`, unless a row of
+    `twins` holds its bytes' vector."""
+    path = inbox / candidate.path
+    try:
+        problem = scan.link_problem(inbox, path)
+        if problem is not None:
+            raise problem
+        data = images.read(path)
+        sha256 = hashlib.sha256(data).hexdigest()
+        twin = None if twins is None else twins.find(sha256, len(data))
+        if twin is not None:
+            return Read(candidate, None, None, (sha256, twin))
+        pixels, (width, height) = images.decode_sized(data, shape)
+        return Read(candidate, images.Decoded(pixels, sha256, (width, height)), None,
+                    picture=(copies.thumbnail(pixels), width, height))
+    except UnreadableImage as problem:
+        return Read(candidate, None, problem)
+
+
+class Readers:
+    """Processes that read files of `inbox` for an encoder of `shape`, each with its own
+    look-ups in the library at `library` (`core.twins`, for `model_id`). Spawned, not
+    forked: nothing of this process's threads or TensorFlow goes with them."""
+
+    def __init__(self, count: int, inbox: Path, shape: images.Shape, library: Path,
+                 model_id: str) -> None:
+        self.inbox = inbox
+        self.shape = shape
+        self.pool = ProcessPoolExecutor(count, multiprocessing.get_context("spawn"),
+                                        initializer=started, initargs=(library, model_id))
+
+    def submit(self, candidates: Sequence[scan.Candidate]) -> list[Future[list[Read]]]:
+        """Hand `candidates` to the processes; each future is the reads of a few of them,
+        in order."""
+        return [self.pool.submit(read_many, self.inbox, candidates[start:start + PER_TASK],
+                                 self.shape)
+                for start in range(0, len(candidates), PER_TASK)]
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+TWINS: Twins | None = None  # a reading process's look-ups in the library (`started`)
+
+
+def started(library: Path, model_id: str) -> None:
+    """In each reading process, first. A stop's signal is the service's to act on, which
+    then closes its `Readers`; the process must outlive the signal until then."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    global TWINS
+    TWINS = Twins(library, model_id)
+
+
+def read_many(inbox: Path, candidates: Sequence[scan.Candidate],
+              shape: images.Shape) -> list[Read]:
+    """In a reading process: `read` each of `candidates`."""
+    return [read(inbox, candidate, shape, TWINS) for candidate in candidates]
