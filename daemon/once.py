@@ -35,6 +35,7 @@ def run(config: Config, load_encoder: Callable[[Config], Encoder]) -> int:
         answers = Answers(config, library, encoder)
         ingest = Ingest(config, library, encoder, stock=answers.stock)
         answers.take_scratch()
+        answers.prepare()
         try:
             tally = Tally()
             changes = ingest.reconcile(tally)

@@ -160,6 +160,7 @@ class Service:
         if config.query_dir is not None and "queries" not in self.sync.missing:
             remove_leftovers(config.query_dir)  # (the inbox's: by the scan, below)
         self.answers.take_scratch()
+        self.answers.prepare()
         if not self.sync.inbox_missing():
             self.sync.rescan()
         # Before READY: no results file may name an image that is gone, whether the scan
