@@ -46,6 +46,15 @@ class ExactScan:
     def __len__(self) -> int:
         return len(self.ids)
 
+    def holds(self, row_ids: np.ndarray) -> np.ndarray:
+        """Whether each of `row_ids` is a row of the scan."""
+        return np.isin(row_ids, self.ids)
+
+    def vectors_of(self, row_ids: np.ndarray) -> np.ndarray:
+        """The vectors of `row_ids`, each a row of the scan (`holds`)."""
+        sorted_ids = self.ids[self.order]
+        return self.vectors[self.order[np.searchsorted(sorted_ids, row_ids)]]
+
     def nearest(self, queries: np.ndarray, k: int, exclude: Sequence[int | None],
                 stale: np.ndarray | None = None) -> list[list[Neighbor]]:
         """The k nearest rows to each query, never its `exclude` nor a `stale` row id."""

@@ -67,6 +67,11 @@ class BuiltIndex(ABC):
         at = np.minimum(np.searchsorted(self.row_ids, row_ids), len(self.row_ids) - 1)
         return row_ids[self.row_ids[at] == row_ids]
 
+    def vectors_of(self, row_ids: np.ndarray) -> np.ndarray | None:
+        """The full vectors of `row_ids` (each of them held: `in_index`), or None when
+        the index keeps none it can give."""
+        return None
+
     @abstractmethod
     def stored_items(self) -> int:
         """How many items the index's own files hold (`load` checks them against the map)."""
@@ -99,6 +104,9 @@ class ExactIndex(BuiltIndex):
 
     def stored_items(self) -> int:
         return len(self.vectors)
+
+    def vectors_of(self, row_ids: np.ndarray) -> np.ndarray:
+        return self.vectors[np.searchsorted(self.row_ids, row_ids)]
 
     def search(self, vectors: np.ndarray, k: int, exclude: Sequence[int | None],
                stale: np.ndarray, tuning: Tuning) -> list[list[Neighbor]]:
@@ -159,6 +167,9 @@ class TwoStageIndex(AnnoyBacked):
         self.full_vectors = full_vectors
         self.planes = planes  # (dim, bits): the hyperplanes of the signs
         self.signs = signs  # (items, bits / 64) uint64: each item's signs
+
+    def vectors_of(self, row_ids: np.ndarray) -> np.ndarray:
+        return self.full_vectors.read(np.searchsorted(self.row_ids, row_ids))
 
     def signs_of(self, vectors: np.ndarray) -> np.ndarray | None:
         """The signs of `vectors` as the index holds its items' (None: it holds none)."""

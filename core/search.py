@@ -75,6 +75,30 @@ class Searcher:
     def items(self) -> int:
         return self.pending + (self.index.info.items if self.index is not None else 0)
 
+    def matrix_of(self, row_ids: Iterable[int],
+                  library: Library) -> tuple[np.ndarray, np.ndarray]:
+        """`Library.matrix_of`, read where it is nearest: the rows searched exactly from
+        memory, the index's from the index (held in memory, or its full vectors' file),
+        the rest from `library`. The same float32 vectors, for the rows it finds."""
+        wanted = np.unique(np.fromiter(row_ids, np.int64))
+        fresh = self.fresh.holds(wanted)
+        indexed = ~fresh & np.isin(wanted, self.in_index(wanted)) & ~np.isin(wanted, self.stale)
+        readable = None if self.index is None or not indexed.any() else \
+            self.index.vectors_of(wanted[indexed])
+        if readable is None:
+            indexed[:] = False
+        parts = [library.matrix_of(wanted[~fresh & ~indexed].tolist()),
+                 (wanted[fresh], self.fresh.vectors_of(wanted[fresh]))]
+        if readable is not None:
+            parts.append((wanted[indexed], readable))
+        parts = [(ids, vectors) for ids, vectors in parts if len(ids)]
+        if not parts:
+            return np.zeros(0, np.int64), np.zeros((0, 0), np.float32)
+        ids = np.concatenate([ids for ids, _ in parts])
+        order = np.argsort(ids, kind="stable")
+        return ids[order], np.concatenate([vectors for _, vectors in parts]).astype(
+            np.float32, copy=False)[order]
+
     def neighbors(self, vector: np.ndarray, k: int, exclude: int | None = None) -> list[Neighbor]:
         """The k nearest rows to `vector`, nearest first, never `exclude`."""
         return self.neighbors_many(np.asarray(vector)[None], k, [exclude])[0]

@@ -176,7 +176,7 @@ class Answers:
             found = searcher.neighbors_of(vectors, wide)
         else:
             found = {row: nearby[row][:wide] for row in chunk if row in nearby}
-        shown = self.look_alikes(vectors, found, searcher.metric)
+        shown = self.look_alikes(vectors, found, searcher)
         listed = {n.row_id for near in shown.values() for n in near}
         known = names if names is not None else self.library.describe(listed)
         unjudged = [record for record in chunk.values()
@@ -193,18 +193,18 @@ class Answers:
             else elsewhere.submit(judging, known, pictures, given))
 
     def look_alikes(self, queries: dict[int, np.ndarray], found: dict[int, list[Neighbor]],
-                    metric: str) -> dict[int, list[Neighbor]]:
+                    searcher: Searcher) -> dict[int, list[Neighbor]]:
         """The neighbours each row of `found` shows, ranked from its candidates
         (`core.ranking`); `queries`: the rows' vectors. The candidates' vectors are read
-        for RANKED_TOGETHER rows at a time."""
+        for RANKED_TOGETHER rows at a time (`Searcher.matrix_of`)."""
         rows = [row for row in found if row in queries]
         shown: dict[int, list[Neighbor]] = {}
         for start in range(0, len(rows), RANKED_TOGETHER):
             some = {row: found[row] for row in rows[start:start + RANKED_TOGETHER]}
-            ids, vectors = self.library.matrix_of(
-                {n.row_id for near in some.values() for n in near})
+            ids, vectors = searcher.matrix_of(
+                (n.row_id for near in some.values() for n in near), self.library)
             shown.update(ranking.ranked(queries, some, ids, vectors, self.config.neighbors,
-                                        metric))
+                                        searcher.metric))
         return shown
 
     def marks_of(self, judging: Judged, names: Names, pictures: dict[int, copies.Picture],
@@ -328,7 +328,7 @@ class Answers:
         vector = self.encoder.encode(decoded.pixels[None])[0]
         found = searcher.neighbors(vector, ranking.candidates(self.config.neighbors),
                                    exclude=exclude)
-        [near] = self.look_alikes({0: vector}, {0: found}, searcher.metric).values()
+        [near] = self.look_alikes({0: vector}, {0: found}, searcher).values()
         names = self.library.describe(n.row_id for n in near)
         near = [n for n in near if n.row_id in names]
         pictures = self.library.thumbnails(n.row_id for n in near)

@@ -817,3 +817,25 @@ def test_two_stage_finds_nearly_all_true_neighbours_with_few_candidates(library:
         misses_without += 10 - len(truth & {n.row_id for n in projected_only.neighbors(query, 10)})
     assert hits >= 0.95 * 200
     assert misses_without > 200 - hits  # the candidates beyond k are what mends it
+
+
+def test_vectors_come_from_the_searcher_as_the_library_holds_them(library: Library,
+                                                                   state: Path,
+                                                                   kind: str) -> None:
+    """`Searcher.matrix_of` reads what it holds, the rest from the library: the same
+    vectors, ids and order as `Library.matrix_of`, for rows of the index, rows changed
+    or added since its build, and rows deleted since."""
+    rows = fill(library, clustered(120))
+    build(library, state, kind=kind)
+    by_id = {r.id: r.path for r in library.records().values()}
+    ids = sorted(rows)
+    changed, deleted = ids[3], ids[5]
+    library.apply([entry(by_id[changed], clustered(1, seed=4)[0])], deletions=[by_id[deleted]])
+    added = fill(library, clustered(10, seed=5), prefix="new-")
+    found = searcher(library, state)
+    asked = [*ids[:20], *added, 10**6]  # (no row has the last)
+    got_ids, got = found.matrix_of(iter(asked), library)
+    want_ids, want = library.matrix_of(asked)
+    assert got_ids.tolist() == want_ids.tolist() and deleted not in got_ids.tolist()
+    assert np.array_equal(got, want)
+    assert [len(part) for part in found.matrix_of([], library)] == [0, 0]
