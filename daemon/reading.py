@@ -13,8 +13,10 @@ speed from the start.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import multiprocessing
+import os
 import signal
 from collections.abc import Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -26,6 +28,9 @@ from lookalike.core.errors import UnreadableImage
 from lookalike.core.twins import Twin, Twins
 
 PER_TASK = 32  # files a process reads per task: handing one over costs some 0.1 ms
+# The reading processes yield to the command's own threads: the encoder's loading
+# (one core for seconds) and encoding come first, the reading fills the rest.
+NICENESS = 10
 
 
 @dataclass(frozen=True)
@@ -93,6 +98,8 @@ def started(library: Path, model_id: str) -> None:
     then closes its `Readers`; the process must outlive the signal until then."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    with contextlib.suppress(OSError):  # a sandbox may forbid it: then at the same priority
+        os.nice(NICENESS)
     global TWINS
     TWINS = Twins(library, model_id)
 
