@@ -20,7 +20,8 @@ For each:
   SQLite, index, a results file per image), less the wall time of the same
   command on a folder of one image (start-up and loading the encoder; the
   median of three such runs); its peak resident memory, read from /proc as
-  it runs, its reading and judging processes' added;
+  it runs: its own peak, or that of its processes together (its reading and
+  judging processes with it, each 0.1 s), whichever is more;
 - the limits behind it: decoding alone (lookalike's decoder, in its two
   threads), encoding alone (batches of 256) and writing the results files
   alone (as lookalike writes them, one sync per batch), in this process.
@@ -165,7 +166,9 @@ def command(folder: Path, spent: Path) -> tuple[float, float, float]:
             pid, status, usage = os.wait4(process.pid, os.WNOHANG)
             if pid:
                 break
-            peak = max(peak, high_water_mb(process.pid))
+            # The command's own peak (VmHWM: between samples too), or all its processes'
+            # resident memory together, sampled: whichever is more.
+            peak = max(peak, status_mb(process.pid, "VmHWM"), resident_mb(process.pid))
             time.sleep(0.1)
         wall = time.perf_counter() - started
         process.returncode = os.waitstatus_to_exitcode(status)
@@ -184,26 +187,27 @@ def command(folder: Path, spent: Path) -> tuple[float, float, float]:
     return wall, usage.ru_utime + usage.ru_stime, peak
 
 
-def high_water_mb(pid: int) -> float:
-    """The peak resident memory so far (VmHWM) of a process and of its children now
-    running (lookalike's reading and judging processes), in MB; 0 once it is gone.
-
-    Not getrusage's ru_maxrss: that counts the child from its fork, when it
-    still shares this process's memory (the article's decoded images).
-    """
+def resident_mb(pid: int) -> float:
+    """The resident memory now (VmRSS) of a process and of its children (lookalike's
+    reading and judging processes), in MB: each child's shared libraries counted again,
+    so a little more than the memory they take together."""
     try:
         children = [int(child) for task in Path(f"/proc/{pid}/task").iterdir()
                     for child in (task / "children").read_text().split()]
     except OSError:
         children = []
-    return sum(peak_mb(one) for one in [pid, *children])
+    return sum(status_mb(one, "VmRSS") for one in [pid, *children])
 
 
-def peak_mb(pid: int) -> float:
-    """One process's VmHWM in MB, or 0 if it is gone."""
+def status_mb(pid: int, field: str) -> float:
+    """A memory figure of /proc/PID/status (VmRSS, VmHWM) in MB, or 0 if it is gone.
+
+    Not getrusage's ru_maxrss for the peak: that counts the child from its fork,
+    when it still shares this process's memory (the article's decoded images).
+    """
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1024
     except OSError:
         pass

@@ -1,7 +1,8 @@
 """Ingest: from image files to library rows.
 
-`Ingest` reads and decodes images in a small thread pool, encodes them in
-batches and stores each batch in one library transaction; it forgets the
+`Ingest` reads and decodes images (`reading`: a few in a small thread pool,
+more than a batch in processes of their own), encodes them in batches and
+stores each batch in one library transaction; it forgets the
 images that left the inbox. A file with the bytes of a library row (moved
 within the inbox, or copied) takes that row's vector and is not decoded
 (`core.twins`). It does no watching and writes no results:
@@ -27,7 +28,7 @@ from lookalike.core.store import Entry, Library, Record
 from lookalike.core.twins import Twins
 from lookalike.daemon.answers import MADE_WITH, remove_leftovers, rules
 from lookalike.daemon.progress import Progress, Tally
-from lookalike.daemon.reading import Read, Readers, read
+from lookalike.daemon.reading import Read, Readers, gathered, read
 
 if TYPE_CHECKING:
     from lookalike.core.encoder import Encoder
@@ -41,8 +42,8 @@ log = logging.getLogger(__name__)
 # whole batch.
 SCAN_BATCH = 256
 # And the most bytes of files per batch: a batch of large photos is cut short, so that
-# the pool decodes the next while this one is encoded, rather than every one at once
-# before the first is encoded. 256 small JPEGs take some 5 MB.
+# the next is decoded while this one is encoded, rather than every one at once before
+# the first is encoded. 256 small JPEGs take some 5 MB.
 BATCH_BYTES = 16 << 20
 # Images decoded ahead of the batch being encoded: some 10 kB each (the encoder's pixels
 # and a thumbnail). They keep both cores busy while the first batch waits for the encoder
@@ -79,8 +80,9 @@ class Changes:
 
 
 class Ingest:
-    """Image files read, encoded and stored; `pool` decodes (and lends its threads to
-    searches while idle). `stock` hears how many results files will be wanted soon."""
+    """Image files read, encoded and stored; `pool` decodes a few (and lends its threads
+    to searches while idle), `reading.Readers` more than a batch. `stock` hears how many
+    results files will be wanted soon."""
 
     def __init__(self, config: Config, library: Library, encoder: Encoder,
                  stock: Callable[[int], None] = lambda count: None,
@@ -168,7 +170,7 @@ class Ingest:
                                    else readers.submit(some))
                     handed += 1
                 self.encoder.warm()  # at the first batch: a `run --once` loads it here
-                batch = [one for future in reading.popleft() for one in future.result()]
+                batch = gathered(reading.popleft(), candidates[start:end])
                 if self.interrupted():
                     log.info("ingest interrupted: %d left for the next start",
                              len(candidates) - start)

@@ -20,11 +20,12 @@ import os
 import signal
 from collections.abc import Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 
 from lookalike.core import copies, images, scan
-from lookalike.core.errors import UnreadableImage
+from lookalike.core.errors import StateError, UnreadableImage
 from lookalike.core.twins import Twin, Twins
 
 PER_TASK = 32  # files a process reads per task: handing one over costs some 0.1 ms
@@ -82,12 +83,32 @@ class Readers:
     def submit(self, candidates: Sequence[scan.Candidate]) -> list[Future[list[Read]]]:
         """Hand `candidates` to the processes; each future is the reads of a few of them,
         in order."""
-        return [self.pool.submit(read_many, self.inbox, candidates[start:start + PER_TASK],
-                                 self.shape)
-                for start in range(0, len(candidates), PER_TASK)]
+        try:
+            return [self.pool.submit(read_many, self.inbox, candidates[start:start + PER_TASK],
+                                     self.shape)
+                    for start in range(0, len(candidates), PER_TASK)]
+        except BrokenProcessPool:  # one died since the last hand-over
+            raise ended(candidates) from None
 
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def gathered(futures: list[Future[list[Read]]],
+             candidates: Sequence[scan.Candidate]) -> list[Read]:
+    """The reads of `candidates` from their futures (`Readers.submit`'s, or threads'),
+    once done. A reading process that died (the kernel's out-of-memory killer, a decoder
+    that crashed on a file) fails the whole read with a `StateError` naming the files."""
+    try:
+        return [one for future in futures for one in future.result()]
+    except BrokenProcessPool:
+        raise ended(candidates) from None
+
+
+def ended(candidates: Sequence[scan.Candidate]) -> StateError:
+    return StateError(
+        f"a reading process ended abruptly while reading {len(candidates)} files from "
+        f"{candidates[0].path} on (out of memory, or a decoder crashed on one of them)")
 
 
 TWINS: Twins | None = None  # a reading process's look-ups in the library (`started`)

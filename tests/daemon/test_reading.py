@@ -5,13 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from lookalike.core import images, scan
+from lookalike.core.errors import StateError
 from lookalike.core.store import Entry, Library
 from lookalike.core.twins import Twins
 from lookalike.daemon.ingest import batches
-from lookalike.daemon.reading import Readers, read
+from lookalike.daemon.reading import Readers, gathered, read
 
 SHAPE = images.Shape(28, "rgb")
 
@@ -66,3 +68,22 @@ def test_processes_read_what_a_thread_reads(tmp_path: Path) -> None:
     assert codes == {"notes.png": "not_an_image", "empty.jpg": "empty"}
     assert {r.candidate.path for r in in_processes if r.twin is not None} == {"0.png",
                                                                               "copy.png"}
+
+
+def test_a_reading_process_that_dies_fails_the_read_with_a_clear_error(tmp_path: Path) -> None:
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    Image.new("RGB", (8, 8)).save(inbox / "a.png")
+    candidates = scan.survey(inbox, []).candidates
+    Library(tmp_path / "library.sqlite").close()
+    readers = Readers(1, inbox, SHAPE, tmp_path / "library.sqlite", "m")
+    try:
+        assert gathered(readers.submit(candidates), candidates)[0].decoded is not None
+        for process in list(readers.pool._processes.values()):  # as the OOM killer would
+            process.kill()
+            process.join()
+        with pytest.raises(StateError,
+                           match="a reading process ended abruptly .* from a.png on"):
+            gathered(readers.submit(candidates), candidates)
+    finally:
+        readers.close()
