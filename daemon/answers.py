@@ -25,7 +25,6 @@ from lookalike.core.errors import DiskFull, UnreadableImage, disk_full
 from lookalike.core.exact import Neighbor
 from lookalike.core.search import Searcher
 from lookalike.core.store import Answer, Library, Record
-from lookalike.daemon.judging import BULK, Judged, JudgingProcess, Names, marks_of, near_duplicates
 from lookalike.daemon.progress import Progress, Tally
 
 if TYPE_CHECKING:
@@ -37,6 +36,7 @@ log = logging.getLogger(__name__)
 ANSWER_CHUNK = 1024  # results computed, written and synced together
 RANKED_TOGETHER = 256  # rows whose candidates' vectors are read at once (some 20 MB)
 KEPT_AT_REST = 2_048  # thumbnails' views a resting service keeps (`rest`)
+Names = dict[int, tuple[str, str | None]]  # row id -> path and content hash
 MADE_WITH = "made_with"  # the library's note of the rules its results files follow (`rules`)
 
 
@@ -130,20 +130,19 @@ class Answers:
         `marks` the rows' near-duplicates among them when already judged. Three threads share
         the work of each chunk, one step behind each other: while the next
         chunk is searched, this one's near-duplicates are judged in the
-        `judging` thread (in a process of its own for more than `judging.BULK`
-        rows) and the one before's files written in the `writer` thread; the
-        search, the judgement's array work and the writes' system calls let
-        go of the GIL, so the two cores share what was one core's work.
+        `judging` thread and the one before's files written in the `writer`
+        thread; the search, the judgement's array work and the writes'
+        system calls let go of the GIL, so the two cores share what was one
+        core's work.
         """
         wanted = list(row_ids)
         progress = Progress("results", len(wanted))
         judged: Searched | None = None  # the chunk searched last
         writing: Writing | None = None
-        elsewhere = JudgingProcess(self.config.strictness) if len(wanted) > BULK else None
         try:
             for start in [*range(0, len(wanted), ANSWER_CHUNK), len(wanted)]:
                 searched = (self.searched(searcher, wanted[start:start + ANSWER_CHUNK], names,
-                                          nearby, marks, elsewhere)
+                                          nearby, marks)
                             if start < len(wanted) else None)
                 if judged is not None:
                     files = self.results_files(searcher, judged)
@@ -160,15 +159,12 @@ class Answers:
                 wait([judged.marks])
             if writing is not None:  # (after a failure too: what reached the disk counts)
                 tally.answered += self.finish_writing(*writing)
-            if elsewhere is not None:
-                elsewhere.close()
 
     def searched(self, searcher: Searcher, row_ids: list[int], names: Names | None,
                  nearby: dict[int, list[Neighbor]] | None,
-                 marks: dict[int, set[int]] | None = None,
-                 elsewhere: JudgingProcess | None = None) -> Searched:
+                 marks: dict[int, set[int]] | None = None) -> Searched:
         """`row_ids` with their candidates found and ranked, their near-duplicates being
-        judged (in the `judging` thread, or `elsewhere`)."""
+        judged."""
         wide = ranking.candidates(self.config.neighbors)
         chunk = self.library.fetch(row_ids)
         vectors = self.library.vectors_of(chunk)
@@ -189,8 +185,7 @@ class Answers:
                    for record in unjudged]
         given = {row: marks[row] for row in chunk if row in marks} if marks else {}
         return Searched(chunk, found, shown, known, self.judging.submit(
-            self.marks_of, judging, known, pictures, given) if elsewhere is None
-            else elsewhere.submit(judging, known, pictures, given))
+            self.marks_of, judging, known, pictures, given))
 
     def look_alikes(self, queries: dict[int, np.ndarray], found: dict[int, list[Neighbor]],
                     searcher: Searcher) -> dict[int, list[Neighbor]]:
@@ -207,10 +202,16 @@ class Answers:
                                         searcher.metric))
         return shown
 
-    def marks_of(self, judging: Judged, names: Names, pictures: dict[int, copies.Picture],
+    def marks_of(self, judging: list[tuple[int, str | None, copies.Picture | None,
+                                            list[Neighbor]]],
+                 names: Names, pictures: dict[int, copies.Picture],
                  given: dict[int, set[int]]) -> dict[int, set[int]]:
-        """`judging.marks_of`, by the configured judge."""
-        return marks_of(self.judge, judging, names, pictures, given)
+        """Each row's near-duplicates: those `given` (the chunk's known ones), and those
+        of `judging` (row id, SHA-256, picture, neighbours) judged together, each
+        picture's views made once."""
+        judged = self.near_duplicates(
+            [(sha256, picture, near) for _, sha256, picture, near in judging], names, pictures)
+        return {**given, **dict(zip((row for row, *_ in judging), judged, strict=True))}
 
     def results_files(self, searcher: Searcher, searched: Searched) -> list[ResultsFile]:
         """The results files that a searched chunk's rows need, once judged."""
@@ -256,6 +257,19 @@ class Answers:
         return ResultsFile(target, document, Answer(record.id, stamp, listed,
                                                     found[-1].distance if full else None,
                                                     marked))
+
+    def near_duplicates(self, images: list[tuple[str | None, copies.Picture | None,
+                                                 list[Neighbor]]],
+                        names: Names, pictures: dict[int, copies.Picture]) -> list[set[int]]:
+        """For each image (its SHA-256, `copies.Picture` and neighbours), the row ids of
+        its neighbours that are near-duplicates of it (`core.copies`): identical bytes,
+        or a copy at the configured strictness."""
+        judged = self.judge.marks(
+            [(picture, [(n.distance, pictures.get(n.row_id)) for n in near])
+             for _, picture, near in images])
+        return [{n.row_id for n, copy in zip(near, copied, strict=True)
+                 if copy or (sha256 is not None and names[n.row_id][1] == sha256)}
+                for (sha256, _, near), copied in zip(images, judged, strict=True)]
 
     def answer_missing(self, searcher: Searcher, tally: Tally,
                        records: Iterable[Record] | None = None) -> None:
@@ -333,8 +347,7 @@ class Answers:
         near = [n for n in near if n.row_id in names]
         pictures = self.library.thumbnails(n.row_id for n in near)
         picture = copies.Picture(copies.thumbnail(decoded.pixels), copies.shape_of(*decoded.size))
-        [marked] = near_duplicates(self.judge, [(decoded.sha256, picture, near)], names,
-                                   pictures)
+        [marked] = self.near_duplicates([(decoded.sha256, picture, near)], names, pictures)
         return self.document(name, decoded.sha256, near, searcher, names, marked)
 
     def document(self, query: str, sha256: str | None, near: list[Neighbor], searcher: Searcher,

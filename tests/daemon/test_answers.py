@@ -7,7 +7,6 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from lookalike.core import config as configuration
@@ -15,7 +14,6 @@ from lookalike.core.search import Searcher
 from lookalike.core.store import Entry, Library
 from lookalike.daemon import answers as answers_module
 from lookalike.daemon.answers import Answers
-from lookalike.daemon.judging import JudgingProcess
 from lookalike.daemon.progress import Tally
 from tests.daemon.vectors import clustered, shown
 
@@ -70,48 +68,3 @@ def test_blanks_are_made_only_for_an_inbox_on_the_scratch_disk(
             answers.close()
         if not stocks:
             shutil.rmtree(state)
-
-
-def test_a_bulk_answer_judges_in_a_process_as_the_service_judges_in_a_thread(
-        tmp_path: Path, make_config: Callable[..., Path], encoder_path: Path,
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    """Above `judging.BULK` rows, near-duplicates are judged in a process of their own:
-    its results files must say what the judging thread's say, marks included."""
-    from lookalike.core.encoder import load as load_encoder
-
-    monkeypatch.setattr(answers_module, "ANSWER_CHUNK", 16)
-    config = configuration.load(make_config())
-    rng = np.random.default_rng(3)
-    pictures = rng.integers(0, 256, (8, 32 * 32), dtype=np.uint8)  # a picture a group
-    groups = rng.integers(0, 8, 60)
-    centres = rng.normal(size=(8, 16))
-    vectors = (centres[groups] + 0.3 * rng.normal(size=(60, 16))).astype(np.float32)
-    library = Library(config.state_dir / "library.sqlite")
-    library.apply(Entry(f"{n}.png", 1, 1, f"{n:064x}", "m", vector,
-                        thumb=pictures[group].tobytes(), width=32, height=32)
-                  for n, (vector, group) in enumerate(zip(vectors, groups, strict=True)))
-    ids, stored = library.vectors()
-    searcher = Searcher(None, ids, stored, set(), "angular")
-    answers = Answers(config, library, load_encoder(encoder_path))
-    answers.take_scratch()
-    written = {}
-    processes: list[object] = []
-
-    class Counted(JudgingProcess):
-        def __init__(self, strictness: str) -> None:
-            super().__init__(strictness)
-            processes.append(self)
-
-    monkeypatch.setattr(answers_module, "JudgingProcess", Counted)
-    for bulk in (len(ids), 0):  # in the thread, then in a process
-        monkeypatch.setattr(answers_module, "BULK", bulk)
-        for results_file in config.inbox.glob("*.neighbors.json"):
-            results_file.unlink()
-        answers.answer(searcher, ids.tolist(), Tally())
-        written[bulk] = {path.name: json.loads(path.read_text())["neighbors"]
-                         for path in config.inbox.glob("*.neighbors.json")}
-    answers.close()
-    assert len(processes) == 1
-    assert len(written[0]) == 60 and written[0] == written[len(ids)]
-    marked = [n["path"] for listed in written[0].values() for n in listed if n["near_duplicate"]]
-    assert marked  # the groups' pictures are copies of one another
