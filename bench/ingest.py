@@ -20,8 +20,8 @@ For each:
   SQLite, index, a results file per image), less the wall time of the same
   command on a folder of one image (start-up and loading the encoder; the
   median of three such runs); its peak resident memory, read from /proc as
-  it runs: its own peak, or that of its processes together (its reading and
-  judging processes with it, each 0.1 s), whichever is more;
+  it runs: its own peak, or that of its processes together (its reading
+  processes with it, each 0.1 s), whichever is more;
 - the limits behind it: decoding alone (lookalike's decoder, in its two
   threads), encoding alone (batches of 256) and writing the results files
   alone (as lookalike writes them, one sync per batch), in this process.
@@ -189,7 +189,7 @@ def command(folder: Path, spent: Path) -> tuple[float, float, float]:
 
 def resident_mb(pid: int) -> float:
     """The resident memory now (VmRSS) of a process and of its children (lookalike's
-    reading and judging processes), in MB: each child's shared libraries counted again,
+    reading processes), in MB: each child's shared libraries counted again,
     so a little more than the memory they take together."""
     try:
         children = [int(child) for task in Path(f"/proc/{pid}/task").iterdir()
