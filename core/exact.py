@@ -42,6 +42,7 @@ class ExactScan:
             self.rows = self.vectors
             self.squares = np.einsum("ij,ij->i", self.rows, self.rows)
         self.order = np.argsort(ids, kind="stable")
+        self.sorted_ids = ids[self.order]
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -52,8 +53,7 @@ class ExactScan:
 
     def vectors_of(self, row_ids: np.ndarray) -> np.ndarray:
         """The vectors of `row_ids`, each a row of the scan (`holds`)."""
-        sorted_ids = self.ids[self.order]
-        return self.vectors[self.order[np.searchsorted(sorted_ids, row_ids)]]
+        return self.vectors[self.order[np.searchsorted(self.sorted_ids, row_ids)]]
 
     def nearest(self, queries: np.ndarray, k: int, exclude: Sequence[int | None],
                 stale: np.ndarray | None = None) -> list[list[Neighbor]]:
@@ -122,9 +122,8 @@ class ExactScan:
     def mask_own(self, scores: np.ndarray, exclude: Sequence[int | None]) -> None:
         """Set each query's own row (its `exclude`) to infinity."""
         wanted = np.array([-1 if row is None else row for row in exclude], np.int64)
-        sorted_ids = self.ids[self.order]
-        at = np.minimum(np.searchsorted(sorted_ids, wanted), len(sorted_ids) - 1)
-        hit = sorted_ids[at] == wanted
+        at = np.minimum(np.searchsorted(self.sorted_ids, wanted), len(self.ids) - 1)
+        hit = self.sorted_ids[at] == wanted
         scores[np.flatnonzero(hit), self.order[at[hit]]] = np.inf
 
     def nearest_by_score(self, queries: np.ndarray, scores: np.ndarray,

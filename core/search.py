@@ -82,15 +82,16 @@ class Searcher:
         the rest from `library`. The same float32 vectors, for the rows it finds."""
         wanted = np.unique(np.fromiter(row_ids, np.int64))
         fresh = self.fresh.holds(wanted)
-        indexed = ~fresh & np.isin(wanted, self.in_index(wanted)) & ~np.isin(wanted, self.stale)
-        readable = None if self.index is None or not indexed.any() else \
-            self.index.vectors_of(wanted[indexed])
-        if readable is None:
-            indexed[:] = False
-        parts = [library.matrix_of(wanted[~fresh & ~indexed].tolist()),
-                 (wanted[fresh], self.fresh.vectors_of(wanted[fresh]))]
+        parts = [(wanted[fresh], self.fresh.vectors_of(wanted[fresh]))]
+        rest = wanted[~fresh]
+        held = self.in_index(rest)
+        held = held[~np.isin(held, self.stale)]
+        readable = self.index.vectors_of(held) if self.index is not None and len(held) else None
         if readable is not None:
-            parts.append((wanted[indexed], readable))
+            parts.append((held, readable))
+            rest = rest[~np.isin(rest, held)]
+        if len(rest):
+            parts.append(library.matrix_of(rest.tolist()))
         parts = [(ids, vectors) for ids, vectors in parts if len(ids)]
         if not parts:
             return np.zeros(0, np.int64), np.zeros((0, 0), np.float32)
