@@ -51,6 +51,14 @@ class ResultsFile(NamedTuple):
 Writing = tuple[list[ResultsFile], Future[list[OSError | None]]]  # files in the `writer`
 
 
+class Ahead(NamedTuple):
+    """A chunk of library rows read, its candidates being found (`core.ranking`)."""
+
+    records: dict[int, Record]
+    vectors: dict[int, np.ndarray]
+    found: Future[dict[int, list[Neighbor]]]
+
+
 class Searched(NamedTuple):
     """A chunk of library rows with their candidates found (`core.ranking`), the
     neighbours shown of them, and their near-duplicates (row id -> marked neighbours'
@@ -71,6 +79,7 @@ class Answers:
         self.library = library
         self.encoder = encoder
         self.writer = ThreadPoolExecutor(1, thread_name_prefix="results")  # `answer`
+        self.searching = ThreadPoolExecutor(1, thread_name_prefix="search")  # `answer`
         self.judging = ThreadPoolExecutor(1, thread_name_prefix="marks")  # `answer`
         self.scratch: results.Scratch | None = None  # temporaries of results: `take_scratch`
         self.stock_blanks = False  # whether the scratch can make inbox results files ahead
@@ -113,6 +122,7 @@ class Answers:
             self.scratch.stock(count)
 
     def close(self) -> None:
+        self.searching.shutdown(wait=True)
         self.judging.shutdown(wait=True)
         self.writer.shutdown(wait=True)
         if self.scratch is not None:
@@ -127,23 +137,27 @@ class Answers:
 
         `nearby` holds the rows' nearest neighbours when already searched (a
         wider search's first candidates are exactly the nearest searched),
-        `marks` the rows' near-duplicates among them when already judged. Three threads share
+        `marks` the rows' near-duplicates among them when already judged. Four threads share
         the work of each chunk, one step behind each other: while the next
-        chunk is searched, this one's near-duplicates are judged in the
-        `judging` thread and the one before's files written in the `writer`
-        thread; the search, the judgement's array work and the writes'
-        system calls let go of the GIL, so the two cores share what was one
-        core's work.
+        chunk is searched in the `searching` thread, this one is ranked here
+        and its near-duplicates judged in the `judging` thread, and the one
+        before's files are written in the `writer` thread. The search, the
+        judgement's array work and the writes' system calls let go of the
+        GIL, so the two cores share what was one core's work.
         """
         wanted = list(row_ids)
+        chunks = [wanted[start:start + ANSWER_CHUNK]
+                  for start in range(0, len(wanted), ANSWER_CHUNK)]
         progress = Progress("results", len(wanted))
-        judged: Searched | None = None  # the chunk searched last
+        ahead: Ahead | None = None  # the chunk being searched
+        judged: Searched | None = None  # the chunk before, being judged
         writing: Writing | None = None
+        done = 0
         try:
-            for start in [*range(0, len(wanted), ANSWER_CHUNK), len(wanted)]:
-                searched = (self.searched(searcher, wanted[start:start + ANSWER_CHUNK], names,
-                                          nearby, marks)
-                            if start < len(wanted) else None)
+            for chunk in [*chunks, None, None]:
+                before, ahead = ahead, (self.search_ahead(searcher, chunk, nearby)
+                                       if chunk else None)
+                searched = self.searched(searcher, before, names, marks) if before else None
                 if judged is not None:
                     files = self.results_files(searcher, judged)
                     documents = [(file.target, file.document) for file in files]
@@ -151,27 +165,38 @@ class Answers:
                         files, self.writer.submit(results.write_many, documents, self.scratch))
                     if last is not None:
                         tally.answered += self.finish_writing(*last)
-                    progress.update(start)
+                    done += len(judged.records)
+                    progress.update(done)
                 judged = searched
         finally:
             progress.finish()
-            if judged is not None:  # the judging thread is left idle
+            if ahead is not None:  # the searching and judging threads are left idle
+                wait([ahead.found])
+            if judged is not None:
                 wait([judged.marks])
             if writing is not None:  # (after a failure too: what reached the disk counts)
                 tally.answered += self.finish_writing(*writing)
 
-    def searched(self, searcher: Searcher, row_ids: list[int], names: Names | None,
-                 nearby: dict[int, list[Neighbor]] | None,
-                 marks: dict[int, set[int]] | None = None) -> Searched:
-        """`row_ids` with their candidates found and ranked, their near-duplicates being
-        judged."""
+    def search_ahead(self, searcher: Searcher, row_ids: list[int],
+                     nearby: dict[int, list[Neighbor]] | None) -> Ahead:
+        """`row_ids` read, their candidates being found in the `searching` thread (those
+        of `nearby` are already)."""
         wide = ranking.candidates(self.config.neighbors)
         chunk = self.library.fetch(row_ids)
         vectors = self.library.vectors_of(chunk)
         if nearby is None:
-            found = searcher.neighbors_of(vectors, wide)
+            found = self.searching.submit(searcher.neighbors_of, vectors, wide)
         else:
-            found = {row: nearby[row][:wide] for row in chunk if row in nearby}
+            found = Future()
+            found.set_result({row: nearby[row][:wide] for row in chunk if row in nearby})
+        return Ahead(chunk, vectors, found)
+
+    def searched(self, searcher: Searcher, ahead: Ahead, names: Names | None,
+                 marks: dict[int, set[int]] | None = None) -> Searched:
+        """A chunk with its candidates found (`search_ahead`) and ranked, its
+        near-duplicates being judged."""
+        chunk, vectors = ahead.records, ahead.vectors
+        found = ahead.found.result()
         shown = self.look_alikes(vectors, found, searcher)
         listed = {n.row_id for near in shown.values() for n in near}
         known = names if names is not None else self.library.describe(listed)
