@@ -72,6 +72,12 @@ class BuiltIndex(ABC):
         the index keeps none it can give."""
         return None
 
+    def regions(self, row_ids: np.ndarray) -> np.ndarray | None:
+        """A number per row id that rows near each other tend to share the leading bits
+        of (the largest for one the index does not hold), or None when the index can
+        tell none."""
+        return None
+
     @abstractmethod
     def stored_items(self) -> int:
         """How many items the index's own files hold (`load` checks them against the map)."""
@@ -170,6 +176,15 @@ class TwoStageIndex(AnnoyBacked):
 
     def vectors_of(self, row_ids: np.ndarray) -> np.ndarray:
         return self.full_vectors.read(np.searchsorted(self.row_ids, row_ids))
+
+    def regions(self, row_ids: np.ndarray) -> np.ndarray | None:
+        """The first 64 of each row's signs: rows that share the leading ones lie on the
+        same side of those planes, as near rows mostly do."""
+        if self.signs is None or not len(self.row_ids):
+            return None
+        at = np.minimum(np.searchsorted(self.row_ids, row_ids), len(self.row_ids) - 1)
+        return np.where(self.row_ids[at] == row_ids, self.signs[at, 0],
+                        np.iinfo(np.uint64).max)
 
     def signs_of(self, vectors: np.ndarray) -> np.ndarray | None:
         """The signs of `vectors` as the index holds its items' (None: it holds none)."""

@@ -145,7 +145,9 @@ class Answers:
         judgement's array work and the writes' system calls let go of the
         GIL, so the two cores share what was one core's work.
         """
-        wanted = list(row_ids)
+        # Near rows together: their neighbours' thumbnails are judged while their views
+        # are still kept (`copies.Judge`), not made again for each.
+        wanted = searcher.near_together(list(row_ids))
         chunks = [wanted[start:start + ANSWER_CHUNK]
                   for start in range(0, len(wanted), ANSWER_CHUNK)]
         progress = Progress("results", len(wanted))

@@ -1,6 +1,7 @@
 """A real Annoy index built from a real library, and searches over it plus what came after."""
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from collections.abc import Iterator
@@ -839,3 +840,28 @@ def test_vectors_come_from_the_searcher_as_the_library_holds_them(library: Libra
     assert got_ids.tolist() == want_ids.tolist() and deleted not in got_ids.tolist()
     assert np.array_equal(got, want)
     assert [len(part) for part in found.matrix_of([], library)] == [0, 0]
+
+
+def test_rows_near_each_other_are_put_together_by_their_signs(library: Library,
+                                                             state: Path) -> None:
+    """`Searcher.near_together` orders rows so that those of one tight group (copies of
+    a picture) come together, whatever their row ids; an index without signs (the
+    exact one) leaves the order as given."""
+    rng = np.random.default_rng(4)
+    groups = rng.integers(0, 6, 300)
+    vectors = rng.standard_normal((6, 128))[groups] + 1e-4 * rng.standard_normal((300, 128))
+    rows = fill(library, vectors.astype(np.float32))
+    group_of = dict(zip(rows, groups.tolist(), strict=True))
+    given = list(rows)[::-1]
+
+    def runs(order: list[int]) -> int:
+        return 1 + sum(group_of[a] != group_of[b] for a, b in itertools.pairwise(order))
+
+    assert runs(given) > 100  # the groups' rows are spread over the ids
+    index.build(library, state, metric="angular", trees=5, model_id=MODEL, dims=32)
+    assert isinstance(index.load(state), TwoStageIndex)
+    together = searcher(library, state).near_together(given)
+    assert sorted(together) == sorted(given)
+    assert runs(together) == 6
+    build(library, state, kind="exact")
+    assert searcher(library, state).near_together(given) == given
