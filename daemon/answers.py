@@ -48,7 +48,8 @@ class ResultsFile(NamedTuple):
     answer: Answer
 
 
-Writing = tuple[list[ResultsFile], Future[list[OSError | None]]]  # files in the `writer`
+# A chunk's files being made and written in the `writer`, with what stopped each one.
+Writing = Future[tuple[list[ResultsFile], list[OSError | None]]]
 
 
 class Ahead(NamedTuple):
@@ -141,7 +142,8 @@ class Answers:
         the work of each chunk, one step behind each other: while the next
         chunk is searched in the `searching` thread, this one is ranked here
         and its near-duplicates judged in the `judging` thread, and the one
-        before's files are written in the `writer` thread. The search, the
+        before's files are made, once judged, and written in the `writer` thread
+        (this thread then only reads and writes the library). The search, the
         judgement's array work and the writes' system calls let go of the
         GIL, so the two cores share what was one core's work.
         """
@@ -161,12 +163,9 @@ class Answers:
                                        if chunk else None)
                 searched = self.searched(searcher, before, names, marks) if before else None
                 if judged is not None:
-                    files = self.results_files(searcher, judged)
-                    documents = [(file.target, file.document) for file in files]
-                    last, writing = writing, (
-                        files, self.writer.submit(results.write_many, documents, self.scratch))
+                    last, writing = writing, self.writer.submit(self.write, searcher, judged)
                     if last is not None:
-                        tally.answered += self.finish_writing(*last)
+                        tally.answered += self.finish_writing(last)
                     done += len(judged.records)
                     progress.update(done)
                 judged = searched
@@ -177,7 +176,7 @@ class Answers:
             if judged is not None:
                 wait([judged.marks])
             if writing is not None:  # (after a failure too: what reached the disk counts)
-                tally.answered += self.finish_writing(*writing)
+                tally.answered += self.finish_writing(writing)
 
     def search_ahead(self, searcher: Searcher, row_ids: list[int],
                      nearby: dict[int, list[Neighbor]] | None) -> Ahead:
@@ -249,11 +248,18 @@ class Answers:
                               marks.get(record.id, set()))
             for record in searched.records.values()) if file is not None]
 
-    def finish_writing(self, files: list[ResultsFile],
-                       writing: Future[list[OSError | None]]) -> int:
-        """Wait for `files` to be written and remember those that reached the disk; how
-        many did. A full disk is raised once that is remembered."""
-        failures = writing.result()
+    def write(self, searcher: Searcher,
+              searched: Searched) -> tuple[list[ResultsFile], list[OSError | None]]:
+        """In the `writer` thread: the results files a chunk needs once judged, written;
+        with what stopped each (`results.write_many`)."""
+        files = self.results_files(searcher, searched)
+        return files, results.write_many([(file.target, file.document) for file in files],
+                                         self.scratch)
+
+    def finish_writing(self, writing: Writing) -> int:
+        """Wait for a chunk's files to be written and remember those that reached the
+        disk; how many did. A full disk is raised once that is remembered."""
+        files, failures = writing.result()
         done = [file.answer for file, failure in zip(files, failures, strict=True)
                 if not self.write_failed(file.target, failure)]
         self.library.mark_answered(done)
