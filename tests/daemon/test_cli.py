@@ -296,20 +296,27 @@ def test_an_encoder_that_reads_another_size_is_refused_in_one_line(
 
 def test_the_command_tunes_openblas_before_numpy_loads_it() -> None:
     # OpenBLAS reads its settings once, when NumPy loads it: set later, they do nothing.
+    # One thread a product: the command's own threads share the cores (daemon/__init__.py).
     script = textwrap.dedent("""\
         import os, sys
         class Watch:
             def find_spec(self, name, path=None, target=None):
                 if name == "numpy":
-                    print("AT NUMPY", os.environ.get("OPENBLAS_THREAD_TIMEOUT"))
+                    print("AT NUMPY", os.environ.get("OPENBLAS_THREAD_TIMEOUT"),
+                          os.environ.get("OPENBLAS_NUM_THREADS"))
         sys.meta_path.insert(0, Watch())
         import lookalike.daemon.cli
+        import threadpoolctl
+        print("BLAS THREADS", *sorted({pool["num_threads"] for pool in
+                                        threadpoolctl.threadpool_info()
+                                        if pool["user_api"] == "blas"}))
         """)
-    env = {key: value for key, value in os.environ.items() if key != "OPENBLAS_THREAD_TIMEOUT"}
+    env = {key: value for key, value in os.environ.items()
+           if key not in ("OPENBLAS_THREAD_TIMEOUT", "OPENBLAS_NUM_THREADS")}
     finished = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                               timeout=60, check=False, env=env)
     assert finished.returncode == 0, finished.stderr
-    assert finished.stdout.splitlines()[0] == "AT NUMPY 4", finished.stdout
+    assert finished.stdout.splitlines() == ["AT NUMPY 4 1", "BLAS THREADS 1"], finished.stdout
 
 # -- usage mistakes ------------------------------------------------------------
 @pytest.mark.parametrize("argv", [
