@@ -143,7 +143,7 @@ class Answers:
         chunk is searched in the `searching` thread, this one is ranked here
         and its near-duplicates judged in the `judging` thread, and the one
         before's files are made, once judged, and written in the `writer` thread
-        (this thread then only reads and writes the library). The search, the
+        (this thread never waits for a judgement). The search, the
         judgement's array work and the writes' system calls let go of the
         GIL, so the two cores share what was one core's work.
         """
