@@ -61,11 +61,16 @@ class BuiltIndex(ABC):
         self.row_ids = row_ids
 
     def in_index(self, row_ids: np.ndarray) -> np.ndarray:
-        """Those of `row_ids` that the index holds (its `row_ids` are sorted: `build`)."""
+        """Those of `row_ids` that the index holds."""
         if not len(self.row_ids):
             return row_ids[:0]
+        return row_ids[self.places(row_ids)[1]]
+
+    def places(self, row_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Each of `row_ids`' item (its `row_ids` are sorted: `build`), and whether the
+        index holds it there; the index holds at least one item."""
         at = np.minimum(np.searchsorted(self.row_ids, row_ids), len(self.row_ids) - 1)
-        return row_ids[self.row_ids[at] == row_ids]
+        return at, self.row_ids[at] == row_ids
 
     def vectors_of(self, row_ids: np.ndarray) -> np.ndarray | None:
         """The full vectors of `row_ids` (each of them held: `in_index`), or None when
@@ -182,9 +187,8 @@ class TwoStageIndex(AnnoyBacked):
         same side of those planes, as near rows mostly do."""
         if self.signs is None or not len(self.row_ids):
             return None
-        at = np.minimum(np.searchsorted(self.row_ids, row_ids), len(self.row_ids) - 1)
-        return np.where(self.row_ids[at] == row_ids, self.signs[at, 0],
-                        np.iinfo(np.uint64).max)
+        at, held = self.places(row_ids)
+        return np.where(held, self.signs[at, 0], np.iinfo(np.uint64).max)
 
     def signs_of(self, vectors: np.ndarray) -> np.ndarray | None:
         """The signs of `vectors` as the index holds its items' (None: it holds none)."""

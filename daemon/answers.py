@@ -239,20 +239,16 @@ class Answers:
             [(sha256, picture, near) for _, sha256, picture, near in judging], names, pictures)
         return {**given, **dict(zip((row for row, *_ in judging), judged, strict=True))}
 
-    def results_files(self, searcher: Searcher, searched: Searched) -> list[ResultsFile]:
-        """The results files that a searched chunk's rows need, once judged."""
+    def write(self, searcher: Searcher,
+              searched: Searched) -> tuple[list[ResultsFile], list[OSError | None]]:
+        """In the `writer` thread: the results files a searched chunk's rows need, once
+        judged, written; with what stopped each (`results.write_many`)."""
         marks = searched.marks.result()
-        return [file for file in (
+        files = [file for file in (
             self.results_file(record, searched.found.get(record.id, []),
                               searched.shown.get(record.id, []), searcher, searched.names,
                               marks.get(record.id, set()))
             for record in searched.records.values()) if file is not None]
-
-    def write(self, searcher: Searcher,
-              searched: Searched) -> tuple[list[ResultsFile], list[OSError | None]]:
-        """In the `writer` thread: the results files a chunk needs once judged, written;
-        with what stopped each (`results.write_many`)."""
-        files = self.results_files(searcher, searched)
         return files, results.write_many([(file.target, file.document) for file in files],
                                          self.scratch)
 
