@@ -53,13 +53,16 @@ def likeness(rows: np.ndarray, others: np.ndarray, metric: str) -> np.ndarray:
 
 def scores(queries: np.ndarray, found: np.ndarray, metric: str) -> np.ndarray:
     """How well each query's candidates rank (n, m), higher first: `queries` (n, dim),
-    `found` (n, m, dim) their vectors, nearest first."""
+    `found` (n, m, dim) their vectors. The EXPANDED nearest are those most like the
+    query by `likeness` itself, not by the order given: a search's float32 distances
+    and a remeasure's float64 ones may order a near-tie differently, and the same
+    candidates must rank the same either way."""
     expanding = min(EXPANDED, found.shape[1])
-    rows = np.concatenate([np.asarray(queries, np.float32)[:, None, :],
-                           np.asarray(found[:, :expanding], np.float32)], axis=1)
-    likes = likeness(rows, found, metric)  # (n, 1 + expanding, m)
-    weights = np.maximum(likes[:, 0, :expanding], 0.0) ** POWER
-    return likes[:, 0] + np.einsum("ne,nem->nm", weights, likes[:, 1:])
+    own = likeness(np.asarray(queries, np.float32)[:, None, :], found, metric)[:, 0]
+    nearest = np.argsort(-own, axis=1, kind="stable")[:, :expanding]  # (n, expanding)
+    rows = np.take_along_axis(np.asarray(found, np.float32), nearest[:, :, None], axis=1)
+    weights = np.maximum(np.take_along_axis(own, nearest, axis=1), 0.0) ** POWER
+    return own + np.einsum("ne,nem->nm", weights, likeness(rows, found, metric))
 
 
 def order(queries: np.ndarray, found: np.ndarray, metric: str) -> np.ndarray:

@@ -37,6 +37,16 @@ def test_a_candidate_like_the_nearest_two_goes_before_one_only_as_near_the_query
     assert scaled.tolist() == places.tolist()
 
 
+def test_the_same_candidates_rank_the_same_in_whatever_order_they_come() -> None:
+    # A search's float32 distances and a remeasure's float64 ones may put a near-tie
+    # either way round: the nearest two that expand the query are the most alike by
+    # likeness, whatever the order given.
+    given = np.stack(FOUND)
+    for order in ([0, 1, 2, 3], [1, 0, 2, 3], [3, 2, 1, 0], [2, 0, 3, 1]):
+        places = ranking.order(QUERY[None], given[order][None], "angular")
+        assert [order[place] for place in places[0].tolist()] == [0, 1, 3, 2], order
+
+
 def test_likeness_is_one_less_half_the_squared_distance() -> None:
     rows = np.array([[[0.0, 0.0], [1.0, 1.0]]])
     others = np.array([[[1.0, 0.0], [0.0, 2.0]]])
