@@ -57,7 +57,8 @@ class ExactScan:
 
     def nearest(self, queries: np.ndarray, k: int, exclude: Sequence[int | None],
                 stale: np.ndarray | None = None) -> list[list[Neighbor]]:
-        """The k nearest rows to each query, never its `exclude` nor a `stale` row id."""
+        """The k nearest rows to each query, nearest first, never its `exclude` nor a
+        `stale` row id."""
         if not len(self.ids) or not k:
             return [[] for _ in queries]
         queries = self.prepare(queries)
@@ -128,18 +129,22 @@ class ExactScan:
 
     def nearest_by_score(self, queries: np.ndarray, scores: np.ndarray,
                          k: int) -> list[list[Neighbor]]:
-        """The k rows of lowest score for each prepared query, as neighbours; rows
-        masked with an infinite score are left out."""
+        """The k rows of lowest score for each prepared query, as neighbours, nearest
+        first (ties: the lower row id first); rows masked with an infinite score are
+        left out."""
         nearest = lowest(scores, min(k, scores.shape[1]))
         chosen = np.take_along_axis(scores, nearest, axis=1)
-        kept = np.isfinite(chosen)
         distances = self.distances(queries, nearest, chosen)
+        found = self.ids[nearest]
+        order = np.lexsort((found, distances), axis=1)  # (the last key sorts first)
+        found, distances = (np.take_along_axis(found, order, axis=1),
+                            np.take_along_axis(distances, order, axis=1))
+        kept = np.isfinite(np.take_along_axis(chosen, order, axis=1))
         # As Python lists first: indexing numpy arrays one element at a time costs 10x.
         return [[Neighbor(row, d) for row, d, ok in zip(rows, row_distances, keep, strict=True)
                  if ok]
-                for rows, row_distances, keep in zip(self.ids[nearest].tolist(),
-                                                     distances.tolist(), kept.tolist(),
-                                                     strict=True)]
+                for rows, row_distances, keep in zip(found.tolist(), distances.tolist(),
+                                                     kept.tolist(), strict=True)]
 
 
 def lowest(scores: np.ndarray, count: int) -> np.ndarray:

@@ -355,6 +355,11 @@ def test_a_wide_exact_scan_finds_the_true_nearest() -> None:
     for query, near in zip(queries, found, strict=True):
         true = distance(rows, query, "angular")
         assert sorted(n.row_id for n in near) == sorted(ids[np.argsort(true)[:12]].tolist())
+        # nearest first, ties by row id: what results files and the library's radii read
+        assert [(n.distance, n.row_id) for n in near] == sorted(
+            (n.distance, n.row_id) for n in near)
+    twins = ExactScan(np.array([7, 3, 5]), np.ones((3, 4), np.float32), "angular")
+    assert [n.row_id for n in twins.nearest(np.ones((1, 4)), 3, [None])[0]] == [3, 5, 7]
 
 
 def test_unknown_metric_is_refused() -> None:
