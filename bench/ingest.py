@@ -23,7 +23,7 @@ For each:
   it runs: its own peak, or that of its processes together (its reading
   processes with it, each 0.1 s), whichever is more;
 - the limits behind it: decoding alone (lookalike's decoder, in its two
-  threads), encoding alone (as the encoder calls its model) and writing the results files
+  threads), encoding alone (batches of 256) and writing the results files
   alone (as lookalike writes them, one sync per batch), in this process.
 Each pipeline runs `--repeats` times (3), alternating, after a sync of the
 disk; the fastest run of each counts, and the ratio of each round is shown
@@ -126,7 +126,8 @@ def limits(folder: Path, encoder: object, spent: Path) -> dict[str, float]:
         decode[threads] = time.perf_counter() - started
     batch = np.stack(pixels)
     started = time.perf_counter()
-    encoder.encode(batch)  # type: ignore[attr-defined]
+    for start in range(0, len(batch), 256):
+        encoder.encode(batch[start:start + 256])  # type: ignore[attr-defined]
     encode = time.perf_counter() - started
     with tempfile.TemporaryDirectory(dir=folder.parent) as scratch:
         found = [results.Found(f"{n:06d}.jpg", 0.5, False) for n in range(12)]

@@ -20,11 +20,6 @@ from . import card as model_card
 from .errors import ModelError
 from .images import Shape
 
-# Images per call of the model: fewer per call keep each layer's work nearer the
-# processor, more share the cost of a call; 64 costs the least CPU per image of
-# 32 to 256 (`bench/ingest.py` times encoding alone).
-PER_CALL = 64
-
 
 class Encoder:
     """A loaded encoder: what it reads (`shape`), its latent size and id."""
@@ -51,7 +46,7 @@ class Encoder:
                                  np.uint8))
             self.warmed = True
 
-    def encode(self, pixels: np.ndarray, batch_size: int = PER_CALL) -> np.ndarray:
+    def encode(self, pixels: np.ndarray, batch_size: int = 256) -> np.ndarray:
         """Latent vectors (n, latent_dim) float32 for images (n, size, size, channels) uint8."""
         if len(pixels) == 0:
             return np.zeros((0, self.latent_dim), np.float32)

@@ -205,8 +205,8 @@ class EncoderWhenNeeded:
         self.loaded: Encoder | None = None
         self.loading = threading.Lock()
 
-    def encode(self, pixels: np.ndarray) -> np.ndarray:
-        return self.load().encode(pixels)
+    def encode(self, pixels: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        return self.load().encode(pixels, batch_size)
 
     def warm(self) -> None:
         """Load and trace the encoder now: images are on their way."""
