@@ -12,12 +12,11 @@ from __future__ import annotations
 import zipfile
 from pathlib import Path
 
-import keras
 import numpy as np
-import tensorflow as tf
 
 from . import card as model_card
 from .errors import ModelError
+from .framework import keras, tf
 from .images import Shape
 
 

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import keras
 import numpy as np
+
+from .framework import keras
 
 # ITU-R 601 luma, as Pillow converts RGB to grayscale ("L").
 LUMA = np.array([0.299, 0.587, 0.114], np.float32)

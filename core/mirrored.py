@@ -32,10 +32,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import keras
 import numpy as np
 
 from .fitting import absolute
+from .framework import keras
 
 
 def mirrored_kernel(kernel: Any, paired_input: bool) -> Any:

@@ -12,7 +12,6 @@ Keras's safe mode.
 from __future__ import annotations
 
 import functools
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
@@ -20,19 +19,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-# Keep TensorFlow's C++ chatter out of the journal.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import numpy as np
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
-from . import card as model_card  # noqa: E402
-from . import encoder as encoders  # noqa: E402
-from . import fitting, mirrored  # noqa: E402
-from .atomic import replacing  # noqa: E402
-from .errors import ModelError  # noqa: E402
-from .images import Shape  # noqa: E402
+from . import card as model_card
+from . import encoder as encoders
+from . import fitting, mirrored
+from .atomic import replacing
+from .errors import ModelError
+from .framework import keras, tf
+from .images import Shape
 
 # (shape, latent_dim, **options) -> (encoder, decoder)
 Builder = Callable[..., tuple[keras.Model, keras.Model]]
