@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import keras
@@ -197,3 +200,29 @@ def test_an_rgb_encoder_reads_rgb(tmp_path: Path) -> None:
     loaded = encoders.load(save_model(encoder, tmp_path / "rgb.keras"))
     assert loaded.shape == Shape(24, "rgb") and loaded.latent_dim == 5
     assert loaded.encode(np.zeros((2, 24, 24, 3), np.uint8)).shape == (2, 5)
+
+
+def test_keras_loads_without_the_libraries_it_would_load_for_nothing() -> None:
+    """pandas, scikit-learn and SciPy stay out while the encoder loads and encodes, and
+    can be imported afterwards; one imported before is left as it was."""
+    script = textwrap.dedent("""\
+        import importlib, importlib.util, sys
+        import numpy as np
+        installed = [name for name in ("pandas", "sklearn") if importlib.util.find_spec(name)]
+        assert "sklearn" in installed  # the test extra's
+        import scipy
+        before = sys.modules["scipy"]
+        from lookalike.core import encoder as encoders
+        from lookalike.core.config import DEFAULT_MODEL
+        encoder = encoders.load(DEFAULT_MODEL)
+        assert encoder.encode(np.zeros((1, *encoder.model.input_shape[1:]), np.uint8)).shape[0] == 1
+        assert [name for name in installed if name in sys.modules] == []
+        assert sys.modules["scipy"] is before
+        for name in installed:
+            assert importlib.import_module(name).__name__ == name
+        print("OK", installed)
+        """)
+    finished = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                              timeout=120, check=False)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    assert finished.stdout.startswith("OK"), finished.stdout
