@@ -3,10 +3,10 @@
 As it loads, Keras imports pandas (its data adapters), scikit-learn (its
 wrappers) and, through TensorFlow's own old Keras, SciPy, whenever they are
 installed: Ray Data brings pandas, the tests scikit-learn. lookalike hands
-Keras NumPy arrays only, so each of these is a second or more of every start
-for nothing. They are hidden while Keras and TensorFlow load, which then go
-without them, and importable again afterwards, for Ray Data and anything else
-that wants them. One already loaded is left alone.
+Keras NumPy arrays only, so loading them is start-up time spent for nothing.
+They are hidden while Keras and TensorFlow load, which then go without them,
+and importable again afterwards, for Ray Data and anything else that wants
+them. One already loaded is left alone.
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ hidden = [name for name in UNUSED if name not in sys.modules]
 for name in hidden:
     sys.modules[name] = None  # type: ignore[assignment]  # `import` then raises ImportError
 try:
-    import keras as keras  # (`as`: names this module gives on)
+    import keras as keras  # (`as`: re-exported, `from .framework import keras`)
     import tensorflow as tf
 finally:
     for name in hidden:
