@@ -135,7 +135,9 @@ def limits(folder: Path, encoder: object, spent: Path) -> dict[str, float]:
                       results.ok(p.name, "m", "angular", found, 1, len(files), 0)) for p in files]
         started = time.perf_counter()
         for start in range(0, len(documents), 1024):
-            results.write_many(documents[start:start + 1024], results.Scratch(Path(scratch)))
+            results.write_many([(target, results.render(document))
+                                for target, document in documents[start:start + 1024]],
+                               results.Scratch(Path(scratch)))
         write = time.perf_counter() - started
     kept = Path(tempfile.mkdtemp(dir=spent))
     for target, _ in documents:

@@ -109,7 +109,18 @@ def render(document: dict[str, Any]) -> str:
     Easier to read than one field per line, and made by the C encoder (the
     pretty-printer is pure Python: it was a fifth of the cost of ingest).
     """
-    return "{\n" + ",\n".join(field(key, value) for key, value in document.items()) + "\n}\n"
+    return text_of(fields(document))
+
+
+def fields(document: dict[str, Any]) -> dict[str, str]:
+    """Each key of a document with its lines as `render` writes them: made once, they
+    give both the text (`text_of`) and the fingerprint (`fingerprint_of`)."""
+    return {key: field(key, value) for key, value in document.items()}
+
+
+def text_of(fields: dict[str, str]) -> str:
+    """The JSON text of a document's `fields`."""
+    return "{\n" + ",\n".join(fields.values()) + "\n}\n"
 
 
 def field(key: str, value: Any) -> str:
@@ -139,9 +150,15 @@ def neighbor_line(neighbor: dict[str, Any]) -> str:
 def fingerprint(document: dict[str, Any], candidates: Sequence[int] = ()) -> str:
     """What makes two results for one image the same: what a reader sees, and the
     `candidates` (row ids) its neighbours were ranked from (`core.ranking`); not when
-    they were written. (The lines `render` writes: a document's keys come in one order,
-    and they cost half of sorting its keys for a canonical text.)"""
-    lasting = "\n".join(field(key, value) for key, value in document.items()
+    they were written."""
+    return fingerprint_of(fields(document), candidates)
+
+
+def fingerprint_of(fields: dict[str, str], candidates: Sequence[int] = ()) -> str:
+    """`fingerprint` of a document's `fields`. (The lines `render` writes: a document's
+    keys come in one order, and they cost half of sorting its keys for a canonical
+    text.)"""
+    lasting = "\n".join(lines for key, lines in fields.items()
                         if key not in ("written_at", "index"))
     ranked_from = ",".join(map(str, candidates))
     return hashlib.sha256(f"{lasting}\n{ranked_from}".encode()).hexdigest()[:32]
@@ -153,14 +170,15 @@ def now() -> str:
 
 def write(path: Path, document: dict[str, Any]) -> None:
     """Write `document` to `path` atomically: temporary file, fsync, rename."""
-    failure = write_many([(path, document)])[0]
+    failure = write_many([(path, render(document))])[0]
     if failure is not None:
         raise failure
 
 
-def write_many(documents: list[tuple[Path, dict[str, Any]]],
+def write_many(documents: list[tuple[Path, str]],
                scratch: Scratch | None = None) -> list[OSError | None]:
-    """Write each (path, document) atomically, with one sync for them all.
+    """Write each (path, text of a document: `render`) atomically, with one sync for
+    them all.
 
     Every document goes to a temporary file: in `scratch` (a folder of the
     state directory) when that is on the same file system as its path, else
@@ -180,13 +198,12 @@ def write_many(documents: list[tuple[Path, dict[str, Any]]],
 
     partials: list[str | None] = []
     failures: list[OSError | None] = []
-    for path, document in documents:
+    for path, rendered in documents:
         try:
             if scratch is not None and device(scratch.folder) == device(path.parent):
-                text = render(document)
-                partials.append(fill(*scratch.open(), text))
+                partials.append(fill(*scratch.open(), rendered))
             else:
-                partials.append(write_partial(path, document))
+                partials.append(write_partial(path, rendered))
             failures.append(None)
         except OSError as error:
             partials.append(None)
@@ -289,10 +306,10 @@ class Scratch:
                 return
 
 
-def write_partial(path: Path, document: dict[str, Any]) -> str:
-    """`document` in a hidden temporary file beside `path` (not yet synced); its name."""
+def write_partial(path: Path, rendered: str) -> str:
+    """The text of a document in a hidden temporary file beside `path` (not yet synced);
+    its name."""
     partial = str(path.with_name(f"{TEMP_PREFIX}{path.name}.tmp"))
-    text = render(document)  # before any file: a document that cannot be written leaves none
     try:  # a fixed name: one writer per state directory, and a leftover is ours to replace
         fd = open_partial(partial)
     except OSError as error:
@@ -301,7 +318,7 @@ def write_partial(path: Path, document: dict[str, Any]) -> str:
             raise
         fd, partial = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=".tmp", dir=path.parent)
         os.fchmod(fd, 0o644)
-    return fill(fd, partial, text)
+    return fill(fd, partial, rendered)
 
 
 def open_partial(partial: str) -> int:

@@ -41,10 +41,11 @@ MADE_WITH = "made_with"  # the library's note of the rules its results files fol
 
 
 class ResultsFile(NamedTuple):
-    """A results file to write: where, what, and what the library remembers once written."""
+    """A results file to write: where, its text (`results.render`), and what the library
+    remembers once written."""
 
     target: Path
-    document: dict[str, object]
+    text: str
     answer: Answer
 
 
@@ -249,7 +250,7 @@ class Answers:
                               searched.shown.get(record.id, []), searcher, searched.names,
                               marks.get(record.id, set()))
             for record in searched.records.values()) if file is not None]
-        return files, results.write_many([(file.target, file.document) for file in files],
+        return files, results.write_many([(file.target, file.text) for file in files],
                                          self.scratch)
 
     def finish_writing(self, writing: Writing) -> int:
@@ -278,12 +279,13 @@ class Answers:
             document = self.document(record.path, record.sha256, near, searcher, names,
                                      set(marked))
         listed = [n.row_id for n in found]
-        stamp = results.fingerprint(document, listed)
+        fields = results.fields(document)
+        stamp = results.fingerprint_of(fields, listed)
         target = results.results_path(self.config.inbox / record.path)
         if stamp == record.answered and target.exists():
             return None
         full = len(found) >= ranking.candidates(self.config.neighbors)
-        return ResultsFile(target, document, Answer(record.id, stamp, listed,
+        return ResultsFile(target, results.text_of(fields), Answer(record.id, stamp, listed,
                                                     found[-1].distance if full else None,
                                                     marked))
 
@@ -350,7 +352,8 @@ class Answers:
             self.library.set_meta("queries_generation", generation)
         documents = [(results.results_path(folder / relative),
                       self.query(folder / relative, relative, searcher)) for relative in paths]
-        failures = results.write_many(documents, self.scratch)
+        failures = results.write_many(
+            [(target, results.render(document)) for target, document in documents], self.scratch)
         for (target, document), failure in zip(documents, failures, strict=True):
             tally.errors += document["status"] == "error"
             tally.answered += not self.write_failed(target, failure)

@@ -85,6 +85,16 @@ def test_fingerprint_ignores_when_and_against_which_index() -> None:
     assert len(results.fingerprint(first)) == 32
 
 
+def test_a_fingerprint_stays_what_earlier_releases_stored() -> None:
+    """A fingerprint that changes makes every results file be written again once: only a
+    change of what a reader sees may do that."""
+    written = document()
+    fields = results.fields(written)
+    assert results.fingerprint_of(fields, [5, 3, 9]) == "b7999f2d31880d2f5c5412d1c83c8f9c"
+    assert results.fingerprint(written, [5, 3, 9]) == "b7999f2d31880d2f5c5412d1c83c8f9c"
+    assert results.text_of(fields) == results.render(written)
+
+
 def test_fingerprint_sees_what_a_reader_sees() -> None:
     base = results.fingerprint(document())
     assert results.fingerprint(document(0.22)) != base
@@ -322,6 +332,10 @@ def test_link_problem_of_a_root_reached_through_a_link(tmp_path: Path) -> None:
     assert code_of(tmp_path / "alias", real / "a.jpg") is None
 
 
+def rendered(documents: list[tuple[Path, dict[str, object]]]) -> list[tuple[Path, str]]:
+    return [(path, results.render(document)) for path, document in documents]
+
+
 def test_write_many_keeps_its_temporaries_in_the_scratch_folder(tmp_path: Path) -> None:
     scratch, folder = tmp_path / "state" / "partial", tmp_path / "inbox"
     scratch.mkdir(parents=True)
@@ -337,7 +351,8 @@ def test_write_many_keeps_its_temporaries_in_the_scratch_folder(tmp_path: Path) 
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(os, "open", spy)
-        assert results.write_many(documents, results.Scratch(scratch)) == [None, None, None]
+        assert results.write_many(rendered(documents), results.Scratch(scratch)) == \
+            [None, None, None]
     temporaries = [path for path in created if path.endswith(".tmp")]
     assert len(temporaries) == 3 and all(Path(p).parent == scratch for p in temporaries)
     assert sorted(p.name for p in folder.iterdir()) == sorted(p.name for p, _ in documents)
@@ -358,7 +373,7 @@ def test_blanks_made_ahead_become_the_results_files(tmp_path: Path) -> None:
     assert len(blanks) == 5
     documents = [(folder / f"{n}.png.neighbors.json", results.error(f"{n}.png", "empty", "e"))
                  for n in range(3)]
-    assert results.write_many(documents, scratch) == [None, None, None]
+    assert results.write_many(rendered(documents), scratch) == [None, None, None]
     # The three results files are three of the blanks, filled and renamed in.
     assert {path.stat().st_ino for path, _ in documents} <= blanks
     assert all(json.loads(path.read_text())["status"] == "error" for path, _ in documents)
@@ -373,7 +388,8 @@ def test_without_blanks_ready_a_write_makes_its_own_and_stocking_stops_at_the_ca
     scratch.folder.mkdir()
     folder.mkdir()
     target = folder / "a.png.neighbors.json"
-    assert results.write_many([(target, results.error("a.png", "empty", "e"))], scratch) == [None]
+    text = results.render(results.error("a.png", "empty", "e"))
+    assert results.write_many([(target, text)], scratch) == [None]
     assert json.loads(target.read_text())["status"] == "error"
     monkeypatch.setattr(results, "MAX_BLANKS", 4)
     scratch.stock(3)
@@ -403,7 +419,7 @@ def test_write_many_writes_beside_the_file_when_the_scratch_is_on_another_disk(
 
     with tempfile.TemporaryDirectory(dir=shm) as scratch, pytest.MonkeyPatch.context() as patch:
         patch.setattr(os, "open", spy)
-        assert results.write_many([(target, results.error("a.png", "empty", "e"))],
+        assert results.write_many([(target, results.render(results.error("a.png", "empty", "e")))],
                                   results.Scratch(Path(scratch))) == [None]
         assert list(Path(scratch).iterdir()) == []
     assert [Path(p).parent for p in created if p.endswith(".tmp")] == [folder]
