@@ -178,7 +178,7 @@ def load_encoder(config: Config) -> Encoder:
     tensorflow_log.quiet()
     from lookalike.core import encoder as encoders  # TensorFlow loads here, only when encoding
 
-    encoder = encoders.load(config.model, config.image.max_pixels)
+    encoder = encoders.load(config.model, config.image.max_pixels, config.state_dir / "lite")
     configuration.check_encoder(config, encoder.shape.size, encoder.shape.color)
     side = encoder.shape.size
     log.info("encoder %s (%dx%d %s -> %d) loaded in %.1f s", config.model.name, side, side,

@@ -9,7 +9,11 @@ what can be set and puts a filter on descriptor 2 for the rest of the
 process: TensorFlow's and absl's informational lines go to the debug log
 (`-v`), its warnings and errors to the log at their level, and any other
 line through unchanged. Python's own writes (log lines, a traceback) bypass
-the filter: `sys.stderr` then writes to the original stderr.
+the filter: `sys.stderr` then writes to the original stderr. TensorFlow
+Lite (`core.lite`) logs in a plainer form of its own ("INFO: Created
+TensorFlow Lite XNNPACK delegate for CPU."), filtered alike; its converter's
+Python informational records (logger `absl`: "Using new converter") go to
+the debug log as well.
 
 Ray's C++ core (`lookalike import`) writes its errors there the same way,
 whatever its log level, including notes on its own choices ("actor ... has
@@ -36,9 +40,12 @@ NATIVE_LINE = re.compile(r"^(?:WARNING: All log messages before absl::Initialize
                          r"[\w./-]+:\d+\] ")
 # Ray's: "[2026-12-06 16:21:20,389 E 7727 7727] core_worker.cc:2465: ..."
 RAY_LINE = re.compile(r"^\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ [IWEF] \d+ \d+\] [\w./-]+:\d+: ")
+# TensorFlow Lite's: "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
+LITE_LINE = re.compile(r"^(INFO|WARNING|ERROR): (?!All log messages before absl)")
 ABSL_BANNER = "WARNING: All log messages before absl::InitializeLog() is called are written to " \
               "STDERR"
-LEVELS = {"I": logging.DEBUG, "W": logging.WARNING, "E": logging.ERROR, "F": logging.CRITICAL}
+LEVELS = {"I": logging.DEBUG, "W": logging.WARNING, "E": logging.ERROR, "F": logging.CRITICAL,
+          "INFO": logging.DEBUG, "WARNING": logging.WARNING, "ERROR": logging.ERROR}
 
 installed: list[tuple[int, threading.Thread]] = []  # (the original stderr, the filter)
 
@@ -51,16 +58,28 @@ def level_of(line: str) -> int | None:
     """
     if line == ABSL_BANNER or RAY_LINE.match(line):
         return logging.DEBUG
-    native = NATIVE_LINE.match(line)
+    native = NATIVE_LINE.match(line) or LITE_LINE.match(line)
     return None if native is None else LEVELS[native.group(1)]
 
 
+class Informational(logging.Filter):
+    """absl's informational records made debug records: for `-v` only."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno != logging.INFO:
+            return True
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return logging.getLogger().isEnabledFor(logging.DEBUG)
+
+
 def quiet() -> None:
-    """Before TensorFlow loads, once a process: filter what it writes to descriptor 2."""
+    """Before TensorFlow loads, once a process: filter what it writes to descriptor 2, and
+    what it logs through absl's Python logger."""
     for key, value in SETTINGS.items():
         os.environ.setdefault(key, value)
     if installed:
         return
+    logging.getLogger("absl").addFilter(Informational())
     try:
         reading, writing = os.pipe()
         original = os.dup(2)

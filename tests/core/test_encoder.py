@@ -12,7 +12,7 @@ import keras
 import numpy as np
 import pytest
 
-from lookalike.core import card, training
+from lookalike.core import card, lite, training
 from lookalike.core import encoder as encoders
 from lookalike.core.errors import ModelError
 from lookalike.core.images import Shape
@@ -87,6 +87,87 @@ def test_encoder_rescales_its_input_itself(encoder: encoders.Encoder) -> None:
     direct = encoder.model(pixels.astype(np.float32), training=False).numpy()
     assert np.allclose(encoder.encode(pixels), direct, atol=1e-5)
     assert isinstance(encoder.model.layers[0], keras.layers.Rescaling)
+
+
+# -- the Lite form ----------------------------------------------------------------
+def tensorflows(encoder: encoders.Encoder, pixels: np.ndarray) -> np.ndarray:
+    return encoder.model(pixels.astype(np.float32), training=False).numpy()
+
+
+def test_encoding_runs_the_lite_form_and_gives_tensorflows_vectors(
+        encoder: encoders.Encoder) -> None:
+    pixels = images_of(300, encoder.shape, seed=3)  # more than a batch of 256
+    latents = encoder.encode(pixels)
+    assert encoder.runner is not None
+    theirs = tensorflows(encoder, pixels)
+    assert np.abs(latents - theirs).max() <= lite.TOLERANCE * np.abs(theirs).max()
+
+
+def test_the_lite_form_is_kept_and_read_at_the_next_start(
+        encoder_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = tmp_path / "state" / "lite"
+    first = encoders.load(encoder_path, lite_folder=folder)
+    first.warm()
+    kept = folder / f"{first.model_id}.tflite"
+    assert first.runner is not None and kept.read_bytes() == first.runner.flat
+
+    def convert(function: object) -> bytes:
+        raise AssertionError("converted again")
+    monkeypatch.setattr(lite, "convert", convert)
+    second = encoders.load(encoder_path, lite_folder=folder)
+    pixels = images_of(5, second.shape, seed=4)
+    assert np.array_equal(second.encode(pixels), first.encode(pixels))
+    assert second._encode.experimental_get_tracing_count() == 0  # nor traced
+
+
+def test_a_damaged_kept_lite_form_is_made_again_and_an_earlier_models_goes(
+        encoder: encoders.Encoder, encoder_path: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "lite"
+    folder.mkdir()
+    kept = folder / f"{encoder.model_id}.tflite"
+    kept.write_bytes(b"not a flatbuffer")
+    earlier = folder / "sha256:0123.tflite"
+    earlier.write_bytes(b"an earlier encoder's")
+    fresh = encoders.load(encoder_path, lite_folder=folder)
+    pixels = images_of(4, fresh.shape, seed=5)
+    assert np.allclose(fresh.encode(pixels), encoder.encode(pixels), atol=1e-6)
+    assert fresh.runner is not None and kept.read_bytes() == fresh.runner.flat
+    assert not earlier.exists()
+
+
+def test_a_folder_that_cannot_keep_the_lite_form_costs_only_the_keeping(
+        encoder_path: Path, tmp_path: Path) -> None:
+    blocked = tmp_path / "a file"
+    blocked.write_text("")
+    fresh = encoders.load(encoder_path, lite_folder=blocked / "lite")
+    assert fresh.encode(images_of(2, fresh.shape)).shape == (2, 32)
+    assert fresh.runner is not None and blocked.read_text() == ""
+
+
+def test_without_a_lite_form_tensorflow_encodes(encoder_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch,
+                                                caplog: pytest.LogCaptureFixture) -> None:
+    def convert(function: object) -> bytes:
+        raise RuntimeError("an operation TensorFlow Lite lacks")
+    monkeypatch.setattr(lite, "convert", convert)
+    fresh = encoders.load(encoder_path)
+    pixels = images_of(3, fresh.shape, seed=6)
+    assert np.allclose(fresh.encode(pixels), tensorflows(fresh, pixels), atol=1e-5)
+    assert fresh.runner is None
+    assert "no Lite form (an operation TensorFlow Lite lacks)" in caplog.text
+
+
+def test_a_lite_form_that_gives_other_vectors_is_not_used(encoder_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch,
+                                                         caplog: pytest.LogCaptureFixture
+                                                         ) -> None:
+    run = lite.Runner.run
+    monkeypatch.setattr(lite.Runner, "run", lambda self, pixels: run(self, pixels) * 1.01)
+    fresh = encoders.load(encoder_path)
+    pixels = images_of(3, fresh.shape, seed=7)
+    assert np.allclose(fresh.encode(pixels), tensorflows(fresh, pixels), atol=1e-5)
+    assert fresh.runner is None
+    assert "its Lite form gives other vectors" in caplog.text
 
 
 def test_the_card_of_the_trained_encoder(encoder_path: Path) -> None:

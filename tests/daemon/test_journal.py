@@ -26,7 +26,11 @@ ONEDNN = ("I0000 00:00:1796563205.616899    9012 port.cc:153] oneDNN custom oper
     ("[2026-12-06 16:21:20,389 E 7727 7727] core_worker.cc:2465: Actor with class name: "
      "'MapWorker(MapBatches(Encoding))' has constructor arguments in the object store",
      logging.DEBUG),
+    # TensorFlow Lite's (the encoder's Lite form), in its plainer form
+    ("INFO: Created TensorFlow Lite XNNPACK delegate for CPU.", logging.DEBUG),
+    ("ERROR: Failed to apply XNNPACK delegate.", logging.ERROR),
     ("13:20:03 INFO lookalike: encoder default.keras loaded in 6.7 s", None),
+    ("INFO:root:a Python line", None),
     ("I like this picture", None),
 ])
 def test_tensorflow_absl_and_ray_lines_are_told_from_others(line: str, level: int | None) -> None:
@@ -44,6 +48,8 @@ tensorflow_log.quiet()
 os.write(2, {BANNER.encode()!r})
 os.write(2, {(ONEDNN + chr(10)).encode()!r})
 os.write(2, b"a line of some other library\\n")
+logging.getLogger("absl").info("Using new converter")  # TensorFlow Lite's converter
+logging.getLogger("absl").warning("a warning through absl")
 logging.getLogger("lookalike").info("a line of ours")
 print("on stdout")
 raise SystemExit("the last words of a failure")
@@ -53,7 +59,9 @@ raise SystemExit("the last words of a failure")
     assert finished.returncode == 1
     assert finished.stdout == "on stdout\n"
     lines = finished.stderr.splitlines()
-    assert [line for line in lines if "oneDNN" in line or "absl" in line] == []
+    assert [line for line in lines if "oneDNN" in line or "absl::" in line
+            or "converter" in line] == []
+    assert any(line.endswith("WARNING absl: a warning through absl") for line in lines)
     assert "a line of some other library" in lines  # passed on, by the exit at the latest
     assert "the last words of a failure" in lines  # written at exit, past the filter
     assert any(line.endswith("INFO lookalike: a line of ours") for line in lines)
