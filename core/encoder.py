@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import zipfile
 from pathlib import Path
 
@@ -64,9 +65,13 @@ class Encoder:
                 except (ValueError, RuntimeError) as error:  # a damaged file: made again
                     log.debug("%s: the kept Lite form is unusable (%s)", self.path, error)
             if self.runner is None:
+                started = time.monotonic()
                 self.runner = self.made_lite()
-                if self.runner is not None and self.lite_folder is not None:
-                    lite.keep(self.lite_folder, self.model_id, self.runner.flat)
+                if self.runner is not None:
+                    log.info("%s: its TensorFlow Lite form made in %.1f s", self.path.name,
+                             time.monotonic() - started)
+                    if self.lite_folder is not None:
+                        lite.keep(self.lite_folder, self.model_id, self.runner.flat)
             self.warmed = True
 
     def made_lite(self) -> lite.Runner | None:

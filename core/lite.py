@@ -5,8 +5,9 @@ TensorFlow Lite's XNNPACK delegate runs the same layers, fused, with kernels
 made for a CPU's vector unit. `convert` makes a model's Lite form from its
 traced function (seconds for a large encoder); `Runner` runs it. The
 encoder (`core.encoder`) uses the Lite form once it agrees with TensorFlow on
-a probe batch (`agrees`), and keeps it under its model's id (`kept`), so that
-a later start reads it rather than convert again.
+a probe batch (`agrees`), and keeps it under its model's id and
+TensorFlow's version (`kept`), so that a later start reads it rather than
+convert again.
 """
 from __future__ import annotations
 
@@ -72,10 +73,16 @@ def agrees(runner: Runner, function: tf.types.experimental.PolymorphicFunction,
     return ours.shape == theirs.shape and bool(np.abs(ours - theirs).max() <= TOLERANCE * scale)
 
 
+def file_name(model_id: str) -> str:
+    """The file that keeps the Lite form of the model `model_id`, as this TensorFlow
+    converts it: another version converts again rather than trust an older form."""
+    return f"{model_id}.tf{tf.__version__}.tflite"
+
+
 def kept(folder: Path, model_id: str) -> bytes | None:
     """The Lite form kept in `folder` for the model `model_id`, if any."""
     try:
-        return (folder / f"{model_id}.tflite").read_bytes()
+        return (folder / file_name(model_id)).read_bytes()
     except OSError:
         return None
 
@@ -85,13 +92,13 @@ def keep(folder: Path, model_id: str, flat: bytes) -> None:
     conversion at each start."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        with replacing(folder / f"{model_id}.tflite") as partial:
+        with replacing(folder / file_name(model_id)) as partial:
             partial.write_bytes(flat)
     except OSError as error:
         log.debug("cannot keep the encoder's Lite form in %s: %s", folder, error)
     else:
-        for other in folder.glob("*.tflite"):  # an earlier model's: never read again
-            if other.name != f"{model_id}.tflite":
+        for other in folder.glob("*.tflite"):  # an earlier model's or TensorFlow's
+            if other.name != file_name(model_id):
                 other.unlink(missing_ok=True)
 
 

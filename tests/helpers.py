@@ -47,9 +47,15 @@ TENSORFLOW_LINE = re.compile(
     r"^[IWEF]\d{4} |absl|InitializeLog|oneDNN|tensorflow|cpu_feature_guard", re.IGNORECASE)
 
 
+# lookalike's own log lines (stamped unless the journal stamps them)
+OWN_LINE = re.compile(r"^(?:\d\d:\d\d:\d\d )?(?:DEBUG|INFO|WARNING|ERROR) lookalike[\w.]*: ")
+
+
 def tensorflow_lines(stderr: str) -> list[str]:
-    """The lines of a `lookalike` process's stderr that TensorFlow or absl wrote."""
-    return [line for line in stderr.splitlines() if TENSORFLOW_LINE.search(line)]
+    """The lines of a `lookalike` process's stderr that TensorFlow or absl wrote (its own
+    log lines may name TensorFlow)."""
+    return [line for line in stderr.splitlines()
+            if TENSORFLOW_LINE.search(line) and not OWN_LINE.match(line)]
 
 
 def refusal(finished: subprocess.CompletedProcess[str]) -> str:

@@ -108,7 +108,7 @@ def test_the_lite_form_is_kept_and_read_at_the_next_start(
     folder = tmp_path / "state" / "lite"
     first = encoders.load(encoder_path, lite_folder=folder)
     first.warm()
-    kept = folder / f"{first.model_id}.tflite"
+    kept = folder / lite.file_name(first.model_id)
     assert first.runner is not None and kept.read_bytes() == first.runner.flat
 
     def convert(function: object) -> bytes:
@@ -120,13 +120,13 @@ def test_the_lite_form_is_kept_and_read_at_the_next_start(
     assert second._encode.experimental_get_tracing_count() == 0  # nor traced
 
 
-def test_a_damaged_kept_lite_form_is_made_again_and_an_earlier_models_goes(
+def test_a_damaged_kept_lite_form_is_made_again_and_another_versions_goes(
         encoder: encoders.Encoder, encoder_path: Path, tmp_path: Path) -> None:
     folder = tmp_path / "lite"
     folder.mkdir()
-    kept = folder / f"{encoder.model_id}.tflite"
+    kept = folder / lite.file_name(encoder.model_id)
     kept.write_bytes(b"not a flatbuffer")
-    earlier = folder / "sha256:0123.tflite"
+    earlier = folder / f"{encoder.model_id}.tf2.0.0.tflite"  # another TensorFlow's
     earlier.write_bytes(b"an earlier encoder's")
     fresh = encoders.load(encoder_path, lite_folder=folder)
     pixels = images_of(4, fresh.shape, seed=5)

@@ -173,6 +173,14 @@ def test_first_run_reads_every_file_and_exits_0(library: Library) -> None:
         "images": 303, "added": 300, "updated": 0, "removed": 0, "unusable": 3, "written": 305}
 
 
+MADE_LITE = "its TensorFlow Lite form made in"
+
+
+def test_the_encoders_lite_form_is_made_and_kept_in_the_state(library: Library) -> None:
+    assert MADE_LITE in library.first.process.stderr
+    assert [path.parent.name for path in (library.root / "state").rglob("*.tflite")] == ["lite"]
+
+
 def test_one_results_file_per_image(library: Library) -> None:
     images = set(library.labels) | set(UNUSABLE)
     assert sum(image.endswith(".PNG") for image in images) == 12
@@ -394,6 +402,11 @@ def test_edit_run_summary(edited: Edited) -> None:
     # the exact copy and the file given another's bytes take the library's vectors
     assert counts == {"added": 2, "updated": 2, "removed": 1, "unusable": 1, "encoded": 2,
                       "reused": 2}
+
+
+def test_a_later_run_encodes_with_the_kept_lite_form(edited: Edited) -> None:
+    assert edited.second.summary["encoded"] == 2
+    assert MADE_LITE not in edited.second.process.stderr
 
 
 def test_deleted_image_leaves_every_results_file(edited: Edited) -> None:
