@@ -25,6 +25,7 @@ from lookalike.core.errors import DiskFull, UnreadableImage, disk_full
 from lookalike.core.exact import Neighbor
 from lookalike.core.search import Searcher
 from lookalike.core.store import Answer, Library, Record
+from lookalike.daemon import judging
 from lookalike.daemon.progress import Progress, Tally
 
 if TYPE_CHECKING:
@@ -76,7 +77,8 @@ class Searched(NamedTuple):
 class Answers:
     """Results files of library rows and query images; `writer` writes them in batches."""
 
-    def __init__(self, config: Config, library: Library, encoder: Encoder) -> None:
+    def __init__(self, config: Config, library: Library, encoder: Encoder,
+                 judged_apart: bool = False) -> None:
         self.config = config
         self.library = library
         self.encoder = encoder
@@ -86,14 +88,13 @@ class Answers:
         self.scratch: results.Scratch | None = None  # temporaries of results: `take_scratch`
         self.stock_blanks = False  # whether the scratch can make inbox results files ahead
         self.judges: dict[str, copies.Judge] = {}  # by strictness
+        # For answering many images at once (`run --once`): judging in a process.
+        self.judging_process = judging.JudgingProcess() if judged_apart else None
 
     @property
     def judge(self) -> copies.Judge:
         """Near-duplicate flags at the configured strictness (a reload may change it)."""
-        strictness = self.config.strictness
-        if strictness not in self.judges:
-            self.judges = {strictness: copies.Judge(strictness)}
-        return self.judges[strictness]
+        return judging.judge(self.judges, self.config.strictness)
 
     def rest(self) -> None:
         """A spell of work is over: a near-duplicate judge that kept many thumbnails' views
@@ -115,8 +116,10 @@ class Answers:
 
     def prepare(self) -> None:
         """Have the maps that judging reads made in its thread while images are read
-        (`copies.prepare`), not when the first answers wait for them."""
-        self.judging.submit(copies.prepare)
+        (`copies.prepare`), not when the first answers wait for them (a judging process
+        makes its own)."""
+        if self.judging_process is None:
+            self.judging.submit(copies.prepare)
 
     def stock(self, count: int) -> None:
         """`count` inbox results files will be wanted soon: make their temporaries ahead."""
@@ -127,6 +130,8 @@ class Answers:
         self.searching.shutdown(wait=True)
         self.judging.shutdown(wait=True)
         self.writer.shutdown(wait=True)
+        if self.judging_process is not None:
+            self.judging_process.close()
         if self.scratch is not None:
             self.scratch.close()
 
@@ -146,7 +151,9 @@ class Answers:
         before's files are made, once judged, and written in the `writer` thread
         (this thread never waits for a judgement). The search, the
         judgement's array work and the writes' system calls let go of the
-        GIL, so the two cores share what was one core's work.
+        GIL, so the two cores share what was one core's work; a judging
+        process (`judged_apart`) takes the judgement's Python off this
+        process's GIL as well.
         """
         # Near rows together: their neighbours' thumbnails are judged while their views
         # are still kept (`copies.Judge`), not made again for each.
@@ -295,9 +302,11 @@ class Answers:
         """For each image (its SHA-256, `copies.Picture` and neighbours), the row ids of
         its neighbours that are near-duplicates of it (`core.copies`): identical bytes,
         or a copy at the configured strictness."""
-        judged = self.judge.marks(
-            [(picture, [(n.distance, pictures.get(n.row_id)) for n in near])
-             for _, picture, near in images])
+        queries: list[copies.Query] = [
+            (picture, [(n.distance, pictures.get(n.row_id)) for n in near])
+            for _, picture, near in images]
+        judged = (self.judge.marks(queries) if self.judging_process is None else
+                  self.judging_process.marks(self.config.strictness, queries))
         return [{n.row_id for n, copy in zip(near, copied, strict=True)
                  if copy or (sha256 is not None and names[n.row_id][1] == sha256)}
                 for (sha256, _, near), copied in zip(images, judged, strict=True)]

@@ -32,7 +32,7 @@ def run(config: Config, load_encoder: Callable[[Config], Encoder]) -> int:
         if config.query_dir is not None and config.query_dir.is_dir():
             remove_leftovers(config.query_dir)  # (the inbox's: by its scan)
         encoder = load_encoder(config)
-        answers = Answers(config, library, encoder)
+        answers = Answers(config, library, encoder, judged_apart=True)
         ingest = Ingest(config, library, encoder, stock=answers.stock)
         answers.take_scratch()
         answers.prepare()
