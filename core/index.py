@@ -18,6 +18,12 @@ signs two vectors differ in estimates the angle between them (SimHash), so
 the candidates whose signs differ least from the query's are the ones worth
 reading in full: Annoy can offer many candidates and few are read.
 
+Annoy holds its items in an order that brings near vectors together
+(`projection.near_together`; `index/<G>.order.npy`: each Annoy item's place
+in the index): a query's candidates then lie in fewer places of Annoy's
+file, and fewer of them miss the processor's caches than in the order of
+the library's rows.
+
 `index/current.json` names the index in use; it is replaced by rename,
 so a reader sees the old index or the new one, never half of one. The
 previous index's files are kept one round so that a reader that has just
@@ -51,7 +57,14 @@ from .index_kinds import (
     OneStageIndex,
     TwoStageIndex,
 )
-from .projection import PROJECT_BLOCK, main_axes, project, random_planes, signs_of
+from .projection import (
+    PROJECT_BLOCK,
+    main_axes,
+    near_together,
+    project,
+    random_planes,
+    signs_of,
+)
 from .store import Library
 
 log = logging.getLogger(__name__)
@@ -79,6 +92,7 @@ class IndexInfo:
     kind: str = "annoy"  # or "exact": the vectors themselves, searched exactly
     reduced: int = 0  # dimensions Annoy holds, projected; 0: the full vectors
     signs: int = 0  # sign bits held per vector, to pick the candidates read in full; 0: none
+    ordered: bool = False  # Annoy's items in the order of `<G>.order.npy`, not the index's
 
 
 def folder(state_dir: Path) -> Path:
@@ -116,12 +130,16 @@ def build(library: Library, state_dir: Path, *, metric: str, trees: int,
         axes = main_axes(vectors, metric, reduced)
         write_durably(home / f"{generation}.axes.npy", axes)
         vectors = project(vectors, metric, axes)
-    if kind == "annoy" and len(vectors):
-        write_annoy(home / f"{generation}.ann", vectors, annoy_metric(metric, reduced), trees)
+    ordered = kind == "annoy" and len(vectors) > 0
+    if ordered:
+        order = near_together(vectors)
+        write_durably(home / f"{generation}.order.npy", order.astype(np.int32))
+        write_annoy(home / f"{generation}.ann", vectors, order, annoy_metric(metric, reduced),
+                    trees)
     write_durably(home / f"{generation}.ids.npy", row_ids)
     info = IndexInfo(generation, len(row_ids), dim, metric, trees, model_id,
                      datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-                     round(time.monotonic() - started, 3), kind, reduced, bits)
+                     round(time.monotonic() - started, 3), kind, reduced, bits, ordered)
     try:
         previous = current_info(state_dir)
     except StateError:  # a damaged pointer: this build replaces it (what `rebuild` is for)
@@ -140,13 +158,15 @@ def annoy_metric(metric: str, reduced: int) -> str:
     return "euclidean" if reduced else metric
 
 
-def write_annoy(path: Path, vectors: np.ndarray, metric: str, trees: int) -> None:
+def write_annoy(path: Path, vectors: np.ndarray, order: np.ndarray, metric: str,
+                trees: int) -> None:
+    """Annoy's trees over `vectors`, its item n being `vectors[order[n]]`."""
     forest = annoy.AnnoyIndex(vectors.shape[1], metric)  # type: ignore[arg-type]
     with replacing(path) as partial:
         forest.on_disk_build(str(partial))  # builds in the file: no second copy in memory
         with flushing(partial):
-            for item, vector in enumerate(vectors):
-                forest.add_item(item, vector)
+            for item, place in enumerate(order.tolist()):
+                forest.add_item(item, vectors[place])
             forest.build(trees, n_jobs=-1)
         forest.unload()
 
@@ -249,18 +269,22 @@ def load_files(home: Path, info: IndexInfo, row_ids: np.ndarray) -> BuiltIndex:
     trees = annoy.AnnoyIndex(info.reduced or info.dim,
                              annoy_metric(info.metric, info.reduced))  # type: ignore[arg-type]
     trees.load(str(part("ann")))
-    if not info.reduced:
-        return OneStageIndex(info, row_ids, trees)
     stored = trees.get_n_items()
+    order = np.load(part("order.npy")) if info.ordered else None
+    if order is not None and (order.shape != (stored,) or order.min() < 0
+                              or order.max() >= stored):
+        raise ValueError("its order does not match it")
+    if not info.reduced:
+        return OneStageIndex(info, row_ids, trees, order)
     axes = np.load(part("axes.npy"))
     full_vectors = FullVectors(part("vectors.npy"))
     if axes.shape != (info.dim, info.reduced) or len(full_vectors) != stored:
         raise ValueError("its projection or its full vectors do not match it")
     if not info.signs:
-        return TwoStageIndex(info, row_ids, trees, axes, full_vectors)
+        return TwoStageIndex(info, row_ids, trees, order, axes, full_vectors)
     planes = np.load(part("planes.npy"))
     signs = np.load(part("signs.npy"))
     if planes.shape != (info.dim, info.signs) or signs.shape != (stored, info.signs // 8):
         raise ValueError("its signs do not match it")
-    return TwoStageIndex(info, row_ids, trees, axes, full_vectors, planes,
+    return TwoStageIndex(info, row_ids, trees, order, axes, full_vectors, planes,
                          signs.view(np.uint64))

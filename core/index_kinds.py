@@ -127,9 +127,11 @@ class ExactIndex(BuiltIndex):
 class AnnoyBacked(BuiltIndex):
     """An index whose items Annoy's trees hold, memory-mapped: a query reads a few of them."""
 
-    def __init__(self, info: IndexInfo, row_ids: np.ndarray, trees: annoy.AnnoyIndex) -> None:
+    def __init__(self, info: IndexInfo, row_ids: np.ndarray, trees: annoy.AnnoyIndex,
+                 order: np.ndarray | None = None) -> None:
         super().__init__(info, row_ids)
         self.annoy = trees
+        self.order = order  # each Annoy item's place in the index (None: the same)
 
     def stored_items(self) -> int:
         return int(self.annoy.get_n_items())
@@ -145,6 +147,8 @@ class AnnoyBacked(BuiltIndex):
             found, distances = self.annoy.get_nns_by_vector(
                 vector.tolist(), want, search_k=search_k, include_distances=True)
             items = np.asarray(found, np.int64)
+            if self.order is not None:
+                items = self.order[items]
             rows = self.row_ids[items]
             keep = rows != (-1 if exclude is None else exclude)
             if len(stale):
@@ -171,9 +175,9 @@ class TwoStageIndex(AnnoyBacked):
     `full_vectors`; `planes` and `signs` (angular metric only) pick the few read."""
 
     def __init__(self, info: IndexInfo, row_ids: np.ndarray, trees: annoy.AnnoyIndex,
-                 axes: np.ndarray, full_vectors: FullVectors, planes: np.ndarray | None = None,
-                 signs: np.ndarray | None = None) -> None:
-        super().__init__(info, row_ids, trees)
+                 order: np.ndarray | None, axes: np.ndarray, full_vectors: FullVectors,
+                 planes: np.ndarray | None = None, signs: np.ndarray | None = None) -> None:
+        super().__init__(info, row_ids, trees, order)
         self.axes = axes  # (dim, reduced): the projection Annoy's vectors went through
         self.full_vectors = full_vectors
         self.planes = planes  # (dim, bits): the hyperplanes of the signs

@@ -157,10 +157,62 @@ def test_load_memory_maps_and_maps_items_to_rows(library: Library, state: Path) 
     ann = str(index.folder(state) / f"{info.generation}.ann")
     assert ann in Path("/proc/self/maps").read_text()  # mapped, not read into memory
     assert loaded.annoy.get_n_items() == len(loaded.row_ids) == 200
+    assert loaded.order is not None
     for item in (0, 57, 199):
-        row = int(loaded.row_ids[item])
+        row = int(loaded.row_ids[loaded.order[item]])
         stored = np.array(loaded.annoy.get_item_vector(item), np.float32)
         assert np.allclose(stored, rows[row], atol=1e-6)
+
+
+def test_annoy_holds_near_items_together(library: Library, state: Path) -> None:
+    """Rows of four clusters, stored one cluster after another in turn, lie cluster by
+    cluster in Annoy's file: a query's candidates are read from few places in memory."""
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((4, DIM)) * 3
+    vectors = (centres[np.arange(400) % 4] + rng.standard_normal((400, DIM))).astype(np.float32)
+    rows = fill(library, vectors)
+    cluster = {row: n % 4 for n, row in enumerate(rows)}
+    info = build(library, state)
+    loaded = index.load(state)
+    assert isinstance(loaded, OneStageIndex) and info.ordered and loaded.order is not None
+    assert sorted(loaded.order.tolist()) == list(range(400))
+    in_annoy = [cluster[int(loaded.row_ids[place])] for place in loaded.order]
+    in_rows = [cluster[int(row)] for row in loaded.row_ids]
+    assert sum(a != b for a, b in itertools.pairwise(in_annoy)) < 40
+    assert sum(a != b for a, b in itertools.pairwise(in_rows)) == 399
+    search = searcher(library, state)
+    for row in list(rows)[:20]:
+        assert [n.row_id for n in search.neighbors(rows[row], 5, exclude=row)] == \
+            [r for r, _ in brute_force(rows, rows[row], 5, exclude=row)]
+
+
+def test_an_index_built_before_annoy_was_ordered_still_loads(library: Library,
+                                                            state: Path) -> None:
+    """An index whose `current.json` says nothing of an order: Annoy's items are the
+    index's own, in its order."""
+    rows = fill(library, clustered(120))
+    info = build(library, state, kind="two-stage")
+    home = index.folder(state)
+    built = index.load(state)
+    assert isinstance(built, TwoStageIndex)
+    full = np.stack([rows[int(row)] for row in built.row_ids])
+    projected = projection.project(full, "angular", built.axes)
+    built.annoy.unload()
+    forest = AnnoyIndex(DIM // 2, "euclidean")
+    for place, vector in enumerate(projected):  # the index's order, as builds once made it
+        forest.add_item(place, vector)
+    forest.build(10)
+    forest.save(str(home / f"{info.generation}.ann"))
+    (home / f"{info.generation}.order.npy").unlink()
+    pointer = json.loads((home / "current.json").read_text())
+    del pointer["ordered"]
+    (home / "current.json").write_text(json.dumps(pointer))
+    loaded = index.load(state)
+    assert isinstance(loaded, TwoStageIndex) and loaded.order is None
+    search = searcher(library, state)
+    for row in list(rows)[:10]:
+        assert [n.row_id for n in search.neighbors(rows[row], 5, exclude=row)] == \
+            [r for r, _ in brute_force(rows, rows[row], 5, exclude=row)]
 
 
 def test_load_before_any_build_is_none(state: Path) -> None:
@@ -663,7 +715,7 @@ def test_two_stage_with_a_lossless_projection_equals_brute_force(library: Librar
 
 
 @pytest.mark.parametrize(("kind", "part"), [("exact", "vectors.npy"), ("two-stage", "axes.npy"),
-                                           ("two-stage", "vectors.npy")])
+                                           ("two-stage", "vectors.npy"), ("annoy", "order.npy")])
 def test_an_index_missing_a_part_is_damaged(library: Library, state: Path, kind: str,
                                             part: str) -> None:
     fill(library, clustered(30))
@@ -671,6 +723,17 @@ def test_an_index_missing_a_part_is_damaged(library: Library, state: Path, kind:
     (index.folder(state) / f"{info.generation}.{part}").unlink()
     with pytest.raises(StateError, match="damaged"):
         index.load(state)
+
+
+def test_an_order_that_does_not_fit_annoys_items_is_damaged(library: Library,
+                                                            state: Path) -> None:
+    fill(library, clustered(30))
+    info = build(library, state)
+    path = index.folder(state) / f"{info.generation}.order.npy"
+    for wrong in (np.arange(29), np.arange(1, 31)):  # one short; one past the last item
+        np.save(path, wrong.astype(np.int32))
+        with pytest.raises(StateError, match="damaged"):
+            index.load(state)
 
 
 def test_truncated_full_vectors_are_damaged(library: Library, state: Path) -> None:
