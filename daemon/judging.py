@@ -1,12 +1,13 @@
 """Near-duplicate judging in a process of its own, for answering many images at once.
 
-Answering a whole library (`run --once`) runs four threads at once:
-searching, ranking, judging and writing results files. Each holds Python's
-lock for part of its work, so together they kept about 1.4 of two cores
-busy. A `JudgingProcess` takes the judging (`copies.Judge.marks`) to a
-process with a lock of its own, where the judge keeps its thumbnails'
-views between chunks as it does in a thread. Spawned, not forked: nothing
-of this process's threads or TensorFlow goes with it.
+Answering a whole library (`run --once`) runs four steps at once:
+searching, ranking, judging and writing results files. As threads of one
+process, each holds Python's lock for part of its work, and together they
+leave much of the second core idle. A `JudgingProcess` takes the judging
+(`copies.Judge.marks`) to a process with a lock of its own, where the
+judge keeps its thumbnails' views between chunks as it does in a thread.
+Spawned, not forked: nothing of this process's threads or TensorFlow goes
+with it.
 """
 from __future__ import annotations
 
